@@ -1,0 +1,171 @@
+"""Publishing finished episodes: media to S3 as claim checks, then a small JSON message to Kafka.
+
+``publish`` only encodes the arrays and appends the episode to the on-disk spool, so a robot
+never waits on the network. A background shipper drains the spool in order: it uploads each
+batch's media (in parallel), produces the messages (acks=all, idempotent, keyed by robot_id),
+and removes an entry only after Kafka has acknowledged it. When S3 or Kafka is unreachable
+entries simply wait, and are replayed in order when the service is back. A replay after a
+partial failure can send a message twice; the learner drops duplicates by episode_id.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import numpy as np
+from kafka import KafkaProducer
+
+from fleet_agent.spool import Spool, SpoolEntry
+from infra.clients import ServiceUnavailable, kafka_producer, s3_client
+from infra.contracts import arrays
+from infra.contracts.episode import ArrayRef, Episode, EpisodeCore, Media
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def media_key(core: EpisodeCore, name: str) -> str:
+    day = core.started_at.strftime("%Y/%m/%d")
+    return f"episodes/{core.robot_id}/{day}/{core.episode_id}/{name}{arrays.SUFFIX}"
+
+
+class EpisodePublisher:
+    def __init__(self, settings: Settings, *, topic: str | None = None, start: bool = True):
+        self.settings = settings
+        self.topic = topic or settings.kafka.episodes_topic
+        self.bucket = settings.s3.episodes_bucket
+        self.spool = Spool(settings.spool_dir)
+        self._s3 = None
+        self._producer: KafkaProducer | None = None
+        self._uploads = ThreadPoolExecutor(settings.agent.upload_workers, thread_name_prefix="s3-upload")
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._shipped = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._ship_forever, name="episode-shipper", daemon=True)
+        if start:
+            self._thread.start()
+
+    # -- robot-facing --------------------------------------------------------------------------
+    def publish(self, core: EpisodeCore, executed_frames: np.ndarray, imagined_videos: np.ndarray) -> Episode:
+        """Spool one finished episode; returns the message that will be sent."""
+        level = self.settings.agent.compression_level
+        blobs, refs = {}, {}
+        for field, array in (("executed_frames", executed_frames), ("imagined_videos", imagined_videos)):
+            blob = arrays.encode(array, level)
+            key = media_key(core, field)
+            blobs[key.rsplit("/", 1)[1]] = blob
+            refs[field] = ArrayRef(
+                bucket=self.bucket,
+                key=key,
+                sha256=arrays.sha256(blob),
+                nbytes=len(blob),
+                shape=list(array.shape),
+                dtype=array.dtype.name,
+            )
+        episode = Episode(**core.model_dump(), media=Media(**refs), published_at=datetime.now(timezone.utc))
+        self.spool.append(episode.model_dump_json().encode(), blobs)
+        with self._wake:
+            self._wake.notify()
+        return episode
+
+    def pending(self) -> int:
+        return len(self.spool)
+
+    @property
+    def shipped(self) -> int:
+        return self._shipped
+
+    def wait_drained(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def close(self, drain_timeout: float = 30.0) -> bool:
+        drained = self.wait_drained(drain_timeout)
+        self._stop.set()
+        with self._wake:
+            self._wake.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._uploads.shutdown(wait=True)
+        if self._producer:
+            self._producer.close(timeout=5)
+        return drained
+
+    # -- shipping ------------------------------------------------------------------------------
+    def _ship_forever(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            entries = self.spool.peek(self.settings.agent.batch_size)
+            if not entries:
+                with self._wake:
+                    self._wake.wait(timeout=0.5)
+                continue
+            try:
+                self.ship(entries)
+                backoff = 0.2
+                self.last_error = None
+            except ServiceUnavailable as e:
+                if self.last_error != str(e):
+                    log.warning("episodes wait in the spool: %s", e)
+                self.last_error = str(e)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 3.0)
+
+    def ship(self, entries: list[SpoolEntry]) -> None:
+        """Upload media, then produce messages, then drop acknowledged entries (in order)."""
+        self._upload(entries)
+        producer = self._ensure_producer()
+        futures = [
+            producer.send(self.topic, key=e.robot_id().encode(), value=e.message()) for e in entries
+        ]
+        try:
+            producer.flush(timeout=self.settings.kafka.bootstrap_timeout_ms / 1000 * 3)
+        except Exception as e:  # noqa: BLE001 - kafka-python raises several types for one cause
+            self._reset_producer()
+            raise ServiceUnavailable(f"kafka at {self.settings.kafka_bootstrap} did not acknowledge: {e}") from e
+        for entry, future in zip(entries, futures):
+            if not future.succeeded():
+                self._reset_producer()
+                raise ServiceUnavailable(
+                    f"kafka at {self.settings.kafka_bootstrap} refused an episode: {future.exception}"
+                )
+            self.spool.remove(entry)
+            self._shipped += 1
+
+    def _upload(self, entries: list[SpoolEntry]) -> None:
+        todo = [e for e in entries if not e.uploaded]
+        if not todo:
+            return
+        if self._s3 is None:
+            self._s3 = s3_client(self.settings)
+
+        def put(entry: SpoolEntry) -> None:
+            for key, blob in entry.blobs().items():
+                self._s3.put_object(self.bucket, key, io.BytesIO(blob), len(blob), content_type=arrays.MEDIA_TYPE)
+            entry.mark_uploaded()
+
+        try:
+            for f in [self._uploads.submit(put, e) for e in todo]:
+                f.result()
+        except Exception as e:  # noqa: BLE001 - any upload failure leaves entries in the spool
+            raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} did not take the media: {e}") from e
+
+    def _ensure_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = kafka_producer(self.settings)
+        return self._producer
+
+    def _reset_producer(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=1)
+            self._producer = None

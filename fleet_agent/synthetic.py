@@ -1,0 +1,107 @@
+"""Synthetic episodes shaped like real ones, for the demo, the ingest benchmark and tests.
+
+Frames show a few coloured blocks moving over a textured table with sensor noise, so they
+compress like camera frames rather than like constants or white noise. The default sizes are
+the benchmark's: 32 executed frames of 64x64 RGB, one decision of 8 candidates of 8 frames.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from infra.contracts.episode import CandidateRecord, Decision, EpisodeCore, ModelVersions, SuccessSource
+
+TASKS = {
+    "reach-red": "reach the red block",
+    "push-blue-left": "push the blue block to the left region",
+    "stack-green-on-yellow": "put the green block on the yellow block",
+}
+COLOURS = np.array([[220, 40, 40], [40, 80, 220], [40, 180, 60], [230, 200, 40]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class EpisodeShape:
+    steps: int = 32
+    size: int = 64
+    decisions: int = 1
+    candidates: int = 8
+    imagined_frames: int = 8
+    action_dim: int = 4
+
+
+def render_clip(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
+    """A clip of blocks drifting over a table: uint8 (frames, size, size, 3)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    table = 120 + 25 * np.sin(6 * xx + 3 * yy)[..., None] + rng.normal(0, 3, (1, 1, 3))
+    clip = np.repeat(table[None], frames, axis=0)
+    n_blocks = rng.integers(2, 5)
+    pos = rng.uniform(0.15, 0.85, (n_blocks, 2))
+    vel = rng.normal(0, 0.01, (n_blocks, 2))
+    half = max(size // 16, 1)
+    for t in range(frames):
+        for b in range(n_blocks):
+            cy, cx = ((pos[b] + vel[b] * t).clip(0.1, 0.9) * size).astype(int)
+            clip[t, cy - half : cy + half, cx - half : cx + half] = COLOURS[b]
+    clip += rng.normal(0, 2.0, clip.shape)
+    return clip.clip(0, 255).astype(np.uint8)
+
+
+def synthetic_episode(
+    rng: np.random.Generator,
+    robot_id: str,
+    shape: EpisodeShape = EpisodeShape(),
+    policy_version: str = "base",
+    success_rate: float = 0.5,
+) -> tuple[EpisodeCore, np.ndarray, np.ndarray]:
+    """One episode: its core facts, executed frames and imagined candidate videos."""
+    task_id = str(rng.choice(list(TASKS)))
+    start = datetime.now(timezone.utc)
+    executed = render_clip(rng, shape.steps, shape.size)
+    imagined = np.stack(
+        [
+            np.stack([render_clip(rng, shape.imagined_frames, shape.size) for _ in range(shape.candidates)])
+            for _ in range(shape.decisions)
+        ]
+    )
+    decisions = []
+    for d in range(shape.decisions):
+        scores = rng.uniform(0, 1, shape.candidates)
+        rejected = rng.uniform(0, 1, shape.candidates) < 0.2
+        chosen = int(np.argmax(np.where(rejected, -1, scores))) if not rejected.all() else None
+        decisions.append(
+            Decision(
+                step=d * shape.steps // shape.decisions,
+                candidates=[
+                    CandidateRecord(
+                        index=i,
+                        score=float(scores[i]),
+                        rejected=bool(rejected[i]),
+                        rejection_reason="exceeds_speed_limit" if rejected[i] else None,
+                    )
+                    for i in range(shape.candidates)
+                ],
+                chosen=chosen,
+                latency_ms=float(rng.uniform(80, 200)),
+            )
+        )
+    n_rejected = sum(c.rejected for d in decisions for c in d.candidates)
+    core = EpisodeCore(
+        episode_id=uuid.UUID(bytes=rng.bytes(16), version=4),
+        robot_id=robot_id,
+        model_versions=ModelVersions(policy=policy_version, world_model=policy_version, idm=policy_version),
+        task_id=task_id,
+        instruction=TASKS[task_id],
+        started_at=start,
+        ended_at=start + timedelta(seconds=shape.steps * 0.1),
+        success=bool(rng.uniform() < success_rate),
+        success_source=SuccessSource.environment,
+        actions=rng.normal(0, 0.3, (shape.steps, shape.action_dim)).round(4).tolist(),
+        decisions=decisions,
+        rejections={"exceeds_speed_limit": int(n_rejected)} if n_rejected else {},
+        timings_ms={"imagine": 90.0, "inverse_dynamics": 12.0, "critic": 8.0},
+    )
+    return core, executed, imagined

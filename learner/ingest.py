@@ -1,0 +1,211 @@
+"""Ingest: the learner's consumer of the episodes topic.
+
+Each message is checked before it is kept: JSON, the episode schema, and every claim-checked
+object present in S3 with the sha256 the robot recorded. A message that fails goes, with its
+reason and original bytes, to the dead-letter topic, and the stream goes on. Accepted episodes
+are written to the episode index (duplicates dropped by episode_id) in one transaction, and only
+then are the Kafka offsets committed: a crash anywhere replays messages, never loses them.
+
+A service outage is not a bad message: if S3 cannot be reached the batch is not judged, its
+offsets are rewound, and it is tried again when S3 answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kafka import KafkaConsumer, TopicPartition
+from minio.error import S3Error
+from pydantic import ValidationError
+
+from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
+from infra.contracts import arrays
+from infra.contracts.episode import Episode
+from infra.settings import Settings
+from learner.episode_index import EpisodeIndex, Provenance
+
+log = logging.getLogger(__name__)
+
+PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "InvalidObjectName"}
+
+
+class Rejected(Exception):
+    """A message that can never be accepted; its text is the dead-letter reason."""
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    indexed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: IngestStats) -> None:
+        self.received += other.received
+        self.indexed += other.indexed
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        for k, v in other.reasons.items():
+            self.reasons[k] = self.reasons.get(k, 0) + v
+
+
+class EpisodeIngestor:
+    def __init__(
+        self,
+        settings: Settings,
+        index: EpisodeIndex,
+        *,
+        topic: str | None = None,
+        group_id: str | None = None,
+        verify_media: bool = True,
+    ):
+        self.settings = settings
+        self.index = index
+        self.topic = topic or settings.kafka.episodes_topic
+        self.dead_letter_topic = settings.kafka.dead_letter_topic
+        self.verify_media = verify_media
+        self.consumer: KafkaConsumer = kafka_consumer(
+            settings, self.topic, group_id=group_id or settings.kafka.consumer_group
+        )
+        self._dlq = None
+        self._s3 = s3_client(settings)
+        self._fetchers = ThreadPoolExecutor(settings.learner.fetch_workers, thread_name_prefix="s3-fetch")
+
+    # -- one batch -----------------------------------------------------------------------------
+    def poll_once(self, timeout_ms: int = 500) -> IngestStats:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=500)
+        records = [r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]]
+        stats = IngestStats(received=len(records))
+        if not records:
+            return stats
+        try:
+            verdicts = list(self._fetchers.map(self._judge, records))
+        except ServiceUnavailable:
+            self._rewind(records)
+            raise
+        accepted, rejected = [], []
+        now = time.time()
+        for record, verdict in zip(records, verdicts):
+            if isinstance(verdict, Episode):
+                accepted.append((verdict, Provenance(record.topic, record.partition, record.offset, now)))
+            else:
+                rejected.append((record, verdict))
+        if rejected:
+            self._dead_letter(rejected)
+            for _, reason in rejected:
+                kind = reason.split(":", 1)[0]
+                stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
+        stats.indexed, stats.duplicates = self.index.record(accepted)
+        stats.dead_lettered = len(rejected)
+        # Only now, with every record either indexed or dead-lettered, may Kafka forget them.
+        self.consumer.commit()
+        return stats
+
+    def _judge(self, record) -> Episode | str:
+        """The episode if the message is good, else the dead-letter reason."""
+        try:
+            episode = Episode.model_validate_json(record.value)
+        except ValidationError as e:
+            kind = "bad_json" if any(err["type"] == "json_invalid" for err in e.errors()) else "schema"
+            return f"{kind}: {_short(e)}"
+        if self.verify_media:
+            try:
+                for ref in episode.refs:
+                    self._verify(ref)
+            except Rejected as e:
+                return str(e)
+        return episode
+
+    def _verify(self, ref) -> None:
+        try:
+            response = self._s3.get_object(ref.bucket, ref.key)
+            try:
+                blob = response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        except S3Error as e:
+            if e.code in PERMANENT_S3_CODES:
+                raise Rejected(f"missing_object: s3://{ref.bucket}/{ref.key} ({e.code})") from e
+            raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} failed: {e.code}") from e
+        except Exception as e:  # noqa: BLE001 - connection-level failures from urllib3
+            raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} did not answer: {e}") from e
+        digest = arrays.sha256(blob)
+        if digest != ref.sha256:
+            raise Rejected(f"checksum_mismatch: s3://{ref.bucket}/{ref.key} has sha256 {digest}, message says {ref.sha256}")
+
+    def _dead_letter(self, rejected) -> None:
+        if self._dlq is None:
+            self._dlq = kafka_producer(self.settings)
+        for record, reason in rejected:
+            log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+            self._dlq.send(
+                self.dead_letter_topic,
+                key=record.key,
+                value=record.value,
+                headers=[
+                    ("reason", reason.encode()),
+                    ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+                ],
+            )
+        self._dlq.flush(timeout=30)
+
+    def _rewind(self, records) -> None:
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        for tp, offset in first.items():
+            self.consumer.seek(tp, offset)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        until_indexed: int | None = None,
+        idle_timeout_s: float | None = None,
+        on_batch=None,
+    ) -> IngestStats:
+        """Ingest until stopped, until `until_indexed` episodes, or until idle for a while."""
+        total = IngestStats()
+        stop = stop or threading.Event()
+        last_progress = time.monotonic()
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                stats = self.poll_once()
+                backoff = 0.2
+            except ServiceUnavailable as e:
+                log.warning("ingest paused: %s", e)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 3.0)
+                continue
+            total.add(stats)
+            if stats.received:
+                last_progress = time.monotonic()
+                if on_batch:
+                    on_batch(stats, total)
+            if until_indexed is not None and total.indexed >= until_indexed:
+                break
+            if idle_timeout_s is not None and time.monotonic() - last_progress > idle_timeout_s:
+                break
+        return total
+
+    def close(self) -> None:
+        self.consumer.close()
+        if self._dlq:
+            self._dlq.close(timeout=5)
+        self._fetchers.shutdown()
+
+
+def _short(e: ValidationError) -> str:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
