@@ -35,9 +35,9 @@ def media_key(core: EpisodeCore, name: str) -> str:
 
 
 class EpisodePublisher:
-    def __init__(self, settings: Settings, *, topic: str | None = None, start: bool = True):
+    def __init__(self, settings: Settings, *, start: bool = True):
         self.settings = settings
-        self.topic = topic or settings.kafka.episodes_topic
+        self.topic = settings.kafka.episodes_topic
         self.bucket = settings.s3.episodes_bucket
         self.spool = Spool(settings.spool_dir)
         self._s3 = None

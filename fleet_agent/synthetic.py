@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Iterator
 
 import numpy as np
 
@@ -58,8 +59,11 @@ def synthetic_episode(
     success_rate: float = 0.5,
 ) -> tuple[EpisodeCore, np.ndarray, np.ndarray]:
     """One episode: its core facts, executed frames and imagined candidate videos."""
-    task_id = str(rng.choice(list(TASKS)))
-    start = datetime.now(timezone.utc)
+    core = synthetic_core(rng, robot_id, shape, policy_version, success_rate)
+    return core, *synthetic_media(rng, shape)
+
+
+def synthetic_media(rng: np.random.Generator, shape: EpisodeShape) -> tuple[np.ndarray, np.ndarray]:
     executed = render_clip(rng, shape.steps, shape.size)
     imagined = np.stack(
         [
@@ -67,6 +71,18 @@ def synthetic_episode(
             for _ in range(shape.decisions)
         ]
     )
+    return executed, imagined
+
+
+def synthetic_core(
+    rng: np.random.Generator,
+    robot_id: str,
+    shape: EpisodeShape = EpisodeShape(),
+    policy_version: str = "base",
+    success_rate: float = 0.5,
+) -> EpisodeCore:
+    task_id = str(rng.choice(list(TASKS)))
+    start = datetime.now(timezone.utc)
     decisions = []
     for d in range(shape.decisions):
         scores = rng.uniform(0, 1, shape.candidates)
@@ -104,4 +120,18 @@ def synthetic_episode(
         rejections={"exceeds_speed_limit": int(n_rejected)} if n_rejected else {},
         timings_ms={"imagine": 90.0, "inverse_dynamics": 12.0, "critic": 8.0},
     )
-    return core, executed, imagined
+    return core
+
+
+def episode_stream(
+    seed: int, episodes: int, robots: int, shape: EpisodeShape = EpisodeShape(), pool: int = 32
+) -> Iterator[tuple[EpisodeCore, np.ndarray, np.ndarray]]:
+    """`episodes` episodes over `robots` robots, each with its own id and labels.
+
+    Rendering noisy frames costs more than shipping them, so media are rendered for a pool of
+    episodes once and reused; ids, robots, tasks and success labels are drawn per episode.
+    """
+    rng = np.random.default_rng(seed)
+    media = [synthetic_media(rng, shape) for _ in range(min(episodes, pool))]
+    for i in range(episodes):
+        yield synthetic_core(rng, f"robot-{i % robots:03d}", shape), *media[i % len(media)]

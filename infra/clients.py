@@ -144,3 +144,11 @@ def mlflow_client(settings: Settings):
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+
+
+# -- Prefect --------------------------------------------------------------------------------
+def use_prefect(settings: Settings) -> None:
+    """Point Prefect, which reads its own environment, at the configured API before a flow runs."""
+    import os
+
+    os.environ["PREFECT_API_URL"] = settings.prefect_api_url

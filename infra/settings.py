@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,10 +25,14 @@ from pydantic_settings import (
 )
 
 SERVICES = ("s3", "kafka", "mlflow", "prefect")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 Service = Literal["s3", "kafka", "mlflow", "prefect"]
 
 
-class StackSettings(BaseModel):
+class StackSettings(_Section):
     """Where the embedded stack keeps its state and which loopback ports it binds."""
 
     state_dir: Path = Path(".fleet")
@@ -43,7 +47,7 @@ class StackSettings(BaseModel):
     start_timeout_s: float = 90.0
 
 
-class KafkaSettings(BaseModel):
+class KafkaSettings(_Section):
     bootstrap_servers: str | None = Field(
         None, description="host:port[,host:port]; unset = the embedded broker"
     )
@@ -63,7 +67,7 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_ms: int = 1000
 
 
-class S3Settings(BaseModel):
+class S3Settings(_Section):
     endpoint: str | None = Field(None, description="http(s)://host:port; unset = embedded S3")
     access_key: SecretStr | None = Field(
         None, description="unset with the embedded S3 = the key it generated"
@@ -75,20 +79,20 @@ class S3Settings(BaseModel):
     kafka_bucket: str = Field("fleet-kafka", description="where the embedded broker keeps topics")
 
 
-class MlflowSettings(BaseModel):
+class MlflowSettings(_Section):
     tracking_uri: str | None = Field(None, description="unset = the embedded MLflow server")
 
 
-class PrefectSettings(BaseModel):
+class PrefectSettings(_Section):
     api_url: str | None = Field(None, description="unset = the embedded Prefect server")
 
 
-class LearnerSettings(BaseModel):
+class LearnerSettings(_Section):
     index_path: Path | None = Field(None, description="SQLite episode index; unset = in state_dir")
     fetch_workers: int = 8
 
 
-class AgentSettings(BaseModel):
+class AgentSettings(_Section):
     spool_dir: Path | None = Field(None, description="on-disk spool; unset = in state_dir")
     upload_workers: int = 8
     batch_size: int = 64
@@ -167,6 +171,25 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.agent.spool_dir or self.state_dir / "agent" / "spool"
+
+    def isolated(self, name: str, work_dir: Path) -> Settings:
+        """A copy with its own topics, consumer group, spool and index, on the same services.
+
+        Benchmarks and tests use it so that runs cannot see each other's episodes.
+        """
+        return self.model_copy(
+            update={
+                "kafka": self.kafka.model_copy(
+                    update={
+                        "episodes_topic": f"{name}.episodes",
+                        "dead_letter_topic": f"{name}.episodes.dlq",
+                        "consumer_group": f"{name}.learner",
+                    }
+                ),
+                "agent": self.agent.model_copy(update={"spool_dir": work_dir / "spool"}),
+                "learner": self.learner.model_copy(update={"index_path": work_dir / "index.sqlite"}),
+            }
+        )
 
     @property
     def generated_credentials_path(self) -> Path:

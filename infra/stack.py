@@ -97,6 +97,8 @@ def _seaweed_identities(s: Settings) -> Path:
 
 
 def _s3_healthy(s: Settings) -> bool:
+    if s.is_embedded("s3") and not port_open(s.stack.host, s.stack.s3_port):
+        return False
     try:
         s3_client(s).list_buckets()
         return True
@@ -329,6 +331,7 @@ def stop_service(s: Settings, name: Service, sig: int = signal.SIGTERM, timeout:
             while _alive(pid):
                 _reap(pid)
                 time.sleep(0.1)
+        _reap(pid)
     _write_state(s, state)
     # A stopped server's port can stay busy for a moment (STACK.md): wait it out.
     deadline = time.monotonic() + 10

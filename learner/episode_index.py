@@ -105,6 +105,12 @@ class EpisodeIndex:
         where, args = _where(**filters)
         return [r[0] for r in self._db.execute(f"SELECT ingested_at - published_at FROM episodes {where}", args)]
 
+    def summary(self) -> list[tuple[str, str, int, int]]:
+        """(robot_id, task_id, episodes, successes) for every robot and task."""
+        return self._db.execute(
+            "SELECT robot_id, task_id, COUNT(*), SUM(success) FROM episodes GROUP BY robot_id, task_id ORDER BY robot_id, task_id"
+        ).fetchall()
+
     def close(self) -> None:
         self._db.close()
 

@@ -60,17 +60,15 @@ class EpisodeIngestor:
         settings: Settings,
         index: EpisodeIndex,
         *,
-        topic: str | None = None,
-        group_id: str | None = None,
         verify_media: bool = True,
     ):
         self.settings = settings
         self.index = index
-        self.topic = topic or settings.kafka.episodes_topic
+        self.topic = settings.kafka.episodes_topic
         self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.verify_media = verify_media
         self.consumer: KafkaConsumer = kafka_consumer(
-            settings, self.topic, group_id=group_id or settings.kafka.consumer_group
+            settings, self.topic, group_id=settings.kafka.consumer_group
         )
         self._dlq = None
         self._s3 = s3_client(settings)

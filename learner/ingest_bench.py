@@ -15,17 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from fleet_agent.publisher import EpisodePublisher
-from fleet_agent.synthetic import EpisodeShape, synthetic_episode
+from fleet_agent.synthetic import EpisodeShape, episode_stream
 from infra import stack
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
 
 
-def _ingest_worker(settings_json: str, topic: str, group: str, expected: int, ready, done) -> None:
-    settings = Settings.model_validate_json(settings_json)
+def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:
     index = EpisodeIndex(settings.index_path)
-    ingestor = EpisodeIngestor(settings, index, topic=topic, group_id=group)
+    ingestor = EpisodeIngestor(settings, index)
     # Join the group before the clock starts: a join is a one-off cost, not throughput.
     while not ingestor.consumer.assignment():
         ingestor.consumer.poll(timeout_ms=200)
@@ -39,26 +38,16 @@ def _ingest_worker(settings_json: str, topic: str, group: str, expected: int, re
 def bench_ingest(settings: Settings, episodes: int = 1000, robots: int = 20, progress=None) -> dict:
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"ingest-{run}"
-    settings = settings.model_copy(
-        update={
-            "agent": settings.agent.model_copy(update={"spool_dir": work / "spool"}),
-            "learner": settings.learner.model_copy(update={"index_path": work / "index.sqlite"}),
-        }
-    )
-    topic = f"bench.episodes.{run}"
+    settings = settings.isolated(f"bench-{run}", work)
     stack.up(settings, services=("s3", "kafka"))
-    stack.ensure_topics(settings, extra=(topic,))
 
-    # Rendering noisy frames costs more than shipping them; render a pool once, give every
-    # episode its own id, robot and labels, and reuse the pool's media.
-    rng = np.random.default_rng(0)
     shape = EpisodeShape()
-    pool = [synthetic_episode(rng, "pool", shape) for _ in range(min(episodes, 64))]
+    stream = list(episode_stream(seed=0, episodes=episodes, robots=robots, shape=shape))
     ctx = mp.get_context("spawn")
     ready, done = ctx.Event(), ctx.Queue()
     worker = ctx.Process(
         target=_ingest_worker,
-        args=(settings.model_dump_json(), topic, f"bench-{run}", episodes, ready, done),
+        args=(settings, episodes, ready, done),
         daemon=True,
     )
     worker.start()
@@ -66,12 +55,10 @@ def bench_ingest(settings: Settings, episodes: int = 1000, robots: int = 20, pro
         worker.kill()
         raise RuntimeError("the ingest worker did not join its consumer group in 120 s")
 
-    publisher = EpisodePublisher(settings, topic=topic)
+    publisher = EpisodePublisher(settings)
     sent_ids, nbytes = set(), 0
     t0 = time.perf_counter()
-    for i in range(episodes):
-        core, frames, imagined = pool[i % len(pool)]
-        core = core.model_copy(update={"episode_id": uuid.UUID(bytes=rng.bytes(16), version=4), "robot_id": f"robot-{i % robots:03d}"})
+    for i, (core, frames, imagined) in enumerate(stream):
         episode = publisher.publish(core, frames, imagined)
         sent_ids.add(str(episode.episode_id))
         nbytes += sum(ref.nbytes for ref in episode.refs)

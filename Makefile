@@ -1,0 +1,42 @@
+# worldfleet: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-unit demo bench stack-up stack-down clean
+
+install: $(STAMP)
+
+# torch first (the CPU build; any other spec pulls GBs of CUDA wheels), then DeepSpeed built
+# against it, then the project with its pinned dependencies.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "setuptools>=68" wheel
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(VENV)/bin/pytest
+
+test-unit: install
+	$(VENV)/bin/pytest tests/unit
+
+demo: install
+	$(VENV)/bin/fleet demo
+
+bench: install
+	$(VENV)/bin/fleet bench ingest --episodes 1000 --out out/bench_ingest.json
+
+stack-up: install
+	$(VENV)/bin/fleet stack up
+
+stack-down: install
+	$(VENV)/bin/fleet stack down
+
+clean:
+	-$(VENV)/bin/fleet stack down
+	rm -rf $(VENV) .fleet out

@@ -1,0 +1,168 @@
+"""`fleet`: the one command line. Each sub-command parses options and calls a library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.settings import Settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+stack_app = typer.Typer(help="Run the embedded stack: S3, Kafka, MLflow and Prefect on loopback.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: each measures the real path and writes JSON.", no_args_is_help=True)
+episodes_app = typer.Typer(help="Look into the learner's episode index.", no_args_is_help=True)
+contracts_app = typer.Typer(help="The data contracts between robots and learner.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(bench_app, name="bench")
+app.add_typer(episodes_app, name="episodes")
+app.add_typer(contracts_app, name="contracts")
+console = Console()
+
+
+def _settings() -> Settings:
+    logging.basicConfig(level=os.environ.get("FLEET_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    return Settings()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+def _write_json(result: dict, out: Path | None) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {out}")
+
+
+# -- stack ------------------------------------------------------------------------------------
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start every embedded service not configured to an external one; create buckets and topics."""
+    from infra import stack
+
+    settings = _settings()
+    with console.status("starting the stack") as spinner:
+        result = stack.up(settings, on_ready=lambda name: spinner.update(f"{name} ready"))
+    _print_status(result)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the services `fleet stack up` started (and nothing else)."""
+    from infra import stack
+
+    stopped = stack.down(_settings())
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status(as_json: bool = typer.Option(False, "--json", help="print JSON for scripts")) -> None:
+    """Show each service's URL and whether it answers."""
+    from infra import stack
+
+    result = stack.status(_settings())
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _print_status(result)
+    raise typer.Exit(0 if all(s["healthy"] for s in result["services"].values()) else 1)
+
+
+def _print_status(result: dict) -> None:
+    table = Table("service", "url", "healthy", "kind")
+    for name, svc in result["services"].items():
+        ok = "[green]yes[/]" if svc["healthy"] else "[red]no[/]"
+        table.add_row(name, svc["url"], ok, "embedded" if svc["embedded"] else "external")
+    console.print(table)
+
+
+# -- benchmarks -------------------------------------------------------------------------------
+@bench_app.command("ingest")
+def bench_ingest_cmd(
+    episodes: int = typer.Option(1000, help="episodes to send"),
+    robots: int = typer.Option(20, help="robot ids to spread them over (the Kafka key)"),
+    out: Path = typer.Option(Path("out/bench_ingest.json"), help="where to write the JSON result"),
+) -> None:
+    """Publisher -> S3 + Kafka -> validating ingestor -> index, with realistic episodes."""
+    from learner.ingest_bench import bench_ingest
+
+    with _progress() as progress:
+        bar = progress.add_task("publishing", total=episodes)
+        result = bench_ingest(_settings(), episodes, robots, progress=lambda n: progress.update(bar, completed=n))
+    table = Table("metric", "value")
+    for key in ("episodes_sent", "episodes_indexed", "lost", "duplicated", "episodes_per_s", "mb_per_s", "latency_ms_p50", "latency_ms_p99"):
+        table.add_row(key, str(result[key]))
+    console.print(table)
+    _write_json(result, out)
+
+
+# -- episodes ---------------------------------------------------------------------------------
+@episodes_app.command("summary")
+def episodes_summary() -> None:
+    """Episodes and success per robot and task in the learner's index."""
+    from learner.episode_index import EpisodeIndex
+
+    settings = _settings()
+    index = EpisodeIndex(settings.index_path)
+    _print_summary(index)
+    index.close()
+
+
+def _print_summary(index) -> None:
+    rows = index.summary()
+    table = Table("robot", "task", "episodes", "success")
+    for robot_id, task_id, n, successes in rows:
+        table.add_row(robot_id, task_id, str(n), f"{successes / n:.0%}")
+    console.print(table)
+    console.print(f"{index.count()} episodes in {index.path}")
+
+
+# -- contracts --------------------------------------------------------------------------------
+@contracts_app.command("export")
+def contracts_export() -> None:
+    """Rewrite the episode JSON Schema checked into the repo."""
+    from infra.contracts.episode import export_schema
+
+    console.print(f"wrote {export_schema()}")
+
+
+# -- demo -------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    episodes: int = typer.Option(200, help="synthetic episodes to stream"),
+    robots: int = typer.Option(10, help="simulated robots"),
+    out: Path = typer.Option(Path("out/demo.json"), help="where to write the JSON result"),
+) -> None:
+    """Bring the stack up and stream synthetic episodes through the data plane (a Prefect flow)."""
+    from infra import stack
+    from infra.clients import use_prefect
+    from learner.episode_index import EpisodeIndex
+
+    settings = _settings()
+    with console.status("starting the stack") as spinner:
+        stack.up(settings, on_ready=lambda name: spinner.update(f"{name} ready"))
+    use_prefect(settings)
+    from flows.data_plane_demo import data_plane_demo
+
+    result = data_plane_demo(settings, episodes=episodes, robots=robots)
+    index = EpisodeIndex(settings.index_path)
+    _print_summary(index)
+    index.close()
+    console.print(f"published {result['published']}, arrived {result['arrived']}")
+    _write_json(result, out)
+    if result["arrived"] != result["published"]:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,169 @@
+"""The episode data plane against real S3 and a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+
+import pytest
+from fleet_agent.publisher import EpisodePublisher
+from fleet_agent.synthetic import EpisodeShape, episode_stream
+from infra import stack
+from infra.clients import kafka_consumer, kafka_producer, s3_client
+from infra.contracts import arrays
+from infra.contracts.episode import ArrayRef, Episode, Media
+from learner.episode_index import EpisodeIndex
+from learner.ingest import EpisodeIngestor
+
+pytestmark = pytest.mark.integration
+SMALL = EpisodeShape(steps=8, size=32, candidates=4, imagined_frames=4)
+
+
+class BackgroundIngest:
+    """The learner's ingest loop on a thread, as it runs beside a live fleet."""
+
+    def __init__(self, settings):
+        self.index = EpisodeIndex(settings.index_path)
+        self.ingestor = EpisodeIngestor(settings, self.index)
+        self.stop = threading.Event()
+        self.stats = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.stats = self.ingestor.run(stop=self.stop)
+
+    def wait_for(self, n: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.index.count() < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.index.count()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(30)
+        self.ingestor.close()
+
+
+def publish(publisher: EpisodePublisher, stream) -> list[str]:
+    return [str(publisher.publish(*episode).episode_id) for episode in stream]
+
+
+def test_thousand_episodes_arrive_once_each(plane):
+    ingest = BackgroundIngest(plane)
+    publisher = EpisodePublisher(plane)
+    sent = publish(publisher, episode_stream(seed=1, episodes=1000, robots=20))
+    assert publisher.close(drain_timeout=180), publisher.last_error
+    assert ingest.wait_for(1000, timeout=180) == 1000
+    ingest.close()
+    indexed = ingest.index.episode_ids()
+    assert sorted(indexed) == sorted(sent)
+
+
+def test_broker_killed_with_sigkill_mid_stream_loses_nothing(plane):
+    ingest = BackgroundIngest(plane)
+    publisher = EpisodePublisher(plane)
+    stream = list(episode_stream(seed=2, episodes=1000, robots=20))
+    sent = publish(publisher, stream[:400])
+    while publisher.shipped < 200:  # the broker dies while episodes are in flight
+        time.sleep(0.05)
+    stack.kill_service(plane, "kafka")
+    sent += publish(publisher, stream[400:700])  # robots keep working while it is down
+    time.sleep(1)
+    stack.start_service(plane, "kafka")
+    sent += publish(publisher, stream[700:])
+    assert publisher.close(drain_timeout=240), publisher.last_error
+    assert ingest.wait_for(1000, timeout=240) == 1000
+    time.sleep(2)  # any late redelivery would show up as an extra row now
+    ingest.close()
+    indexed = ingest.index.episode_ids()
+    assert len(indexed) == len(set(indexed)) == 1000
+    assert set(indexed) == set(sent)
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic_while_good_ones_flow(plane):
+    publisher = EpisodePublisher(plane)
+    good = publish(publisher, episode_stream(seed=3, episodes=5, robots=2, shape=SMALL))
+    assert publisher.wait_drained(60), publisher.last_error
+
+    template = Episode.model_validate_json(publisher_message(plane, good[0]))
+    s3 = s3_client(plane)
+    corrupt_key = f"tests/{uuid.uuid4()}.npy.zst"
+    blob = b"these are not the frames you hashed"
+    s3.put_object(plane.s3.episodes_bucket, corrupt_key, io.BytesIO(blob), len(blob))
+    missing = template.model_copy(
+        update={
+            "episode_id": uuid.uuid4(),
+            "media": Media(
+                executed_frames=template.media.executed_frames.model_copy(update={"key": f"tests/{uuid.uuid4()}.npy.zst"}),
+                imagined_videos=template.media.imagined_videos,
+            ),
+        }
+    )
+    corrupt = template.model_copy(
+        update={
+            "episode_id": uuid.uuid4(),
+            "media": Media(
+                executed_frames=ArrayRef(**{**template.media.executed_frames.model_dump(), "key": corrupt_key, "sha256": arrays.sha256(b"other bytes")}),
+                imagined_videos=template.media.imagined_videos,
+            ),
+        }
+    )
+    bad = {
+        "bad_json": b'{"episode_id": ',
+        "schema": b'{"hello": "world"}',
+        "missing_object": missing.model_dump_json().encode(),
+        "checksum_mismatch": corrupt.model_dump_json().encode(),
+    }
+    producer = kafka_producer(plane)
+    for value in bad.values():
+        producer.send(plane.kafka.episodes_topic, key=b"robot-x", value=value)
+    producer.flush(10)
+    producer.close()
+    good += publish(publisher, episode_stream(seed=4, episodes=5, robots=2, shape=SMALL))
+    assert publisher.close(drain_timeout=60), publisher.last_error
+
+    index = EpisodeIndex(plane.index_path)
+    ingestor = EpisodeIngestor(plane, index)
+    stats = ingestor.run(idle_timeout_s=5)
+    ingestor.close()
+    assert sorted(index.episode_ids()) == sorted(good)
+    assert stats.dead_lettered == 4
+
+    dlq = kafka_consumer(plane, plane.kafka.dead_letter_topic, group_id=None, consumer_timeout_ms=5000)
+    letters = {dict(m.headers)["reason"].decode().split(":")[0]: m.value for m in dlq}
+    dlq.close()
+    assert letters == bad  # each with its reason, each with its original bytes
+
+
+def publisher_message(settings, episode_id: str) -> bytes:
+    """The message that reached Kafka for one episode (read back from the topic)."""
+    consumer = kafka_consumer(settings, settings.kafka.episodes_topic, group_id=None, consumer_timeout_ms=5000)
+    try:
+        for record in consumer:
+            if episode_id.encode() in record.value:
+                return record.value
+    finally:
+        consumer.close()
+    raise AssertionError(f"episode {episode_id} not on the topic")
+
+
+def test_with_s3_stopped_episodes_spool_on_disk_and_arrive_when_it_is_back(plane):
+    publisher = EpisodePublisher(plane)
+    stack.kill_service(plane, "s3")
+    try:
+        sent = publish(publisher, episode_stream(seed=5, episodes=30, robots=3, shape=SMALL))
+        time.sleep(3)
+        assert publisher.pending() == 30, "nothing can leave the robot while S3 is down"
+        assert "s3" in (publisher.last_error or "")
+    finally:
+        stack.start_service(plane, "s3")
+        stack.start_service(plane, "kafka")  # the embedded broker keeps its log in S3
+    assert publisher.close(drain_timeout=120), publisher.last_error
+    index = EpisodeIndex(plane.index_path)
+    ingestor = EpisodeIngestor(plane, index)
+    ingestor.run(until_indexed=30, idle_timeout_s=60)
+    ingestor.close()
+    assert sorted(index.episode_ids()) == sorted(sent)

@@ -1,0 +1,82 @@
+import json
+import uuid
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from fleet_agent.synthetic import synthetic_episode
+from infra.contracts import arrays
+from infra.contracts.episode import SCHEMA_PATH, Decision, Episode, json_schema
+
+
+def an_episode() -> Episode:
+    core, frames, imagined = synthetic_episode(np.random.default_rng(1), "robot-1")
+    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1, "shape": [1], "dtype": "uint8"}
+    return Episode(**core.model_dump(), media={"executed_frames": ref, "imagined_videos": ref}, published_at=core.ended_at)
+
+
+def test_checked_in_json_schema_matches_the_model():
+    assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(json_schema(), sort_keys=True)), (
+        "run `fleet contracts export` and commit infra/contracts/episode.schema.json"
+    )
+
+
+def test_episode_round_trips_through_json():
+    episode = an_episode()
+    assert Episode.model_validate_json(episode.model_dump_json()) == episode
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"schema_version": 2},
+        {"episode_id": "not-a-uuid"},
+        {"robot_id": ""},
+        {"unexpected_field": 1},
+        {"success_source": "guess"},
+    ],
+)
+def test_invalid_episodes_are_refused(change):
+    data = json.loads(an_episode().model_dump_json()) | change
+    with pytest.raises(ValidationError):
+        Episode.model_validate(data)
+
+
+def test_episode_cannot_end_before_it_starts():
+    data = json.loads(an_episode().model_dump_json())
+    data["ended_at"] = "2000-01-01T00:00:00Z"
+    with pytest.raises(ValidationError, match="before started_at"):
+        Episode.model_validate(data)
+
+
+def test_chosen_candidate_must_exist():
+    with pytest.raises(ValidationError, match="not among the candidates"):
+        Decision(step=0, candidates=[{"index": 0}], chosen=3, latency_ms=1.0)
+
+
+def test_tampered_checksum_format_is_refused():
+    data = json.loads(an_episode().model_dump_json())
+    data["media"]["executed_frames"]["sha256"] = "xyz"
+    with pytest.raises(ValidationError):
+        Episode.model_validate(data)
+
+
+def test_arrays_round_trip_exactly():
+    frames = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
+    blob = arrays.encode(frames)
+    assert np.array_equal(arrays.decode(blob), frames)
+    assert arrays.sha256(blob) == arrays.sha256(arrays.encode(frames))
+
+
+def test_object_arrays_are_never_encoded_or_unpickled():
+    with pytest.raises(ValueError, match="cannot travel"):
+        arrays.encode(np.array([{"a": 1}], dtype=object))
+    import io
+
+    import zstandard
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([uuid.uuid4()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickle"):
+        arrays.decode(zstandard.ZstdCompressor().compress(buf.getvalue()))

@@ -1,0 +1,46 @@
+from datetime import timedelta
+
+import numpy as np
+
+from fleet_agent.synthetic import synthetic_episode
+from infra.contracts.episode import Episode
+from learner.episode_index import EpisodeIndex, Provenance
+
+
+def episodes(n: int, seed: int = 0) -> list[Episode]:
+    rng = np.random.default_rng(seed)
+    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1, "shape": [1], "dtype": "uint8"}
+    out = []
+    for i in range(n):
+        core, _, _ = synthetic_episode(rng, f"robot-{i % 3}", policy_version=f"v{i % 2}")
+        shift = timedelta(seconds=i)
+        core = core.model_copy(update={"started_at": core.started_at + shift, "ended_at": core.ended_at + shift})
+        out.append(Episode(**core.model_dump(), media={"executed_frames": ref, "imagined_videos": ref}, published_at=core.ended_at))
+    return out
+
+
+def test_duplicates_are_dropped_by_episode_id(tmp_path):
+    index = EpisodeIndex(tmp_path / "i.sqlite")
+    batch = [(e, Provenance("t", 0, i, 0.0)) for i, e in enumerate(episodes(10))]
+    assert index.record(batch) == (10, 0)
+    assert index.record(batch[:4]) == (0, 4)
+    assert index.count() == 10
+
+
+def test_index_survives_a_restart_and_answers_queries(tmp_path):
+    eps = episodes(30)
+    index = EpisodeIndex(tmp_path / "i.sqlite")
+    index.record([(e, Provenance("t", 0, i, 0.0)) for i, e in enumerate(eps)])
+    index.close()
+
+    index = EpisodeIndex(tmp_path / "i.sqlite")
+    assert index.count() == 30
+    assert index.count(robot_id="robot-1") == sum(e.robot_id == "robot-1" for e in eps)
+    assert index.count(policy_version="v0", success=True) == sum(
+        e.model_versions.policy == "v0" and e.success for e in eps
+    )
+    task = eps[0].task_id
+    assert {str(e.episode_id) for e in index.query(task_id=task)} == {str(e.episode_id) for e in eps if e.task_id == task}
+    since = eps[10].started_at
+    assert index.count(since=since, until=eps[20].started_at) == 10
+    assert index.query(limit=1)[0] == eps[0]
