@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
 	$(PIP) install -q --no-build-isolation -e ".[test]"
+	# The Compose specification's JSON Schema, to check infra/production without a Docker engine.
+	$(PIP) download -q --no-deps -d $(VENV)/compose-spec docker-compose==1.29.2
 	touch $(STAMP)
 
 test: install

@@ -46,14 +46,27 @@ def _write_json(result: dict, out: Path | None) -> None:
 
 # -- stack ------------------------------------------------------------------------------------
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(
+    supervise: bool = typer.Option(True, help="restart a service whose process dies (until `down`)"),
+) -> None:
     """Start every embedded service not configured to an external one; create buckets and topics."""
     from infra import stack
 
     settings = _settings()
     with console.status("starting the stack") as spinner:
         result = stack.up(settings, on_ready=lambda name: spinner.update(f"{name} ready"))
+    if supervise:
+        stack.start_supervisor(settings)
     _print_status(result)
+    console.print(f"state, data and logs in {settings.state_dir}")
+
+
+@stack_app.command("supervise")
+def stack_supervise(interval: float = typer.Option(2.0, help="seconds between checks")) -> None:
+    """Watch the services `up` started and restart any that dies (in the foreground)."""
+    from infra import stack
+
+    stack.supervise(_settings(), interval, log=console.print)
 
 
 @stack_app.command("down")
@@ -151,6 +164,7 @@ def demo(
     settings = _settings()
     with console.status("starting the stack") as spinner:
         stack.up(settings, on_ready=lambda name: spinner.update(f"{name} ready"))
+    stack.start_supervisor(settings)
     use_prefect(settings)
     from flows.data_plane_demo import data_plane_demo
 

@@ -25,6 +25,9 @@ from infra.clients import ServiceUnavailable, kafka_admin, port_open, s3_client,
 from infra.settings import SERVICES, Service, Settings
 
 
+SUPERVISOR = "supervisor"
+
+
 class StackError(RuntimeError):
     pass
 
@@ -333,13 +336,17 @@ def stop_service(s: Settings, name: Service, sig: int = signal.SIGTERM, timeout:
                 time.sleep(0.1)
         _reap(pid)
     _write_state(s, state)
-    # A stopped server's port can stay busy for a moment (STACK.md): wait it out.
-    deadline = time.monotonic() + 10
+    _wait_ports_free(s, name)
+    return True
+
+
+def _wait_ports_free(s: Settings, name: Service, timeout: float = 10.0) -> None:
+    """A stopped server's port can stay busy for a moment (STACK.md): wait it out."""
+    deadline = time.monotonic() + timeout
     while any(port_open(s.stack.host, p) for p in SERVICES_IN_ORDER[name].ports(s).values()):
         if time.monotonic() > deadline:
-            break
+            return
         time.sleep(0.2)
-    return True
 
 
 def kill_service(s: Settings, name: Service) -> None:
@@ -353,6 +360,66 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def supervise_once(s: Settings) -> list[Service]:
+    """Restart every recorded service whose process died without `down`; returns their names.
+
+    A deliberate stop removes the record before it signals, so it is never undone here.
+    """
+    restarted: list[Service] = []
+    for name, record in _read_state(s).items():
+        if name not in SERVICES_IN_ORDER or _ours(record["pid"], record):
+            continue
+        state = _read_state(s)
+        if state.get(name, {}).get("pid") != record["pid"]:
+            continue  # stopped or restarted meanwhile
+        state.pop(name)
+        _write_state(s, state)
+        _wait_ports_free(s, name)
+        start_service(s, name)
+        restarted.append(name)
+    return restarted
+
+
+def supervise(s: Settings, interval_s: float = 2.0, log: Callable[[str], None] = print) -> None:
+    """Keep the recorded services running until the supervisor is stopped."""
+    while True:
+        try:
+            for name in supervise_once(s):
+                log(f"restarted {name}, which had died")
+        except StackError as e:
+            log(f"could not restart: {e}")
+        time.sleep(interval_s)
+
+
+def start_supervisor(s: Settings) -> int:
+    """Run `fleet stack supervise` detached, recorded like a service so `down` stops it."""
+    state = _read_state(s)
+    record = state.get(SUPERVISOR)
+    if record and _ours(record["pid"], record):
+        return record["pid"]
+    log = s.state_dir / "logs" / "supervisor.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "stack", "supervise"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=os.environ | {"FLEET_STACK__STATE_DIR": str(s.state_dir)}, start_new_session=True,
+        )  # fmt: skip
+    state[SUPERVISOR] = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "log": str(log)}
+    _write_state(s, state)
+    return proc.pid
+
+
+def _stop_supervisor(s: Settings) -> None:
+    state = _read_state(s)
+    record = state.pop(SUPERVISOR, None)
+    _write_state(s, state)
+    if record and _ours(record["pid"], record):
+        os.killpg(record["pid"], signal.SIGTERM)
+        while _alive(record["pid"]):
+            _reap(record["pid"])
+            time.sleep(0.05)
 
 
 def up(s: Settings, services: tuple[Service, ...] = SERVICES, on_ready: Callable[[str], None] | None = None) -> dict:
@@ -372,6 +439,7 @@ def up(s: Settings, services: tuple[Service, ...] = SERVICES, on_ready: Callable
 
 def down(s: Settings) -> list[str]:
     """Stop, in reverse order, the services `up` started."""
+    _stop_supervisor(s)
     stopped = []
     for name in reversed(SERVICES):
         if stop_service(s, name):
@@ -430,4 +498,3 @@ def ensure_topics(s: Settings, extra: tuple[str, ...] = ()) -> None:
         admin.close()
 
 
-__all__ = ["StackError", "ServiceUnavailable", "up", "down", "status", "start_service", "stop_service", "kill_service"]

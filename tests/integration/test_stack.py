@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,3 +75,20 @@ def test_services_configured_elsewhere_are_not_started(tmp_path, services):
     s3 = stack.up(settings, services=("s3",))["services"]["s3"]
     assert s3 == {"url": services.s3_endpoint, "healthy": True, "embedded": False}  # no pid: none started
     assert not port_open("127.0.0.1", settings.stack.s3_port)
+
+
+def test_a_service_that_dies_is_restarted_but_one_stopped_on_purpose_is_not(tmp_path):
+    settings = stack_settings(tmp_path)
+    try:
+        stack.up(settings, services=("s3",))
+        first = stack.status(settings)["services"]["s3"]["pid"]
+        os.killpg(first, signal.SIGKILL)  # dies behind the stack's back
+        assert stack.supervise_once(settings) == ["s3"]
+        s3 = stack.status(settings)["services"]["s3"]
+        assert s3["healthy"] and s3["pid"] != first
+
+        stack.stop_service(settings, "s3")
+        assert stack.supervise_once(settings) == []
+        assert not stack.status(settings)["services"]["s3"]["healthy"]
+    finally:
+        stack.down(settings)
