@@ -104,14 +104,23 @@ def _print_status(result: dict) -> None:
 def bench_ingest_cmd(
     episodes: int = typer.Option(1000, help="episodes to send"),
     robots: int = typer.Option(20, help="robot ids to spread them over (the Kafka key)"),
+    camera_noise: float = typer.Option(2.0, help="sensor noise std; 0 = noise-free simulator frames"),
+    rate: float = typer.Option(0.0, help="episodes/s to offer; 0 = as fast as possible"),
     out: Path = typer.Option(Path("out/bench_ingest.json"), help="where to write the JSON result"),
 ) -> None:
-    """Publisher -> S3 + Kafka -> validating ingestor -> index, with realistic episodes."""
+    """Publisher -> S3 + Kafka -> validating ingestor -> index, with realistic episodes.
+
+    Unpaced it measures capacity (latency then includes queueing); with --rate below capacity
+    it measures the latency a robot's episode sees.
+    """
     from learner.ingest_bench import bench_ingest
 
     with _progress() as progress:
         bar = progress.add_task("publishing", total=episodes)
-        result = bench_ingest(_settings(), episodes, robots, progress=lambda n: progress.update(bar, completed=n))
+        result = bench_ingest(
+            _settings(), episodes, robots, camera_noise, rate or None,
+            progress=lambda n: progress.update(bar, completed=n),
+        )  # fmt: skip
     table = Table("metric", "value")
     for key in ("episodes_sent", "episodes_indexed", "lost", "duplicated", "episodes_per_s", "mb_per_s", "latency_ms_p50", "latency_ms_p99"):
         table.add_row(key, str(result[key]))

@@ -35,13 +35,21 @@ def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:
     index.close()
 
 
-def bench_ingest(settings: Settings, episodes: int = 1000, robots: int = 20, progress=None) -> dict:
+def bench_ingest(
+    settings: Settings,
+    episodes: int = 1000,
+    robots: int = 20,
+    camera_noise: float = 2.0,
+    rate: float | None = None,
+    progress=None,
+) -> dict:
+    """Send `episodes` as fast as possible (or at `rate` per second) and measure what arrives."""
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"ingest-{run}"
     settings = settings.isolated(f"bench-{run}", work)
     stack.up(settings, services=("s3", "kafka"))
 
-    shape = EpisodeShape()
+    shape = EpisodeShape(camera_noise=camera_noise)
     stream = list(episode_stream(seed=0, episodes=episodes, robots=robots, shape=shape))
     ctx = mp.get_context("spawn")
     ready, done = ctx.Event(), ctx.Queue()
@@ -59,6 +67,8 @@ def bench_ingest(settings: Settings, episodes: int = 1000, robots: int = 20, pro
     sent_ids, nbytes = set(), 0
     t0 = time.perf_counter()
     for i, (core, frames, imagined) in enumerate(stream):
+        if rate:
+            time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
         episode = publisher.publish(core, frames, imagined)
         sent_ids.add(str(episode.episode_id))
         nbytes += sum(ref.nbytes for ref in episode.refs)
@@ -87,6 +97,7 @@ def bench_ingest(settings: Settings, episodes: int = 1000, robots: int = 20, pro
         "latency_ms_p50": round(float(np.percentile(latencies_ms, 50)), 1),
         "latency_ms_p99": round(float(np.percentile(latencies_ms, 99)), 1),
         "elapsed_s": round(elapsed, 2),
+        "offered_rate": rate,
         "shape": shape.__dict__,
         "work_dir": str(Path(work)),
     }
