@@ -326,15 +326,12 @@ def stop_service(s: Settings, name: Service, sig: int = signal.SIGTERM, timeout:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
+        while not _exited(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if not _exited(pid):
             os.killpg(pid, signal.SIGKILL)
-            while _alive(pid):
-                _reap(pid)
+            while not _exited(pid):
                 time.sleep(0.1)
-        _reap(pid)
     _write_state(s, state)
     _wait_ports_free(s, name)
     return True
@@ -354,12 +351,17 @@ def kill_service(s: Settings, name: Service) -> None:
     stop_service(s, name, sig=signal.SIGKILL)
 
 
-def _reap(pid: int) -> None:
-    """Collect a child we started in this process so it does not linger as a zombie."""
+def _exited(pid: int) -> bool:
+    """Whether the process has fully exited; our own child is reaped so it leaves no zombie.
+
+    For a child only waitpid tells the truth: a multi-threaded process (SeaweedFS is Go) shows
+    its leader as a zombie while its other threads are still being torn down.
+    """
     try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        return reaped == pid
+    except ChildProcessError:  # not our child (started by another `fleet` process)
+        return not _alive(pid)
 
 
 def supervise_once(s: Settings) -> list[Service]:
@@ -417,8 +419,7 @@ def _stop_supervisor(s: Settings) -> None:
     _write_state(s, state)
     if record and _ours(record["pid"], record):
         os.killpg(record["pid"], signal.SIGTERM)
-        while _alive(record["pid"]):
-            _reap(record["pid"])
+        while not _exited(record["pid"]):
             time.sleep(0.05)
 
 

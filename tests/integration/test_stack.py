@@ -83,6 +83,7 @@ def test_a_service_that_dies_is_restarted_but_one_stopped_on_purpose_is_not(tmp_
         stack.up(settings, services=("s3",))
         first = stack.status(settings)["services"]["s3"]["pid"]
         os.killpg(first, signal.SIGKILL)  # dies behind the stack's back
+        os.waitpid(first, 0)
         assert stack.supervise_once(settings) == ["s3"]
         s3 = stack.status(settings)["services"]["s3"]
         assert s3["healthy"] and s3["pid"] != first
