@@ -128,7 +128,7 @@ def synthetic_core(
 
 
 def episode_stream(
-    seed: int, episodes: int, robots: int, shape: EpisodeShape = EpisodeShape(), pool: int = 32
+    seed: int | None, episodes: int, robots: int, shape: EpisodeShape = EpisodeShape(), pool: int = 32
 ) -> Iterator[tuple[EpisodeCore, np.ndarray, np.ndarray]]:
     """`episodes` episodes over `robots` robots, each with its own id and labels.
 

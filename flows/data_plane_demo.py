@@ -6,6 +6,11 @@ the run shows in the Prefect UI of the stack.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
 from prefect import flow, task
 
 from fleet_agent.publisher import EpisodePublisher
@@ -16,33 +21,48 @@ from learner.ingest import EpisodeIngestor
 
 
 @task(retries=2, retry_delay_seconds=2)
-def publish_episodes(settings: Settings, episodes: int, robots: int, seed: int) -> list[str]:
+def publish_episodes(settings: Settings, episodes: int, robots: int, seed: int | None, rate: float) -> list[str]:
+    """The fleet finishing `rate` episodes per second between them."""
     publisher = EpisodePublisher(settings)
-    ids = [str(publisher.publish(*ep).episode_id) for ep in episode_stream(seed, episodes, robots)]
+    ids, start = [], time.perf_counter()
+    for i, episode in enumerate(episode_stream(seed, episodes, robots)):
+        time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        ids.append(str(publisher.publish(*episode).episode_id))
     if not publisher.close(drain_timeout=120):
         raise RuntimeError(f"{publisher.pending()} episodes still spooled: {publisher.last_error}")
     return ids
 
 
-@task(retries=2, retry_delay_seconds=2)
-def ingest_episodes(settings: Settings, expected_ids: list[str]) -> dict:
+@task
+def ingest_episodes(settings: Settings, expected: int) -> dict:
+    """Run the learner's ingest until `expected` new episodes are indexed (or it goes idle)."""
     index = EpisodeIndex(settings.index_path)
     ingestor = EpisodeIngestor(settings, index)
     try:
-        missing = set(expected_ids) - set(index.episode_ids())
-        stats = ingestor.run(until_indexed=len(missing), idle_timeout_s=60) if missing else None
+        stats = ingestor.run(until_indexed=expected, idle_timeout_s=60)
     finally:
         ingestor.close()
-    arrived = set(expected_ids) & set(index.episode_ids())
-    index.close()
-    return {
-        "published": len(expected_ids),
-        "arrived": len(arrived),
-        "dead_lettered": stats.dead_lettered if stats else 0,
-    }
+        index.close()
+    return {"indexed": stats.indexed, "duplicates_dropped": stats.duplicates, "dead_lettered": stats.dead_lettered}
 
 
 @flow(name="data-plane-demo", log_prints=True)
-def data_plane_demo(settings: Settings, episodes: int = 200, robots: int = 10, seed: int = 0) -> dict:
-    ids = publish_episodes(settings, episodes, robots, seed)
-    return ingest_episodes(settings, ids)
+def data_plane_demo(
+    settings: Settings, episodes: int = 200, robots: int = 10, rate: float = 40.0, seed: int | None = None
+) -> dict:
+    """Robots publish while the learner ingests, as on a live fleet."""
+    started = datetime.now(timezone.utc)
+    ingest = ingest_episodes.submit(settings, episodes)
+    ids = publish_episodes(settings, episodes, robots, seed, rate)
+    stats = ingest.result()
+    index = EpisodeIndex(settings.index_path)
+    arrived = len(set(ids) & set(index.episode_ids()))
+    latencies_ms = np.array(index.latencies_s(since=started)) * 1000
+    index.close()
+    return {
+        "published": len(ids),
+        "arrived": arrived,
+        **stats,
+        "latency_ms_p50": round(float(np.percentile(latencies_ms, 50)), 1) if arrived else None,
+        "latency_ms_p99": round(float(np.percentile(latencies_ms, 99)), 1) if arrived else None,
+    }

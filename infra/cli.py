@@ -1,10 +1,15 @@
-"""`fleet`: the one command line. Each sub-command parses options and calls a library function."""
+"""worldfleet: a robot fleet that improves itself. Start with `fleet demo`, or `fleet stack up`.
+
+Each sub-command is a thin shell over a library function; settings come from FLEET_* variables
+or fleet.toml (see the README's configuration table).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -141,11 +146,11 @@ def episodes_summary() -> None:
 
 
 def _print_summary(index) -> None:
-    rows = index.summary()
-    table = Table("robot", "task", "episodes", "success")
-    for robot_id, task_id, n, successes in rows:
-        table.add_row(robot_id, task_id, str(n), f"{successes / n:.0%}")
-    console.print(table)
+    for by, title in (("robot_id", "robot"), ("task_id", "task")):
+        table = Table(title, "episodes", "success", "last seen", title=f"per {title}")
+        for key, n, successes, last in index.summary(by):
+            table.add_row(key, str(n), f"{successes / n:.0%}", datetime.fromtimestamp(last).strftime("%H:%M:%S"))
+        console.print(table)
     console.print(f"{index.count()} episodes in {index.path}")
 
 
@@ -163,6 +168,7 @@ def contracts_export() -> None:
 def demo(
     episodes: int = typer.Option(200, help="synthetic episodes to stream"),
     robots: int = typer.Option(10, help="simulated robots"),
+    rate: float = typer.Option(40.0, help="episodes per second the whole fleet finishes"),
     out: Path = typer.Option(Path("out/demo.json"), help="where to write the JSON result"),
 ) -> None:
     """Bring the stack up and stream synthetic episodes through the data plane (a Prefect flow)."""
@@ -177,11 +183,15 @@ def demo(
     use_prefect(settings)
     from flows.data_plane_demo import data_plane_demo
 
-    result = data_plane_demo(settings, episodes=episodes, robots=robots)
+    result = data_plane_demo(settings, episodes=episodes, robots=robots, rate=rate)
     index = EpisodeIndex(settings.index_path)
     _print_summary(index)
     index.close()
-    console.print(f"published {result['published']}, arrived {result['arrived']}")
+    console.print(
+        f"published {result['published']}, arrived {result['arrived']}, dead-lettered {result['dead_lettered']}, "
+        f"publish-to-index latency p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms\n"
+        f"Prefect UI {settings.prefect_api_url.removesuffix('/api')}, MLflow UI {settings.mlflow_tracking_uri}"
+    )
     _write_json(result, out)
     if result["arrived"] != result["published"]:
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal
 
 from infra.contracts.episode import Episode
 
@@ -103,12 +103,15 @@ class EpisodeIndex:
     def latencies_s(self, **filters) -> list[float]:
         """Time from publish to indexed, per episode: the data plane's end-to-end latency."""
         where, args = _where(**filters)
-        return [r[0] for r in self._db.execute(f"SELECT ingested_at - published_at FROM episodes {where}", args)]
+        sql = f"SELECT ingested_at - published_at FROM episodes {where}"
+        return [r[0] for r in self._db.execute(sql, args)]
 
-    def summary(self) -> list[tuple[str, str, int, int]]:
-        """(robot_id, task_id, episodes, successes) for every robot and task."""
+    def summary(self, by: Literal["robot_id", "task_id", "policy_version"]) -> list[tuple[str, int, int, float]]:
+        """(key, episodes, successes, last started_at) per robot, task or policy version."""
+        if by not in ("robot_id", "task_id", "policy_version"):
+            raise ValueError(f"cannot summarise by {by!r}")
         return self._db.execute(
-            "SELECT robot_id, task_id, COUNT(*), SUM(success) FROM episodes GROUP BY robot_id, task_id ORDER BY robot_id, task_id"
+            f"SELECT {by}, COUNT(*), SUM(success), MAX(started_at) FROM episodes GROUP BY {by} ORDER BY {by}"
         ).fetchall()
 
     def close(self) -> None:
