@@ -23,15 +23,15 @@ from kafka import KafkaProducer
 from fleet_agent.spool import Spool, SpoolEntry
 from infra.clients import ServiceUnavailable, kafka_producer, s3_client
 from infra.contracts import arrays
-from infra.contracts.episode import ArrayRef, Episode, EpisodeCore, Media
+from infra.contracts.episode import ArraySpec, Episode, EpisodeCore, MediaRef
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def media_key(core: EpisodeCore, name: str) -> str:
+def media_key(core: EpisodeCore) -> str:
     day = core.started_at.strftime("%Y/%m/%d")
-    return f"episodes/{core.robot_id}/{day}/{core.episode_id}/{name}{arrays.SUFFIX}"
+    return f"episodes/{core.robot_id}/{day}/{core.episode_id}{arrays.SUFFIX}"
 
 
 class EpisodePublisher:
@@ -46,6 +46,7 @@ class EpisodePublisher:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._shipped = 0
+        self._uploaded: set[int] = set()
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._ship_forever, name="episode-shipper", daemon=True)
         if start:
@@ -54,22 +55,17 @@ class EpisodePublisher:
     # -- robot-facing --------------------------------------------------------------------------
     def publish(self, core: EpisodeCore, executed_frames: np.ndarray, imagined_videos: np.ndarray) -> Episode:
         """Spool one finished episode; returns the message that will be sent."""
-        level = self.settings.agent.compression_level
-        blobs, refs = {}, {}
-        for field, array in (("executed_frames", executed_frames), ("imagined_videos", imagined_videos)):
-            blob = arrays.encode(array, level)
-            key = media_key(core, field)
-            blobs[key.rsplit("/", 1)[1]] = blob
-            refs[field] = ArrayRef(
-                bucket=self.bucket,
-                key=key,
-                sha256=arrays.sha256(blob),
-                nbytes=len(blob),
-                shape=list(array.shape),
-                dtype=array.dtype.name,
-            )
-        episode = Episode(**core.model_dump(), media=Media(**refs), published_at=datetime.now(timezone.utc))
-        self.spool.append(episode.model_dump_json().encode(), blobs)
+        media = {"executed_frames": executed_frames, "imagined_videos": imagined_videos}
+        blob = arrays.encode(media, self.settings.agent.compression_level)
+        ref = MediaRef(
+            bucket=self.bucket,
+            key=media_key(core),
+            sha256=arrays.sha256(blob),
+            nbytes=len(blob),
+            arrays={name: ArraySpec(shape=list(a.shape), dtype=a.dtype.name) for name, a in media.items()},
+        )
+        episode = Episode(**core.model_dump(), media=ref, published_at=datetime.now(timezone.utc))
+        self.spool.append(episode.model_dump_json().encode(), blob)
         with self._wake:
             self._wake.notify()
         return episode
@@ -140,19 +136,21 @@ class EpisodePublisher:
                     f"kafka at {self.settings.kafka_bootstrap} refused an episode: {future.exception}"
                 )
             self.spool.remove(entry)
+            self._uploaded.discard(entry.seq)
             self._shipped += 1
 
     def _upload(self, entries: list[SpoolEntry]) -> None:
-        todo = [e for e in entries if not e.uploaded]
+        # Remembered in memory only: after a restart an entry's media are simply put again.
+        todo = [e for e in entries if e.seq not in self._uploaded]
         if not todo:
             return
         if self._s3 is None:
             self._s3 = s3_client(self.settings)
 
         def put(entry: SpoolEntry) -> None:
-            for key, blob in entry.blobs().items():
-                self._s3.put_object(self.bucket, key, io.BytesIO(blob), len(blob), content_type=arrays.MEDIA_TYPE)
-            entry.mark_uploaded()
+            blob = entry.media()
+            self._s3.put_object(self.bucket, entry.media_key(), io.BytesIO(blob), len(blob), content_type=arrays.MEDIA_TYPE)
+            self._uploaded.add(entry.seq)
 
         try:
             for f in [self._uploads.submit(put, e) for e in todo]:

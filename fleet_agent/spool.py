@@ -1,80 +1,82 @@
 """A write-ahead spool on the robot's disk: episodes wait here until S3 and Kafka have them.
 
-Each entry is a directory named by a monotonically increasing sequence number, written under a
-temporary name and renamed into place, so a crash leaves either a whole entry or none. Entries
-are shipped and removed strictly in sequence order, which keeps each robot's episodes in order
-across outages and restarts.
+An entry is two files named by a monotonically increasing sequence number: the media object,
+then the message, each written under a temporary name and renamed into place. The message's
+rename commits the entry, so a crash leaves a whole entry or a stray media file that the next
+start removes. Entries are shipped and removed strictly in sequence order, which keeps a
+robot's episodes in order across outages and restarts.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-MESSAGE = "episode.json"
-UPLOADED = ".uploaded"
+MESSAGE, MEDIA = ".json", ".media"
 
 
-@dataclass(frozen=True)
+@dataclass
 class SpoolEntry:
-    path: Path
+    root: Path
+    seq: int
 
-    @property
-    def seq(self) -> int:
-        return int(self.path.name)
+    def path(self, suffix: str) -> Path:
+        return self.root / f"{self.seq:012d}{suffix}"
 
     def message(self) -> bytes:
-        return (self.path / MESSAGE).read_bytes()
+        return self._message
+
+    @cached_property
+    def _message(self) -> bytes:
+        return self.path(MESSAGE).read_bytes()
+
+    @cached_property
+    def _parsed(self) -> dict:
+        return json.loads(self._message)
 
     def robot_id(self) -> str:
-        return json.loads(self.message())["robot_id"]
+        return self._parsed["robot_id"]
 
-    def blobs(self) -> dict[str, bytes]:
-        """Compressed arrays by S3 key (the key is stored in the episode message)."""
-        media = json.loads(self.message())["media"]
-        return {ref["key"]: (self.path / Path(ref["key"]).name).read_bytes() for ref in media.values()}
+    def media_key(self) -> str:
+        return self._parsed["media"]["key"]
 
-    @property
-    def uploaded(self) -> bool:
-        return (self.path / UPLOADED).exists()
-
-    def mark_uploaded(self) -> None:
-        (self.path / UPLOADED).touch()
+    def media(self) -> bytes:
+        return self.path(MEDIA).read_bytes()
 
 
 class Spool:
     def __init__(self, root: Path):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob("tmp-*"):  # half-written by a crash: never acknowledged
-            shutil.rmtree(stale, ignore_errors=True)
-        existing = self._entry_dirs()
-        self._next = int(existing[-1].name) + 1 if existing else 0
+        committed = set(self._seqs())
+        for path in self.root.iterdir():  # half-written by a crash: never acknowledged
+            stem = path.name.split(".", 1)[0]
+            if path.name.endswith(".tmp") or (path.suffix == MEDIA and int(stem) not in committed):
+                path.unlink()
+        seqs = self._seqs()
+        self._next = seqs[-1] + 1 if seqs else 0
 
-    def _entry_dirs(self) -> list[Path]:
-        return sorted(p for p in self.root.iterdir() if p.name.isdigit())
+    def _seqs(self) -> list[int]:
+        return sorted(int(p[: -len(MESSAGE)]) for p in os.listdir(self.root) if p.endswith(MESSAGE))
 
-    def append(self, message: bytes, blobs: dict[str, bytes]) -> SpoolEntry:
-        """Write one episode (message JSON, blobs by file name) atomically; returns its entry."""
-        seq = self._next
+    def append(self, message: bytes, media: bytes) -> SpoolEntry:
+        entry = SpoolEntry(self.root, self._next)
         self._next += 1
-        tmp = self.root / f"tmp-{seq:012d}"
-        tmp.mkdir()
-        for name, blob in blobs.items():
-            (tmp / name).write_bytes(blob)
-        (tmp / MESSAGE).write_bytes(message)
-        final = self.root / f"{seq:012d}"
-        os.rename(tmp, final)
-        return SpoolEntry(final)
+        for suffix, data in ((MEDIA, media), (MESSAGE, message)):
+            tmp = entry.path(suffix + ".tmp")
+            tmp.write_bytes(data)
+            os.rename(tmp, entry.path(suffix))
+        return entry
 
     def peek(self, n: int) -> list[SpoolEntry]:
-        return [SpoolEntry(p) for p in self._entry_dirs()[:n]]
+        return [SpoolEntry(self.root, seq) for seq in self._seqs()[:n]]
 
     def remove(self, entry: SpoolEntry) -> None:
-        shutil.rmtree(entry.path)
+        entry.path(MESSAGE).unlink()
+        entry.path(MEDIA).unlink(missing_ok=True)
 
     def __len__(self) -> int:
-        return len(self._entry_dirs())
+        return len(self._seqs())

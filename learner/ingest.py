@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
 from infra.contracts import arrays
-from infra.contracts.episode import Episode
+from infra.contracts.episode import Episode, MediaRef
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, Provenance
 
@@ -113,13 +113,12 @@ class EpisodeIngestor:
             return f"{kind}: {_short(e)}"
         if self.verify_media:
             try:
-                for ref in episode.refs:
-                    self._verify(ref)
+                self._verify(episode.media)
             except Rejected as e:
                 return str(e)
         return episode
 
-    def _verify(self, ref) -> None:
+    def _verify(self, ref: MediaRef) -> None:
         try:
             response = self._s3.get_object(ref.bucket, ref.key)
             try:

@@ -71,7 +71,7 @@ def bench_ingest(
             time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
         episode = publisher.publish(core, frames, imagined)
         sent_ids.add(str(episode.episode_id))
-        nbytes += sum(ref.nbytes for ref in episode.refs)
+        nbytes += episode.media.nbytes
         if progress:
             progress(i + 1)
     publisher.wait_drained(300)

@@ -36,16 +36,35 @@ class ModelVersions(BaseModel):
     critic: str | None = None
 
 
-class ArrayRef(BaseModel):
-    """A claim check for one compressed array in S3."""
+class ArraySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shape: list[int]
+    dtype: str
+
+
+MEDIA_ARRAYS = {
+    "executed_frames": "uint8 (T, H, W, 3) camera frames as executed",
+    "imagined_videos": "uint8 (D, K, F, H, W, 3): per decision, K candidate videos of F frames",
+}
+
+
+class MediaRef(BaseModel):
+    """The claim check for an episode's media: one compressed object in S3 and its arrays."""
 
     model_config = ConfigDict(extra="forbid")
     bucket: str
     key: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     nbytes: int = Field(ge=0, description="compressed size")
-    shape: list[int]
-    dtype: str
+    arrays: dict[str, ArraySpec] = Field(description="; ".join(f"{k}: {v}" for k, v in MEDIA_ARRAYS.items()))
+
+    @field_validator("arrays")
+    @classmethod
+    def _has_every_array(cls, v: dict[str, ArraySpec]) -> dict[str, ArraySpec]:
+        missing = set(MEDIA_ARRAYS) - set(v)
+        if missing:
+            raise ValueError(f"media lack {sorted(missing)}")
+        return v
 
 
 class CandidateRecord(BaseModel):
@@ -73,14 +92,6 @@ class Decision(BaseModel):
         if self.chosen is not None and self.chosen not in {c.index for c in self.candidates}:
             raise ValueError(f"chosen candidate {self.chosen} is not among the candidates")
         return self
-
-
-class Media(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    executed_frames: ArrayRef = Field(description="uint8 (T, H, W, 3) camera frames as executed")
-    imagined_videos: ArrayRef = Field(
-        description="uint8 (D, K, F, H, W, 3): per decision, K candidate videos of F frames"
-    )
 
 
 class EpisodeCore(BaseModel):
@@ -116,12 +127,8 @@ class EpisodeCore(BaseModel):
 class Episode(EpisodeCore):
     """The message on the episodes topic: the core facts plus claim checks for the media."""
 
-    media: Media
+    media: MediaRef
     published_at: datetime = Field(description="when the agent handed it to the data plane")
-
-    @property
-    def refs(self) -> list[ArrayRef]:
-        return [self.media.executed_frames, self.media.imagined_videos]
 
 
 def json_schema() -> dict:

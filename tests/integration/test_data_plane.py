@@ -12,8 +12,7 @@ from fleet_agent.publisher import EpisodePublisher
 from fleet_agent.synthetic import EpisodeShape, episode_stream
 from infra import stack
 from infra.clients import kafka_consumer, kafka_producer, s3_client
-from infra.contracts import arrays
-from infra.contracts.episode import ArrayRef, Episode, Media
+from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
 
@@ -90,26 +89,14 @@ def test_malformed_messages_go_to_the_dead_letter_topic_while_good_ones_flow(pla
 
     template = Episode.model_validate_json(publisher_message(plane, good[0]))
     s3 = s3_client(plane)
-    corrupt_key = f"tests/{uuid.uuid4()}.npy.zst"
+    corrupt_key = f"tests/{uuid.uuid4()}.npz.zst"
     blob = b"these are not the frames you hashed"
     s3.put_object(plane.s3.episodes_bucket, corrupt_key, io.BytesIO(blob), len(blob))
     missing = template.model_copy(
-        update={
-            "episode_id": uuid.uuid4(),
-            "media": Media(
-                executed_frames=template.media.executed_frames.model_copy(update={"key": f"tests/{uuid.uuid4()}.npy.zst"}),
-                imagined_videos=template.media.imagined_videos,
-            ),
-        }
+        update={"episode_id": uuid.uuid4(), "media": template.media.model_copy(update={"key": f"tests/{uuid.uuid4()}.npz.zst"})}
     )
     corrupt = template.model_copy(
-        update={
-            "episode_id": uuid.uuid4(),
-            "media": Media(
-                executed_frames=ArrayRef(**{**template.media.executed_frames.model_dump(), "key": corrupt_key, "sha256": arrays.sha256(b"other bytes")}),
-                imagined_videos=template.media.imagined_videos,
-            ),
-        }
+        update={"episode_id": uuid.uuid4(), "media": template.media.model_copy(update={"key": corrupt_key})}
     )
     bad = {
         "bad_json": b'{"episode_id": ',

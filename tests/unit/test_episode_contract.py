@@ -1,8 +1,10 @@
+import io
 import json
 import uuid
 
 import numpy as np
 import pytest
+import zstandard
 from pydantic import ValidationError
 
 from fleet_agent.synthetic import synthetic_episode
@@ -12,8 +14,13 @@ from infra.contracts.episode import SCHEMA_PATH, Decision, Episode, json_schema
 
 def an_episode() -> Episode:
     core, frames, imagined = synthetic_episode(np.random.default_rng(1), "robot-1")
-    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1, "shape": [1], "dtype": "uint8"}
-    return Episode(**core.model_dump(), media={"executed_frames": ref, "imagined_videos": ref}, published_at=core.ended_at)
+    return Episode(**core.model_dump(), media=media_ref(), published_at=core.ended_at)
+
+
+def media_ref(**change) -> dict:
+    spec = {"shape": [1], "dtype": "uint8"}
+    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1}
+    return ref | {"arrays": {"executed_frames": spec, "imagined_videos": spec}} | change
 
 
 def test_checked_in_json_schema_matches_the_model():
@@ -57,26 +64,32 @@ def test_chosen_candidate_must_exist():
 
 def test_tampered_checksum_format_is_refused():
     data = json.loads(an_episode().model_dump_json())
-    data["media"]["executed_frames"]["sha256"] = "xyz"
+    data["media"]["sha256"] = "xyz"
     with pytest.raises(ValidationError):
         Episode.model_validate(data)
 
 
-def test_arrays_round_trip_exactly():
-    frames = np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3), dtype=np.uint8)
-    blob = arrays.encode(frames)
-    assert np.array_equal(arrays.decode(blob), frames)
-    assert arrays.sha256(blob) == arrays.sha256(arrays.encode(frames))
+def test_media_must_name_every_array():
+    data = json.loads(an_episode().model_dump_json())
+    data["media"] = media_ref(arrays={"executed_frames": {"shape": [1], "dtype": "uint8"}})
+    with pytest.raises(ValidationError, match="imagined_videos"):
+        Episode.model_validate(data)
+
+
+def test_media_round_trip_exactly():
+    rng = np.random.default_rng(0)
+    media = {"frames": rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8), "actions": rng.normal(size=(4, 2))}
+    blob = arrays.encode(media)
+    decoded = arrays.decode(blob)
+    assert decoded.keys() == media.keys()
+    assert all(np.array_equal(decoded[k], media[k]) for k in media)
+    assert arrays.sha256(blob) == arrays.sha256(arrays.encode(media))
 
 
 def test_object_arrays_are_never_encoded_or_unpickled():
     with pytest.raises(ValueError, match="cannot travel"):
-        arrays.encode(np.array([{"a": 1}], dtype=object))
-    import io
-
-    import zstandard
-
+        arrays.encode({"x": np.array([{"a": 1}], dtype=object)})
     buf = io.BytesIO()
-    np.save(buf, np.array([uuid.uuid4()], dtype=object), allow_pickle=True)
+    np.savez(buf, x=np.array([uuid.uuid4()], dtype=object))  # what an attacker could upload
     with pytest.raises(ValueError, match="pickle"):
         arrays.decode(zstandard.ZstdCompressor().compress(buf.getvalue()))

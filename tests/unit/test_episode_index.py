@@ -9,13 +9,14 @@ from learner.episode_index import EpisodeIndex, Provenance
 
 def episodes(n: int, seed: int = 0) -> list[Episode]:
     rng = np.random.default_rng(seed)
-    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1, "shape": [1], "dtype": "uint8"}
+    spec = {"shape": [1], "dtype": "uint8"}
+    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1, "arrays": {"executed_frames": spec, "imagined_videos": spec}}
     out = []
     for i in range(n):
         core, _, _ = synthetic_episode(rng, f"robot-{i % 3}", policy_version=f"v{i % 2}")
         shift = timedelta(seconds=i)
         core = core.model_copy(update={"started_at": core.started_at + shift, "ended_at": core.ended_at + shift})
-        out.append(Episode(**core.model_dump(), media={"executed_frames": ref, "imagined_videos": ref}, published_at=core.ended_at))
+        out.append(Episode(**core.model_dump(), media=ref, published_at=core.ended_at))
     return out
 
 
