@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit demo bench stack-up stack-down clean
+.PHONY: install test test-unit lint demo bench stack-up stack-down clean
 
 install: $(STAMP)
 
@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 	$(PIP) download -q --no-deps -d $(VENV)/compose-spec docker-compose==1.29.2
 	touch $(STAMP)
 
-test: install
+test: lint
 	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-unit: install
 	$(VENV)/bin/pytest tests/unit

@@ -35,7 +35,7 @@ def media_key(core: EpisodeCore) -> str:
 
 
 class EpisodePublisher:
-    def __init__(self, settings: Settings, *, start: bool = True):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.topic = settings.kafka.episodes_topic
         self.bucket = settings.s3.episodes_bucket
@@ -49,8 +49,7 @@ class EpisodePublisher:
         self._uploaded: set[int] = set()
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._ship_forever, name="episode-shipper", daemon=True)
-        if start:
-            self._thread.start()
+        self._thread.start()
 
     # -- robot-facing --------------------------------------------------------------------------
     def publish(self, core: EpisodeCore, executed_frames: np.ndarray, imagined_videos: np.ndarray) -> Episode:
@@ -129,7 +128,7 @@ class EpisodePublisher:
         except Exception as e:  # noqa: BLE001 - kafka-python raises several types for one cause
             self._reset_producer()
             raise ServiceUnavailable(f"kafka at {self.settings.kafka_bootstrap} did not acknowledge: {e}") from e
-        for entry, future in zip(entries, futures):
+        for entry, future in zip(entries, futures, strict=True):
             if not future.succeeded():
                 self._reset_producer()
                 raise ServiceUnavailable(

@@ -55,19 +55,8 @@ def render_clip(rng: np.random.Generator, frames: int, size: int, noise: float =
     return clip.clip(0, 255).astype(np.uint8)
 
 
-def synthetic_episode(
-    rng: np.random.Generator,
-    robot_id: str,
-    shape: EpisodeShape = EpisodeShape(),
-    policy_version: str = "base",
-    success_rate: float = 0.5,
-) -> tuple[EpisodeCore, np.ndarray, np.ndarray]:
-    """One episode: its core facts, executed frames and imagined candidate videos."""
-    core = synthetic_core(rng, robot_id, shape, policy_version, success_rate)
-    return core, *synthetic_media(rng, shape)
-
-
 def synthetic_media(rng: np.random.Generator, shape: EpisodeShape) -> tuple[np.ndarray, np.ndarray]:
+    """Executed frames (T, H, W, 3) and imagined videos (D, K, F, H, W, 3), uint8."""
     executed = render_clip(rng, shape.steps, shape.size, shape.camera_noise)
     imagined = np.stack(
         [
@@ -85,6 +74,7 @@ def synthetic_core(
     policy_version: str = "base",
     success_rate: float = 0.5,
 ) -> EpisodeCore:
+    """An episode's facts: task, labels, decisions with scored and rejected candidates, timings."""
     task_id = str(rng.choice(list(TASKS)))
     start = datetime.now(timezone.utc)
     decisions = []

@@ -10,7 +10,6 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
-
 from prefect import flow, task
 
 from fleet_agent.publisher import EpisodePublisher

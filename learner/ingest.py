@@ -88,7 +88,7 @@ class EpisodeIngestor:
             raise
         accepted, rejected = [], []
         now = time.time()
-        for record, verdict in zip(records, verdicts):
+        for record, verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Episode):
                 accepted.append((verdict, Provenance(record.topic, record.partition, record.offset, now)))
             else:

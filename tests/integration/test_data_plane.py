@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+
 from fleet_agent.publisher import EpisodePublisher
 from fleet_agent.synthetic import EpisodeShape, episode_stream
 from infra import stack

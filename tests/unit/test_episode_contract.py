@@ -7,13 +7,13 @@ import pytest
 import zstandard
 from pydantic import ValidationError
 
-from fleet_agent.synthetic import synthetic_episode
+from fleet_agent.synthetic import synthetic_core
 from infra.contracts import arrays
 from infra.contracts.episode import SCHEMA_PATH, Decision, Episode, json_schema
 
 
 def an_episode() -> Episode:
-    core, frames, imagined = synthetic_episode(np.random.default_rng(1), "robot-1")
+    core = synthetic_core(np.random.default_rng(1), "robot-1")
     return Episode(**core.model_dump(), media=media_ref(), published_at=core.ended_at)
 
 

@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from fleet_agent.synthetic import synthetic_episode
+from fleet_agent.synthetic import synthetic_core
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex, Provenance
 
@@ -13,7 +13,7 @@ def episodes(n: int, seed: int = 0) -> list[Episode]:
     ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1, "arrays": {"executed_frames": spec, "imagined_videos": spec}}
     out = []
     for i in range(n):
-        core, _, _ = synthetic_episode(rng, f"robot-{i % 3}", policy_version=f"v{i % 2}")
+        core = synthetic_core(rng, f"robot-{i % 3}", policy_version=f"v{i % 2}")
         shift = timedelta(seconds=i)
         core = core.model_copy(update={"started_at": core.started_at + shift, "ended_at": core.ended_at + shift})
         out.append(Episode(**core.model_dump(), media=ref, published_at=core.ended_at))

