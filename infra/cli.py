@@ -133,6 +133,20 @@ def bench_ingest_cmd(
     _write_json(result, out)
 
 
+@bench_app.command("sim")
+def bench_sim_cmd(
+    steps: int = typer.Option(20_000, help="environment steps, random actions, rendering every one"),
+    size: int = typer.Option(64, help="frame size: 32, 64 or 128"),
+    out: Path = typer.Option(Path("out/bench_sim.json"), help="where to write the JSON result"),
+) -> None:
+    """Tabletop simulator speed with rendering, in this one process (one core)."""
+    from fleet_agent.sim.speed import bench_sim
+
+    result = bench_sim(steps, size)
+    console.print(f"{result['steps_per_s']} steps/s ({result['us_per_step']} us/step) at {size}x{size}")
+    _write_json(result, out)
+
+
 # -- episodes ---------------------------------------------------------------------------------
 @episodes_app.command("summary")
 def episodes_summary() -> None:

@@ -1,0 +1,105 @@
+"""The tabletop embodiment: limits, contact rules, success checks, determinism, splits."""
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from fleet_agent.sim.scripted import run_expert
+from fleet_agent.sim.tabletop import ALL_TASKS, HELD_OUT, SEEN_TASKS, TabletopConfig, TabletopEnv
+
+OPEN, CLOSE = -1.0, 1.0
+
+
+def scene_with(env: TabletopEnv, task: str, seed: int = 0):
+    env.reset(seed=seed, options={"task": task})
+    return env.scene
+
+
+def test_it_is_a_valid_gymnasium_environment():
+    check_env(TabletopEnv(), skip_render_check=False)
+
+
+def test_speed_limit_and_workspace_bounds_hold_and_breaches_are_reported():
+    env = TabletopEnv()
+    scene = scene_with(env, "reach-red")
+    start = scene.effector.copy()
+    _, _, _, _, info = env.step([5.0, 0.0, OPEN])
+    assert info["limit_violation"]
+    assert np.isclose(scene.effector[0] - start[0], env.config.max_speed) or scene.effector[0] == env.config.workspace[1]
+    for _ in range(40):
+        _, _, _, _, info = env.step([1.0, 1.0, OPEN])
+    assert np.all(scene.effector <= env.config.workspace[1])
+    assert info["limit_violation"]  # pressing against the edge is reported
+
+
+def test_grasp_carry_and_place_on_another_block_completes_a_stack():
+    env = TabletopEnv(split="all")
+    scene = scene_with(env, "stack-red-on-blue")
+    red, blue = (scene.blocks[env._index(c)] for c in ("red", "blue"))
+    scene.effector = red.pos.copy()
+    env.step([0.0, 0.0, CLOSE])
+    assert scene.held == env._index("red")
+    for _ in range(40):
+        delta = np.clip((blue.pos - scene.effector) / env.config.max_speed, -1, 1)
+        env.step([*delta, CLOSE])
+    assert np.allclose(red.pos, scene.effector)  # carried
+    assert not env.success()  # still in the gripper
+    _, reward, terminated, _, info = env.step([0.0, 0.0, OPEN])
+    assert red.on == env._index("blue") and terminated and reward == 1.0 and info["success"]
+
+
+def test_open_gripper_hovers_over_blocks_and_a_fist_pushes_them():
+    env = TabletopEnv()
+    scene = scene_with(env, "push-red-left")
+    red = scene.blocks[env._index("red")]
+    red.pos[:] = (0.5, 0.5)
+    scene.effector[:] = (0.7, 0.5)
+    for _ in range(4):
+        env.step([-1.0, 0.0, OPEN])
+    assert np.allclose(red.pos, (0.5, 0.5))  # passed over it
+    scene.effector[:] = (0.7, 0.5)
+    scene.closed = True
+    for _ in range(4):
+        env.step([-1.0, 0.0, CLOSE])
+    assert red.pos[0] < 0.5 and np.isclose(red.pos[1], 0.5)
+
+
+def test_same_seed_gives_the_same_episode():
+    a = run_expert(TabletopEnv(), seed=7, noise=0.2)
+    b = run_expert(TabletopEnv(), seed=7, noise=0.2)
+    assert a["task_id"] == b["task_id"]
+    assert np.array_equal(a["frames"], b["frames"]) and np.array_equal(a["actions"], b["actions"])
+
+
+def test_held_out_tasks_never_appear_in_the_seen_split():
+    env = TabletopEnv(split="seen")
+    seen = {env.reset(seed=s)[1]["task_id"] for s in range(500)}
+    assert seen.isdisjoint(HELD_OUT)
+    assert len(seen) == len(SEEN_TASKS)
+    assert {TabletopEnv(split="heldout").reset(seed=s)[1]["task_id"] for s in range(100)} == HELD_OUT
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_frames_render_at_each_size(size):
+    obs, _ = TabletopEnv(TabletopConfig(size=size)).reset(seed=0)
+    assert obs["rgb"].shape == (size, size, 3) and obs["rgb"].dtype == np.uint8
+    assert len(np.unique(obs["rgb"].reshape(-1, 3), axis=0)) > 10  # blocks, effector, shaded table
+
+
+def test_the_scripted_expert_solves_every_task():
+    env = TabletopEnv(split="all")
+    failures = [t.id for t in ALL_TASKS for seed in range(3) if not run_expert(env, seed, noise=0.1, task=t)["success"]]
+    assert failures == []
+
+
+def test_random_actions_rarely_succeed():
+    env, rng = TabletopEnv(split="all"), np.random.default_rng(0)
+    wins = 0
+    for seed in range(50):
+        env.reset(seed=seed)
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, 3))
+            done = terminated or truncated
+        wins += info["success"]
+    assert wins < 15
