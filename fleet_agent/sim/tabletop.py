@@ -87,6 +87,12 @@ class TabletopConfig:
     max_steps: int = 60
     min_objects: int = 2
     max_objects: int = 4
+    # How the scene looks, not how it behaves: "human" draws a hand instead of the gripper, and
+    # the camera can be turned (quarter turns) and shifted. Used for the human point-of-view
+    # training stage, whose videos show the same tasks done by another embodiment.
+    embodiment: Literal["robot", "human"] = "robot"
+    camera_turns: int = 0
+    camera_shift: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -293,10 +299,14 @@ class TabletopEnv(gym.Env):
                 box(b.pos, half + 1, (40, 40, 40))
             box(b.pos, half, COLOURS[b.colour])
         e = max(1, round(cfg.effector_half * s))
-        ring = (20, 20, 20) if scene.closed else (235, 235, 235)
-        box(scene.effector, e, ring)
-        box(scene.effector, max(e - max(1, s // 64), 0), (120, 120, 120) if scene.closed else (90, 90, 90))
-        return img
+        if cfg.embodiment == "robot":
+            box(scene.effector, e, (20, 20, 20) if scene.closed else (235, 235, 235))
+            box(scene.effector, max(e - max(1, s // 64), 0), (120, 120, 120) if scene.closed else (90, 90, 90))
+        else:  # a hand: skin tone, a fist smaller than an open palm
+            box(scene.effector, e if scene.closed else e + max(1, s // 64), (225, 170, 140))
+        if cfg.camera_turns or cfg.camera_shift != (0, 0):
+            img = np.roll(np.rot90(img, cfg.camera_turns), cfg.camera_shift, axis=(0, 1))
+        return np.ascontiguousarray(img)
 
     def _depth(self, i: int) -> int:
         d, b = 0, self.scene.blocks[i]
