@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from minio.error import S3Error
 from pydantic import ValidationError
 
@@ -83,25 +84,26 @@ class EpisodeIngestor:
             return stats
         try:
             verdicts = list(self._fetchers.map(self._judge, records))
-        except ServiceUnavailable:
+            accepted, rejected = [], []
+            now = time.time()
+            for record, verdict in zip(records, verdicts, strict=True):
+                if isinstance(verdict, Episode):
+                    accepted.append((verdict, Provenance(record.topic, record.partition, record.offset, now)))
+                else:
+                    rejected.append((record, verdict))
+            if rejected:
+                self._dead_letter(rejected)
+            stats.indexed, stats.duplicates = self.index.record(accepted)
+            # Only now, with every record either indexed or dead-lettered, may Kafka forget them.
+            self.consumer.commit()
+        except (ServiceUnavailable, KafkaError) as e:
+            # Nothing is lost by trying the batch again: what was indexed is deduplicated.
             self._rewind(records)
-            raise
-        accepted, rejected = [], []
-        now = time.time()
-        for record, verdict in zip(records, verdicts, strict=True):
-            if isinstance(verdict, Episode):
-                accepted.append((verdict, Provenance(record.topic, record.partition, record.offset, now)))
-            else:
-                rejected.append((record, verdict))
-        if rejected:
-            self._dead_letter(rejected)
-            for _, reason in rejected:
-                kind = reason.split(":", 1)[0]
-                stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
-        stats.indexed, stats.duplicates = self.index.record(accepted)
+            raise ServiceUnavailable(f"ingest of {len(records)} records will be retried: {e}") from e
+        for _, reason in rejected:
+            kind = reason.split(":", 1)[0]
+            stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
         stats.dead_lettered = len(rejected)
-        # Only now, with every record either indexed or dead-lettered, may Kafka forget them.
-        self.consumer.commit()
         return stats
 
     def _judge(self, record) -> Episode | str:
@@ -178,7 +180,7 @@ class EpisodeIngestor:
             try:
                 stats = self.poll_once()
                 backoff = 0.2
-            except ServiceUnavailable as e:
+            except (ServiceUnavailable, KafkaError) as e:
                 log.warning("ingest paused: %s", e)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 3.0)

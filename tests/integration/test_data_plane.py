@@ -28,16 +28,21 @@ class BackgroundIngest:
         self.index = EpisodeIndex(settings.index_path)
         self.ingestor = EpisodeIngestor(settings, self.index)
         self.stop = threading.Event()
-        self.stats = None
+        self.stats = self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        self.stats = self.ingestor.run(stop=self.stop)
+        try:
+            self.stats = self.ingestor.run(stop=self.stop)
+        except BaseException as e:  # surfaced by wait_for in the test's own thread
+            self.error = e
 
     def wait_for(self, n: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while self.index.count() < n and time.monotonic() < deadline:
+            if self.error:
+                raise AssertionError("the ingest loop died") from self.error
             time.sleep(0.2)
         return self.index.count()
 
@@ -75,11 +80,11 @@ def test_broker_killed_with_sigkill_mid_stream_loses_nothing(plane):
     stack.start_service(plane, "kafka")
     sent += publish(publisher, stream[700:])
     assert publisher.close(drain_timeout=240), publisher.last_error
-    assert ingest.wait_for(1000, timeout=240) == 1000
+    assert ingest.wait_for(1000, timeout=240) == 1000, lost_where(plane, set(sent) - set(ingest.index.episode_ids()))
     time.sleep(2)  # any late redelivery would show up as an extra row now
     ingest.close()
     indexed = ingest.index.episode_ids()
-    assert len(indexed) == len(set(indexed)) == 1000
+    assert len(indexed) == len(set(indexed)) == 1000, lost_where(plane, set(sent) - set(indexed))
     assert set(indexed) == set(sent)
 
 
@@ -136,6 +141,20 @@ def publisher_message(settings, episode_id: str) -> bytes:
     finally:
         consumer.close()
     raise AssertionError(f"episode {episode_id} not on the topic")
+
+
+def lost_where(settings, missing: set[str]) -> str:
+    """Whether episodes missing from the index ever reached the topic: producer or consumer side."""
+    consumer = kafka_consumer(settings, settings.kafka.episodes_topic, group_id=None, consumer_timeout_ms=10_000)
+    on_topic = {}
+    try:
+        for record in consumer:
+            episode_id = Episode.model_validate_json(record.value).episode_id
+            on_topic[str(episode_id)] = f"{record.partition}@{record.offset}"
+    finally:
+        consumer.close()
+    found = {m: on_topic[m] for m in missing if m in on_topic}
+    return f"{len(missing)} missing from the index; on the topic at {found}; {len(on_topic)} distinct on the topic"
 
 
 def test_with_s3_stopped_episodes_spool_on_disk_and_arrive_when_it_is_back(plane):
