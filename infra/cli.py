@@ -28,6 +28,8 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(bench_app, name="bench")
 app.add_typer(episodes_app, name="episodes")
 app.add_typer(contracts_app, name="contracts")
+train_app = typer.Typer(help="Train the world-model policy: three video stages, IDM, critic.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 console = Console()
 
 
@@ -144,6 +146,96 @@ def bench_sim_cmd(
 
     result = bench_sim(steps, size)
     console.print(f"{result['steps_per_s']} steps/s ({result['us_per_step']} us/step) at {size}x{size}")
+    _write_json(result, out)
+
+
+@bench_app.command("policy")
+def bench_policy_cmd(
+    policy: Path = typer.Option(..., help="a policy directory from `fleet train all`"),
+    decisions: int = typer.Option(30, help="decisions to time"),
+    candidates: int = typer.Option(8, help="K imagined futures per decision"),
+    out: Path = typer.Option(Path("out/bench_policy.json"), help="where to write the JSON result"),
+) -> None:
+    """Decision latency of plan-and-act (sampling, IDM, rejection, scoring) with per-stage timings."""
+    from worldmodel.policy_bench import bench_policy
+
+    result = bench_policy(policy, decisions, candidates)
+    table = Table("stage", "ms (median)")
+    for stage, ms in result["stages_ms"].items():
+        table.add_row(stage, f"{ms:.1f}")
+    console.print(table)
+    console.print(f"decision p50 {result['decision_ms_p50']} ms, p95 {result['decision_ms_p95']} ms")
+    _write_json(result, out)
+
+
+# -- training and evaluation ------------------------------------------------------------------
+def _train(profile: str, out: Path, only: str | None) -> None:
+    from worldmodel.train import PROFILES, VIDEO_STAGES, train_all
+
+    stages = (*VIDEO_STAGES, "idm", "critic")
+    skip = tuple(s for s in stages if only and s != only)
+    with _progress() as progress:
+        bars = {}
+
+        def factory(stage: str, steps: int):
+            bars[stage] = progress.add_task(stage, total=steps)
+            return lambda step, loss: progress.update(bars[stage], completed=step, description=f"{stage} loss {loss:.3f}")
+
+        report = train_all(PROFILES[profile], out, factory, skip_stages=skip)
+    console.print_json(json.dumps(report["timings_s"]))
+    console.print(f"policy written to {out / 'policy'}")
+
+
+@train_app.command("all")
+def train_all_cmd(
+    profile: str = typer.Option("quick", help="quick (minutes on 2 cores), full, or ci (seconds)"),
+    out: Path = typer.Option(Path("out/train"), help="run directory: checkpoints, report, policy/"),
+) -> None:
+    """Every stage in order; resumes from the run directory's checkpoint."""
+    _train(profile, out, None)
+
+
+def _stage_command(stage: str, doc: str) -> None:
+    def command(
+        profile: str = typer.Option("quick", help="quick, full or ci"),
+        out: Path = typer.Option(Path("out/train"), help="run directory shared by the stages"),
+    ) -> None:
+        _train(profile, out, stage)
+
+    command.__doc__ = doc
+    train_app.command(stage)(command)
+
+
+for _stage, _doc in {
+    "pretrain": "Stage (a): generic 'internet' video with captions.",
+    "midtrain": "Stage (b): human point-of-view video of the tasks.",
+    "finetune": "Stage (c): the robot's own logs.",
+    "idm": "The inverse dynamics model, on the robot's logs.",
+    "critic": "The success critic, on the robot's logs.",
+}.items():
+    _stage_command(_stage, _doc)
+
+
+@app.command("eval")
+def eval_cmd(
+    policy: Path = typer.Option(..., help="a policy directory"),
+    episodes: int = typer.Option(20, help="seeded episodes per split (seen, held-out)"),
+    out: Path = typer.Option(Path("out/eval.json"), help="where to write the JSON result"),
+    no_rejection: bool = typer.Option(False, help="ablation: execute candidates the planner would reject"),
+    no_critic: bool = typer.Option(False, help="ablation: take the first candidate instead of the best of K"),
+) -> None:
+    """Success on seen and held-out tasks against a random policy on the same seeds."""
+    from worldmodel.evaluate import evaluate
+    from worldmodel.planner import PlannerConfig
+
+    config = PlannerConfig(use_rejection=not no_rejection, use_critic=not no_critic)
+    with _progress() as progress:
+        bar = progress.add_task("episodes", total=2 * episodes)
+        result = evaluate(policy, episodes, planner_config=config, progress=lambda: progress.advance(bar))
+    table = Table("metric", "value")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    console.print(table)
     _write_json(result, out)
 
 

@@ -22,7 +22,7 @@ class TextEncoderConfig:
     dim: int = 64
     layers: int = 2
     heads: int = 4
-    max_tokens: int = 24
+    max_tokens: int = 64  # detailed (upsampled) captions run to ~60 words
 
 
 def tokenize(text: str) -> list[str]:

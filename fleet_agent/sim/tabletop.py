@@ -183,8 +183,8 @@ class TabletopEnv(gym.Env):
             return bool(np.max(np.abs(scene.effector - block.pos)) < self.config.block_half)
         if task.kind == "push":
             x0, y0, x1, y1 = REGIONS[task.target]
-            return scene.held != i and x0 <= block.pos[0] <= x1 and y0 <= block.pos[1] <= y1
-        return scene.held != i and block.on == self._index(task.target)
+            return bool(scene.held != i and x0 <= block.pos[0] <= x1 and y0 <= block.pos[1] <= y1)
+        return bool(scene.held != i and block.on == self._index(task.target))
 
     def _index(self, colour: str) -> int:
         return next(i for i, b in enumerate(self.scene.blocks) if b.colour == colour)

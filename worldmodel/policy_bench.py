@@ -1,0 +1,37 @@
+"""`fleet bench policy`: how long one plan-and-act decision takes, stage by stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fleet_agent.sim.tabletop import TabletopEnv
+from worldmodel.planner import Planner, PlannerConfig
+from worldmodel.policy import WorldModelPolicy
+
+
+def bench_policy(policy_dir: Path, decisions: int = 30, candidates: int = 8, seed: int = 0) -> dict:
+    planner = Planner(WorldModelPolicy.load(policy_dir), PlannerConfig(candidates=candidates))
+    env = TabletopEnv()
+    obs, info = env.reset(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    planner.decide(obs["rgb"], obs["rgb"], info["instruction"], 0, generator)  # warm-up
+    totals, stages = [], {}
+    for i in range(decisions):
+        d = planner.decide(obs["rgb"], obs["rgb"], info["instruction"], i, generator)
+        totals.append(sum(d.timings_ms.values()))
+        for k, v in d.timings_ms.items():
+            stages.setdefault(k, []).append(v)
+        obs, _, terminated, truncated, info = env.step(d.actions[0])
+        if terminated or truncated:
+            obs, info = env.reset(seed=seed + i + 1)
+    return {
+        "decision_ms_p50": round(float(np.percentile(totals, 50)), 1),
+        "decision_ms_p95": round(float(np.percentile(totals, 95)), 1),
+        "stages_ms": {k: round(float(np.median(v)), 2) for k, v in stages.items()},
+        "candidates": candidates,
+        "torch_threads": torch.get_num_threads(),
+        "decisions": decisions,
+    }

@@ -1,0 +1,213 @@
+"""Training the world-model policy: three video stages, then the IDM and the critic.
+
+Stages follow the 1X recipe: (a) generic "internet" video, (b) human point-of-view video of the
+tasks, (c) the robot's own logs; captions are the upsampled, detailed ones half of the time and
+the short instruction otherwise, so the model learns from rich text and still answers to the
+instructions a robot is given. Each stage resumes from its checkpoint if one is there.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from fleet_agent.sim.tabletop import ALL_TASKS
+from worldmodel.policy import WorldModelPolicy
+from worldmodel.stage_data import Clip, human_pov_clips, internet_clips, robot_logs
+from worldmodel.text_encoder import build_vocab
+
+
+@dataclass
+class TrainProfile:
+    internet_clips: int = 300
+    human_clips: int = 150
+    robot_clips: int = 80  # "a small number of scripted, noisy demonstrations"
+    pretrain_steps: int = 400
+    midtrain_steps: int = 300
+    finetune_steps: int = 600
+    idm_steps: int = 800
+    critic_steps: int = 400
+    batch: int = 32
+    lr: float = 2e-3
+    preset: str = "tiny"
+    seed: int = 0
+
+
+PROFILES = {
+    "ci": TrainProfile(internet_clips=16, human_clips=8, robot_clips=8, pretrain_steps=3, midtrain_steps=3,
+                       finetune_steps=3, idm_steps=3, critic_steps=3, batch=4),  # fmt: skip
+    "quick": TrainProfile(),
+    "full": TrainProfile(internet_clips=2000, human_clips=800, robot_clips=300, pretrain_steps=4000,
+                         midtrain_steps=3000, finetune_steps=6000, idm_steps=6000, critic_steps=3000, preset="small"),  # fmt: skip
+}
+VIDEO_STAGES = ("pretrain", "midtrain", "finetune")
+
+
+@dataclass
+class StageData:
+    """Windows of (first frame, next F frames, caption) drawn from clips, as model tensors."""
+
+    clips: list[Clip]
+    frames: list[torch.Tensor]  # per clip (T, 3, S, S)
+
+    @classmethod
+    def build(cls, clips: list[Clip], policy: WorldModelPolicy) -> StageData:
+        return cls(clips, [policy.prepare(c.frames) for c in clips])
+
+    def video_batch(self, rng: np.random.Generator, n: int, future: int):
+        firsts, futures, texts = [], [], []
+        for i in rng.integers(len(self.clips), size=n):
+            frames, clip = self.frames[i], self.clips[i]
+            t = int(rng.integers(0, max(len(frames) - future, 1)))
+            window = frames[t : t + future + 1]
+            if len(window) < future + 1:  # a short clip: hold its last frame
+                window = torch.cat([window, window[-1:].expand(future + 1 - len(window), -1, -1, -1)])
+            firsts.append(window[0])
+            futures.append(window[1:])
+            texts.append(clip.detailed_caption if rng.uniform() < 0.5 else clip.caption)
+        return torch.stack(firsts), torch.stack(futures), texts
+
+
+def _optimiser(params, profile: TrainProfile) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=profile.lr, weight_decay=1e-4)
+
+
+def _resume(state_path: Path, modules: dict[str, torch.nn.Module]) -> bool:
+    if not state_path.exists():
+        return False
+    weights = load_file(state_path)
+    for name, module in modules.items():
+        module.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(name + ".")})
+    return True
+
+
+def _checkpoint(state_path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {f"{n}.{k}": v.contiguous() for n, m in modules.items() for k, v in m.state_dict().items()}
+    tmp = state_path.with_suffix(".tmp")
+    save_file(flat, tmp)
+    tmp.replace(state_path)
+
+
+def train_video_stage(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
+                      rng: np.random.Generator, progress: Callable[[int, float], None] | None = None) -> list[float]:  # fmt: skip
+    modules = [policy.video_model, policy.text_encoder]
+    opt = _optimiser([p for m in modules for p in m.parameters()], profile)
+    losses = []
+    for m in modules:
+        m.train()
+    for step in range(steps):
+        first, future, texts = data.video_batch(rng, profile.batch, policy.video_model.config.future_frames)
+        loss = policy.video_model.loss(future, first, policy.text_encoder(texts))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, loss.item())
+    return losses
+
+
+def train_idm(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
+              rng: np.random.Generator, progress=None) -> list[float]:  # fmt: skip
+    idm, losses = policy.idm.train(), []
+    opt = _optimiser(idm.parameters(), profile)
+    for step in range(steps):
+        prev, cur, nxt, act = [], [], [], []
+        for i in rng.integers(len(data.clips), size=profile.batch):
+            frames, actions = data.frames[i], data.clips[i].actions
+            t = int(rng.integers(1, len(frames) - 1))  # transition t -> t+1 with frame t-1 as context
+            prev.append(frames[t - 1])
+            cur.append(frames[t])
+            nxt.append(frames[t + 1])
+            act.append(torch.as_tensor(actions[t]))
+        loss = idm.loss(torch.stack(prev), torch.stack(cur), torch.stack(nxt), torch.stack(act).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, loss.item())
+    return losses
+
+
+def train_critic(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
+                 rng: np.random.Generator, progress=None) -> list[float]:  # fmt: skip
+    """Positives: a robot window with its own instruction when the episode succeeded; negatives:
+    the same window with another task's instruction, or a failed episode's window."""
+    critic, losses = policy.critic.train(), []
+    future = critic.config.frames - 1
+    opt = _optimiser(critic.parameters(), profile)
+    instructions = sorted({c.caption for c in data.clips} | {t.instruction for t in ALL_TASKS})
+    for step in range(steps):
+        first, fut, texts = data.video_batch(rng, profile.batch, future)
+        labels = torch.ones(len(texts))
+        for j in range(len(texts)):
+            if rng.uniform() < 0.5:
+                texts[j] = str(rng.choice([s for s in instructions if s != texts[j]]))
+                labels[j] = 0.0
+        with torch.no_grad():
+            text = policy.text_encoder(texts)
+        logits = critic(torch.cat([first[:, None], fut], dim=1), text)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, loss.item())
+    return losses
+
+
+def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stages: tuple[str, ...] = ()) -> dict:
+    """Every stage, resumable, then the policy directory at `out/policy`."""
+    torch.manual_seed(profile.seed)
+    rng = np.random.default_rng(profile.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    timings, report = {}, {"profile": asdict(profile), "skipped": list(skip_stages)}
+
+    t = time.perf_counter()
+    data = {
+        "pretrain": internet_clips(profile.internet_clips, profile.seed, size=64),
+        "midtrain": human_pov_clips(profile.human_clips, profile.seed, size=64),
+        "finetune": robot_logs(profile.robot_clips, profile.seed, size=64),
+    }
+    vocab = build_vocab([c.caption for cs in data.values() for c in cs] + [c.detailed_caption for cs in data.values() for c in cs]
+                        + [task.instruction for task in ALL_TASKS])  # fmt: skip
+    policy = WorldModelPolicy.create(vocab, profile.preset)
+    stage_data = {k: StageData.build(v, policy) for k, v in data.items()}
+    timings["data_s"] = time.perf_counter() - t
+
+    modules = {"text_encoder": policy.text_encoder, "video_model": policy.video_model, "idm": policy.idm, "critic": policy.critic}
+    state = out / "checkpoints" / "state.safetensors"
+    progress_path = out / "checkpoints" / "progress.json"
+    done: list[str] = json.loads(progress_path.read_text()) if progress_path.exists() and _resume(state, modules) else []
+    plan = [(s, getattr(profile, f"{s}_steps")) for s in VIDEO_STAGES] + [("idm", profile.idm_steps), ("critic", profile.critic_steps)]
+    for stage, steps in plan:
+        if stage in done or stage in skip_stages:
+            continue
+        t = time.perf_counter()
+        bar = progress_factory(stage, steps) if progress_factory else None
+        if stage in VIDEO_STAGES:
+            losses = train_video_stage(policy, stage_data[stage], steps, profile, rng, bar)
+        elif stage == "idm":
+            losses = train_idm(policy, stage_data["finetune"], steps, profile, rng, bar)
+        else:
+            losses = train_critic(policy, stage_data["finetune"], steps, profile, rng, bar)
+        timings[f"{stage}_s"] = time.perf_counter() - t
+        report[f"{stage}_loss_first_last"] = [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]
+        done.append(stage)
+        _checkpoint(state, modules)
+        progress_path.write_text(json.dumps(done))
+    policy.eval().save(out / "policy")
+    report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    (out / "train_report.json").write_text(json.dumps(report, indent=1))
+    return report
