@@ -6,8 +6,9 @@ reason and original bytes, to the dead-letter topic, and the stream goes on. Acc
 are written to the episode index (duplicates dropped by episode_id) in one transaction, and only
 then are the Kafka offsets committed: a crash anywhere replays messages, never loses them.
 
-A service outage is not a bad message: if S3 cannot be reached the batch is not judged, its
-offsets are rewound, and it is tried again when S3 answers.
+A service outage is not a bad message: if S3 or Kafka fails mid-batch the batch is not judged,
+the consumer goes back to its last committed offsets, and the batch is tried again when the
+service answers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from minio.error import S3Error
 from pydantic import ValidationError
@@ -72,12 +73,20 @@ class EpisodeIngestor:
             settings, self.topic, group_id=settings.kafka.consumer_group
         )
         self._dlq = None
+        self._resync = False  # set when positions may be past records that were not kept
         self._s3 = s3_client(settings)
         self._fetchers = ThreadPoolExecutor(settings.learner.fetch_workers, thread_name_prefix="s3-fetch")
 
     # -- one batch -----------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 500) -> IngestStats:
-        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=500)
+        if self._resync:
+            self._seek_to_committed()
+        try:
+            batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=500)
+        except KafkaError:
+            # kafka-python can advance its positions past records it then fails to hand back.
+            self._resync = True
+            raise
         records = [r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]]
         stats = IngestStats(received=len(records))
         if not records:
@@ -98,7 +107,7 @@ class EpisodeIngestor:
             self.consumer.commit()
         except (ServiceUnavailable, KafkaError) as e:
             # Nothing is lost by trying the batch again: what was indexed is deduplicated.
-            self._rewind(records)
+            self._resync = True
             raise ServiceUnavailable(f"ingest of {len(records)} records will be retried: {e}") from e
         for _, reason in rejected:
             kind = reason.split(":", 1)[0]
@@ -154,13 +163,15 @@ class EpisodeIngestor:
             )
         self._dlq.flush(timeout=30)
 
-    def _rewind(self, records) -> None:
-        first: dict[TopicPartition, int] = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            first[tp] = min(first.get(tp, r.offset), r.offset)
-        for tp, offset in first.items():
-            self.consumer.seek(tp, offset)
+    def _seek_to_committed(self) -> None:
+        """Go back to the last committed offsets: the first record not yet indexed or dead-lettered."""
+        for tp in self.consumer.assignment() or ():
+            committed = self.consumer.committed(tp, timeout_ms=self.settings.kafka.bootstrap_timeout_ms)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        self._resync = False
 
     # -- the loop ------------------------------------------------------------------------------
     def run(
