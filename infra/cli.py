@@ -221,8 +221,10 @@ def eval_cmd(
     policy: Path = typer.Option(..., help="a policy directory"),
     episodes: int = typer.Option(20, help="seeded episodes per split (seen, held-out)"),
     out: Path = typer.Option(Path("out/eval.json"), help="where to write the JSON result"),
-    no_rejection: bool = typer.Option(False, help="ablation: execute candidates the planner would reject"),
-    no_critic: bool = typer.Option(False, help="ablation: take the first candidate instead of the best of K"),
+    no_rejection: bool = typer.Option(
+        False, "--no-rejection", help="ablation: execute candidates the planner would reject"
+    ),
+    no_critic: bool = typer.Option(False, "--no-critic", help="ablation: take the first candidate, not the best of K"),
 ) -> None:
     """Success on seen and held-out tasks against a random policy on the same seeds."""
     from worldmodel.evaluate import evaluate

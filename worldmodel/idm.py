@@ -30,16 +30,22 @@ class InverseDynamics(nn.Module):
     def __init__(self, config: IdmConfig):
         super().__init__()
         self.config = config
-        layers, c_in = [], 9  # previous, current, next frame
+        # The motion is in the differences between frames, and where it happens matters: the
+        # frames and their differences go in, and the features keep their spatial layout.
+        layers, c_in = [], 15
         for c in config.channels:
             layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
             c_in = c
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(c_in, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 2 * config.action_dim))
+        cells = (config.size // 2 ** len(config.channels)) ** 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Sequential(
+            nn.Linear(c_in * cells, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 2 * config.action_dim)
+        )
 
     def forward(self, prev: torch.Tensor, cur: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Action mean and log variance, each (B, action_dim), for frames (B, 3, S, S) in [-1, 1]."""
-        mean, log_var = self.head(self.features(torch.cat([prev, cur, nxt], dim=1))).chunk(2, dim=-1)
+        x = torch.cat([prev, cur, nxt, nxt - cur, cur - prev], dim=1)
+        mean, log_var = self.head(self.features(x)).chunk(2, dim=-1)
         return mean, log_var.clamp(-8, 4)
 
     def loss(self, prev, cur, nxt, action: torch.Tensor) -> torch.Tensor:

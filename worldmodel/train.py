@@ -28,11 +28,11 @@ from worldmodel.text_encoder import build_vocab
 class TrainProfile:
     internet_clips: int = 300
     human_clips: int = 150
-    robot_clips: int = 80  # "a small number of scripted, noisy demonstrations"
+    robot_clips: int = 400  # scripted, noisy demonstrations: a few minutes of robot time
     pretrain_steps: int = 400
     midtrain_steps: int = 300
     finetune_steps: int = 600
-    idm_steps: int = 800
+    idm_steps: int = 5000
     critic_steps: int = 400
     batch: int = 32
     lr: float = 2e-3

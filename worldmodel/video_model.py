@@ -4,7 +4,9 @@ Given the current camera frame and an instruction it imagines the next `future_f
 Training follows rectified flow / flow matching (Lipman et al. 2023; Liu et al. 2023): a straight
 path x_t = (1 - t) * noise + t * video, and the network regresses the velocity video - noise;
 sampling integrates that velocity with a few Euler steps, which is what keeps a decision cheap
-on CPU. K candidate futures are K noise draws of one batch.
+on CPU. K candidate futures are K noise draws of one batch. The model generates the change from
+the current frame rather than whole frames: a tabletop scene is mostly still, and a model that
+must redraw the background spends its capacity there instead of on the motion.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class VideoModelConfig:
 
 
 VIDEO_PRESETS = {
-    "tiny": VideoModelConfig(channels=(32, 64), cond_dim=128),
+    "tiny": VideoModelConfig(channels=(32, 64, 96), cond_dim=128),
     "small": VideoModelConfig(channels=(64, 128, 128), cond_dim=256, sample_steps=8),
 }
 
@@ -66,11 +68,12 @@ class VideoGenerator(nn.Module):
         return self.head(h).reshape(b, f, 3, s, s)
 
     def loss(self, video: torch.Tensor, first: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Flow-matching loss on future frames `video` (B, F, 3, S, S) in [-1, 1]."""
-        noise = torch.randn_like(video)
+        """Flow-matching loss on future frames `video` (B, F, 3, S, S) in [-1, 1], as changes from `first`."""
+        change = video - first[:, None]
+        noise = torch.randn_like(change)
         t = torch.rand(video.shape[0], device=video.device)
-        x_t = (1 - t)[:, None, None, None, None] * noise + t[:, None, None, None, None] * video
-        return nn.functional.mse_loss(self(x_t, t, first, text), video - noise)
+        x_t = (1 - t)[:, None, None, None, None] * noise + t[:, None, None, None, None] * change
+        return nn.functional.mse_loss(self(x_t, t, first, text), change - noise)
 
     @torch.no_grad()
     def sample(self, first: torch.Tensor, text: torch.Tensor, k: int, generator: torch.Generator | None = None,
@@ -83,4 +86,4 @@ class VideoGenerator(nn.Module):
         for i in range(steps):
             t = torch.full((b * k,), i / steps, device=first.device)
             x = x + self(x, t, first_k, text_k) / steps
-        return x.clamp(-1, 1).reshape(b, k, f, 3, s, s)
+        return (first_k[:, None] + x).clamp(-1, 1).reshape(b, k, f, 3, s, s)
