@@ -44,6 +44,15 @@ def _progress() -> Progress:
     )
 
 
+def _report(result: dict, out: Path | None, keys: tuple[str, ...] | None = None) -> None:
+    """A metric table on the console and the whole result as JSON in `out`."""
+    table = Table("metric", "value")
+    for key in keys or tuple(result):
+        table.add_row(key, str(result[key]))
+    console.print(table)
+    _write_json(result, out)
+
+
 def _write_json(result: dict, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,11 +137,8 @@ def bench_ingest_cmd(
             _settings(), episodes, robots, camera_noise, rate or None,
             progress=lambda n: progress.update(bar, completed=n),
         )  # fmt: skip
-    table = Table("metric", "value")
-    for key in ("episodes_sent", "episodes_indexed", "lost", "duplicated", "episodes_per_s", "mb_per_s", "latency_ms_p50", "latency_ms_p99"):
-        table.add_row(key, str(result[key]))
-    console.print(table)
-    _write_json(result, out)
+    keys = ("episodes_sent", "episodes_indexed", "lost", "duplicated", "episodes_per_s", "mb_per_s", "latency_ms_p50", "latency_ms_p99")  # fmt: skip
+    _report(result, out, keys)
 
 
 @bench_app.command("sim")
@@ -234,11 +240,22 @@ def eval_cmd(
     with _progress() as progress:
         bar = progress.add_task("episodes", total=2 * episodes)
         result = evaluate(policy, episodes, planner_config=config, progress=lambda: progress.advance(bar))
-    table = Table("metric", "value")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    console.print(table)
-    _write_json(result, out)
+    _report(result, out)
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    policy: Path = typer.Option(..., help="a policy directory"),
+    episodes: int = typer.Option(10, help="seeded expert episodes per question"),
+    out: Path = typer.Option(Path("out/diagnose.json"), help="where to write the JSON result"),
+) -> None:
+    """Which part of a policy fails: the IDM on real frames, on real futures, or the imagined futures."""
+    from worldmodel.diagnose import diagnose
+    from worldmodel.policy import WorldModelPolicy
+
+    with console.status("diagnosing"):
+        result = diagnose(WorldModelPolicy.load(policy), episodes)
+    _report(result, out)
 
 
 # -- episodes ---------------------------------------------------------------------------------

@@ -27,6 +27,25 @@ class FiLMBlock(nn.Module):
         return nn.functional.silu(h) + self.skip(x)
 
 
+class CrossAttention(nn.Module):
+    """Image features attend to the words of the instruction (as in text-to-image U-Nets).
+
+    A pooled sentence vector blurs "the red block" into the other words of a long caption;
+    attention lets each place in the image look up the words that matter there.
+    """
+
+    def __init__(self, channels: int, text_dim: int, heads: int = 4):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels)
+        self.attn = nn.MultiheadAttention(channels, heads, kdim=text_dim, vdim=text_dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        query = self.norm(x).flatten(2).transpose(1, 2)
+        out, _ = self.attn(query, tokens, tokens, key_padding_mask=pad, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of a continuous time in [0, 1] (as in DiT / DDPM)."""
     half = dim // 2

@@ -106,7 +106,7 @@ class Planner:
         t = clock()
         if alive and cfg.use_critic:
             clips = torch.cat([context[1:].expand(len(alive), -1, -1, -1)[:, None], all_video[alive]], dim=1)
-            scores = p.critic.score(clips, text.expand(len(alive), -1))
+            scores = p.critic.score(clips, text.pooled.expand(len(alive), -1))
             for i, s in zip(alive, scores.tolist(), strict=True):
                 records[i].score = s
             chosen = alive[int(torch.argmax(scores))]

@@ -17,6 +17,18 @@ PAD, UNK = "<pad>", "<unk>"
 
 
 @dataclass
+class TextFeatures:
+    """Per-word features for models that attend to words, and one pooled vector for the rest."""
+
+    tokens: torch.Tensor  # (B, L, dim)
+    pad: torch.Tensor  # (B, L) True where there is no word
+    pooled: torch.Tensor  # (B, dim)
+
+    def repeat_interleave(self, k: int) -> TextFeatures:
+        return TextFeatures(*(x.repeat_interleave(k, 0) for x in (self.tokens, self.pad, self.pooled)))
+
+
+@dataclass
 class TextEncoderConfig:
     vocab: list[str] = field(default_factory=lambda: [PAD, UNK])
     dim: int = 64
@@ -52,10 +64,11 @@ class TextEncoder(nn.Module):
             out[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         return out
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        """(B, dim) sentence embeddings."""
+    def forward(self, texts: list[str]) -> TextFeatures:
         ids = self.ids(texts).to(self.pos.device)
+        length = max(int((ids != 0).sum(1).max()), 1)
+        ids = ids[:, :length]  # no work on padding past the longest text
         pad = ids == 0
-        h = self.encoder(self.embed(ids) + self.pos, src_key_padding_mask=pad)
+        h = self.norm(self.encoder(self.embed(ids) + self.pos[:length], src_key_padding_mask=pad))
         keep = (~pad).unsqueeze(-1).float()
-        return self.norm((h * keep).sum(1) / keep.sum(1).clamp(min=1))
+        return TextFeatures(h, pad, (h * keep).sum(1) / keep.sum(1).clamp(min=1))

@@ -31,7 +31,7 @@ class TrainProfile:
     robot_clips: int = 400  # scripted, noisy demonstrations: a few minutes of robot time
     pretrain_steps: int = 400
     midtrain_steps: int = 300
-    finetune_steps: int = 600
+    finetune_steps: int = 1500
     idm_steps: int = 5000
     critic_steps: int = 400
     batch: int = 32
@@ -155,7 +155,7 @@ def train_critic(policy: WorldModelPolicy, data: StageData, steps: int, profile:
                 texts[j] = str(rng.choice([s for s in instructions if s != texts[j]]))
                 labels[j] = 0.0
         with torch.no_grad():
-            text = policy.text_encoder(texts)
+            text = policy.text_encoder(texts).pooled
         logits = critic(torch.cat([first[:, None], fut], dim=1), text)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
         opt.zero_grad()

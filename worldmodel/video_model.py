@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from worldmodel.layers import FiLMBlock, timestep_embedding
+from worldmodel.layers import CrossAttention, FiLMBlock, timestep_embedding
+from worldmodel.text_encoder import TextFeatures
 
 
 @dataclass
@@ -27,6 +28,10 @@ class VideoModelConfig:
     text_dim: int = 64
     cond_dim: int = 128
     sample_steps: int = 4
+    # Frame changes have a std of about 0.05 against unit noise; scaled up to about unit variance
+    # the noise schedule spends its steps on the motion instead of drowning it (as latent diffusion
+    # scales its latents).
+    change_scale: float = 10.0
 
 
 VIDEO_PRESETS = {
@@ -47,43 +52,44 @@ class VideoGenerator(nn.Module):
         # matching skip connection.
         self.down = nn.ModuleList(FiLMBlock(a, b, config.cond_dim) for a, b in zip(c[:-1], c[1:], strict=True))
         self.mid = FiLMBlock(c[-1], c[-1], config.cond_dim)
+        self.mid_attn = CrossAttention(c[-1], config.text_dim)
         self.up = nn.ModuleList(FiLMBlock(b + a, a, config.cond_dim) for a, b in zip(c[:-1], c[1:], strict=True))
         self.head = nn.Conv2d(c[0], 3 * f, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, first: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, first: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """Velocity for noisy futures x_t (B, F, 3, S, S) at times t (B,)."""
         b, f, _, s, _ = x_t.shape
-        cond = self.cond(torch.cat([timestep_embedding(t, self.config.cond_dim), text], dim=-1))
+        cond = self.cond(torch.cat([timestep_embedding(t, self.config.cond_dim), text.pooled], dim=-1))
         h = self.stem(torch.cat([x_t.reshape(b, f * 3, s, s), first], dim=1))
         skips = []
         for block in self.down:
             skips.append(h)
             h = block(nn.functional.avg_pool2d(h, 2), cond)
-        h = self.mid(h, cond)
+        h = self.mid_attn(self.mid(h, cond), text.tokens, text.pad)
         for block in reversed(self.up):
             skip = skips.pop()
             h = block(torch.cat([nn.functional.interpolate(h, size=skip.shape[-2:]), skip], dim=1), cond)
         return self.head(h).reshape(b, f, 3, s, s)
 
-    def loss(self, video: torch.Tensor, first: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def loss(self, video: torch.Tensor, first: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """Flow-matching loss on future frames `video` (B, F, 3, S, S) in [-1, 1], as changes from `first`."""
-        change = video - first[:, None]
+        change = (video - first[:, None]) * self.config.change_scale
         noise = torch.randn_like(change)
         t = torch.rand(video.shape[0], device=video.device)
         x_t = (1 - t)[:, None, None, None, None] * noise + t[:, None, None, None, None] * change
         return nn.functional.mse_loss(self(x_t, t, first, text), change - noise)
 
     @torch.no_grad()
-    def sample(self, first: torch.Tensor, text: torch.Tensor, k: int, generator: torch.Generator | None = None,
+    def sample(self, first: torch.Tensor, text: TextFeatures, k: int, generator: torch.Generator | None = None,
                steps: int | None = None) -> torch.Tensor:  # fmt: skip
         """K imagined futures per conditioning row: (B, K, F, 3, S, S), Euler-integrated."""
         steps = steps or self.config.sample_steps
         b, s, f = first.shape[0], self.config.size, self.config.future_frames
-        first_k, text_k = first.repeat_interleave(k, 0), text.repeat_interleave(k, 0)
+        first_k, text_k = first.repeat_interleave(k, 0), text.repeat_interleave(k)
         x = torch.randn(b * k, f, 3, s, s, generator=generator, device=first.device)
         for i in range(steps):
             t = torch.full((b * k,), i / steps, device=first.device)
             x = x + self(x, t, first_k, text_k) / steps
-        return (first_k[:, None] + x).clamp(-1, 1).reshape(b, k, f, 3, s, s)
+        return (first_k[:, None] + x / self.config.change_scale).clamp(-1, 1).reshape(b, k, f, 3, s, s)

@@ -6,7 +6,7 @@ import torch
 from worldmodel import checkpoint
 from worldmodel.critic import CRITIC_PRESETS, CriticConfig, SuccessCritic
 from worldmodel.idm import IDM_PRESETS, IdmConfig, InverseDynamics
-from worldmodel.text_encoder import TextEncoder, TextEncoderConfig, build_vocab
+from worldmodel.text_encoder import TextEncoder, TextEncoderConfig, TextFeatures, build_vocab
 from worldmodel.video_model import VIDEO_PRESETS, VideoGenerator, VideoModelConfig
 
 INSTRUCTIONS = ["put the red block on the blue block", "put the blue block on the red block"]
@@ -17,9 +17,15 @@ def text_encoder() -> TextEncoder:
     return TextEncoder(TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS)))
 
 
+def random_text(batch: int, dim: int) -> TextFeatures:
+    return TextFeatures(torch.randn(batch, 5, dim), torch.zeros(batch, 5, dtype=torch.bool), torch.randn(batch, dim))
+
+
 def test_word_order_changes_the_instruction_embedding():
-    a, b = text_encoder()(INSTRUCTIONS)
+    text = text_encoder()(INSTRUCTIONS)
+    a, b = text.pooled
     assert a.shape == (64,) and not torch.allclose(a, b)
+    assert text.tokens.shape == (2, 8, 64) and not text.pad.any()  # one feature per word
     assert text_encoder().ids(["put the zebra on it"])[0, 2] == 1  # unknown words map to <unk>
 
 
@@ -27,7 +33,7 @@ def test_word_order_changes_the_instruction_embedding():
 def test_k_candidates_come_from_one_batch_and_are_reproducible(preset):
     torch.manual_seed(0)
     model, cfg = VideoGenerator(VIDEO_PRESETS[preset]).eval(), VIDEO_PRESETS[preset]
-    first, text = torch.randn(2, 3, cfg.size, cfg.size), torch.randn(2, cfg.text_dim)
+    first, text = torch.randn(2, 3, cfg.size, cfg.size), random_text(2, cfg.text_dim)
     a = model.sample(first, text, k=8, generator=torch.Generator().manual_seed(1))
     b = model.sample(first, text, k=8, generator=torch.Generator().manual_seed(1))
     assert a.shape == (2, 8, cfg.future_frames, 3, cfg.size, cfg.size)
@@ -38,7 +44,7 @@ def test_video_model_learns_to_reduce_its_flow_matching_loss():
     torch.manual_seed(0)
     cfg = VideoModelConfig(size=16, future_frames=2, channels=(16, 32))
     model = VideoGenerator(cfg)
-    first, text = torch.rand(8, 3, 16, 16) * 2 - 1, torch.randn(8, cfg.text_dim)
+    first, text = torch.rand(8, 3, 16, 16) * 2 - 1, random_text(8, cfg.text_dim)
     video = first[:, None].repeat(1, 2, 1, 1, 1)  # a static scene: the future equals the present
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     losses = []

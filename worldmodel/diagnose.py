@@ -1,0 +1,93 @@
+"""Where a policy breaks: the IDM on real frames, the IDM on real futures, then imagined futures.
+
+Success alone does not say which part failed. On seeded expert episodes of seen tasks this asks:
+1. Does the IDM read the robot's actions from real frames it was not trained on?
+2. Does the robot succeed when the IDM is handed the real future (a perfect world model)?
+3. Do imagined futures move the way the expert did, and does the instruction change them? An
+   agreement that stays the same under a wrong instruction means the video model ignores text.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from fleet_agent.sim.scripted import expert_action, run_expert
+from fleet_agent.sim.tabletop import SEEN_TASKS, TabletopEnv
+from worldmodel.policy import WorldModelPolicy
+
+
+def _sign_agreement(predicted: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(np.sign(predicted[..., :2]) == np.sign(true[..., :2])))
+
+
+def idm_on_real_frames(policy: WorldModelPolicy, episodes: int, seed: int) -> dict:
+    env, errors, agreement = TabletopEnv(split="seen"), [], []
+    for i in range(episodes):
+        log = run_expert(env, seed + i, noise=0.2)
+        predicted, _ = policy.idm.actions(policy.prepare(log["frames"])[None])
+        true = log["actions"][1:].clip(-1, 1)  # the first transition has no frame before it
+        errors.append(float(np.abs(predicted[0].numpy()[:, :2] - true[:, :2]).mean()))
+        agreement.append(_sign_agreement(predicted[0].numpy(), true))
+    return {"idm_action_error": round(float(np.mean(errors)), 4), "idm_sign_agreement": round(float(np.mean(agreement)), 4)}
+
+
+def idm_on_real_futures(policy: WorldModelPolicy, episodes: int, seed: int) -> float:
+    """Success rate when each plan's future is the one the expert would have produced."""
+    env, future, wins = TabletopEnv(split="seen"), policy.video_model.config.future_frames, 0
+    for i in range(episodes):
+        obs, info = env.reset(seed=seed + i)
+        rng, prev, done = np.random.default_rng(seed + i), obs["rgb"], False
+        while not done:
+            ghost, frames = copy.deepcopy(env), []
+            for _ in range(future):
+                frames.append(ghost.step(expert_action(ghost, rng))[0]["rgb"])
+            actions, _ = policy.idm.actions(policy.prepare(np.stack([prev, obs["rgb"], *frames]))[None])
+            for action in actions[0, :2].numpy():
+                prev = obs["rgb"]
+                obs, _, terminated, truncated, info = env.step(action.clip(-1, 1))
+                done = terminated or truncated
+                if done:
+                    break
+        wins += info["success"]
+    return wins / episodes
+
+
+def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int = 8) -> dict:
+    """IDM reading of imagined futures against the expert's actions, with the right and a wrong instruction."""
+    env, future = TabletopEnv(split="seen"), policy.video_model.config.future_frames
+    out: dict[str, list[float]] = {"right": [], "wrong": [], "best_of_k": [], "imagined_speed": [], "real_speed": []}
+    for i in range(episodes):
+        log = run_expert(env, seed + i, noise=0.0)
+        frames = policy.prepare(log["frames"])
+        wrong = next(t.instruction for t in SEEN_TASKS[i % len(SEEN_TASKS) :] + SEEN_TASKS if t.id != log["task_id"])
+        for t0 in range(1, len(log["actions"]) - future, 3):
+            true = log["actions"][t0 : t0 + future]
+            context = frames[t0 - 1 : t0 + 1][None].expand(k, -1, -1, -1, -1)
+            for which, instruction in (("right", log["instruction"]), ("wrong", wrong)):
+                generator = torch.Generator().manual_seed(seed + t0)
+                video = policy.video_model.sample(frames[t0 : t0 + 1], policy.text_encoder([instruction]), k, generator)[0]
+                actions = policy.idm.actions(torch.cat([context, video], dim=1))[0].numpy()
+                per_candidate = [_sign_agreement(a, true) for a in actions]
+                out[which].append(float(np.mean(per_candidate)))
+                if which == "right":
+                    out["best_of_k"].append(max(per_candidate))
+                    out["imagined_speed"].append(float(np.abs(actions[..., :2]).mean()))
+                    out["real_speed"].append(float(np.abs(true[:, :2]).mean()))
+    m = {key: round(float(np.mean(v)), 4) for key, v in out.items()}
+    return {"imagined_sign_agreement": m["right"], "imagined_sign_agreement_wrong_instruction": m["wrong"],
+            "imagined_sign_agreement_best_of_k": m["best_of_k"], "imagined_speed": m["imagined_speed"],
+            "expert_speed": m["real_speed"]}  # fmt: skip
+
+
+@torch.no_grad()
+def diagnose(policy: WorldModelPolicy, episodes: int = 10, seed: int = 20_000) -> dict:
+    policy.eval()
+    return {
+        **idm_on_real_frames(policy, episodes, seed),
+        "idm_on_real_futures_success_rate": idm_on_real_futures(policy, episodes, seed),
+        **imagined_motion(policy, episodes, seed),
+        "episodes": episodes,
+    }
