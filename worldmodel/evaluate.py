@@ -82,11 +82,11 @@ def evaluate(policy: WorldModelPolicy | Path, episodes: int, seed: int = 10_000,
                 progress()
         results[split] = wins
     return {
-        "success_rate": results["seen"] / episodes,
+        "success_rate": round(results["seen"] / episodes, 4),
         "success_ci95": wilson(results["seen"], episodes),
-        "heldout_success_rate": results["heldout"] / episodes,
+        "heldout_success_rate": round(results["heldout"] / episodes, 4),
         "heldout_ci95": wilson(results["heldout"], episodes),
-        "random_success_rate": random_wins / episodes,
+        "random_success_rate": round(random_wins / episodes, 4),
         "random_ci95": wilson(random_wins, episodes),
         "decision_latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
         "decision_latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
