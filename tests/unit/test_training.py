@@ -5,6 +5,7 @@ import json
 import numpy as np
 import torch
 
+from worldmodel.diagnose import diagnose
 from worldmodel.evaluate import evaluate, wilson
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import robot_logs
@@ -19,6 +20,10 @@ def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
     assert json.loads(json.dumps(result)) == result  # plain JSON, no numpy scalars
     assert {"success_rate", "success_ci95", "heldout_success_rate", "heldout_ci95", "random_success_rate",
             "decision_latency_ms_p50", "decision_latency_ms_p95", "rejection_rate"} <= set(result)  # fmt: skip
+
+    found = diagnose(policy, episodes=1)
+    rates = [v for k, v in found.items() if "agreement" in k or "success" in k]
+    assert len(rates) == 5 and all(0 <= r <= 1 for r in rates)
 
     again = train_all(PROFILES["ci"], tmp_path)  # every stage is checkpointed: nothing is redone
     assert set(again["timings_s"]) == {"data_s"}
