@@ -62,7 +62,7 @@ class StageData:
         return cls(clips, [policy.prepare(c.frames) for c in clips])
 
     def video_batch(self, rng: np.random.Generator, n: int, future: int):
-        firsts, futures, texts = [], [], []
+        firsts, futures, texts, succeeded = [], [], [], []
         for i in rng.integers(len(self.clips), size=n):
             frames, clip = self.frames[i], self.clips[i]
             t = int(rng.integers(0, max(len(frames) - future, 1)))
@@ -72,7 +72,8 @@ class StageData:
             firsts.append(window[0])
             futures.append(window[1:])
             texts.append(clip.detailed_caption if rng.uniform() < 0.5 else clip.caption)
-        return torch.stack(firsts), torch.stack(futures), texts
+            succeeded.append(clip.success is not False)  # action-free clips carry no label
+        return torch.stack(firsts), torch.stack(futures), texts, succeeded
 
 
 def _optimiser(params, profile: TrainProfile) -> torch.optim.Optimizer:
@@ -96,19 +97,18 @@ def _checkpoint(state_path: Path, modules: dict[str, torch.nn.Module]) -> None:
     tmp.replace(state_path)
 
 
-def train_video_stage(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
-                      rng: np.random.Generator, progress: Callable[[int, float], None] | None = None) -> list[float]:  # fmt: skip
-    modules = [policy.video_model, policy.text_encoder]
-    opt = _optimiser([p for m in modules for p in m.parameters()], profile)
-    losses = []
+def _fit(modules: list[torch.nn.Module], steps: int, profile: TrainProfile, batch_loss: Callable[[], torch.Tensor],
+         progress: Callable[[int, float], None] | None, max_grad_norm: float | None = None) -> list[float]:  # fmt: skip
+    params = [p for m in modules for p in m.parameters()]
+    opt, losses = _optimiser(params, profile), []
     for m in modules:
         m.train()
     for step in range(steps):
-        first, future, texts = data.video_batch(rng, profile.batch, policy.video_model.config.future_frames)
-        loss = policy.video_model.loss(future, first, policy.text_encoder(texts))
+        loss = batch_loss()
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         losses.append(loss.item())
         if progress:
@@ -116,11 +116,19 @@ def train_video_stage(policy: WorldModelPolicy, data: StageData, steps: int, pro
     return losses
 
 
+def train_video_stage(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
+                      rng: np.random.Generator, progress: Callable[[int, float], None] | None = None) -> list[float]:  # fmt: skip
+    def batch_loss() -> torch.Tensor:
+        first, future, texts, _ = data.video_batch(rng, profile.batch, policy.video_model.config.future_frames)
+        return policy.video_model.loss(future, first, policy.text_encoder(texts))
+
+    # Clipped at norm 1, as diffusion and flow models commonly are; the IDM and critic train without.
+    return _fit([policy.video_model, policy.text_encoder], steps, profile, batch_loss, progress, max_grad_norm=1.0)
+
+
 def train_idm(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
               rng: np.random.Generator, progress=None) -> list[float]:  # fmt: skip
-    idm, losses = policy.idm.train(), []
-    opt = _optimiser(idm.parameters(), profile)
-    for step in range(steps):
+    def batch_loss() -> torch.Tensor:
         prev, cur, nxt, act = [], [], [], []
         for i in rng.integers(len(data.clips), size=profile.batch):
             frames, actions = data.frames[i], data.clips[i].actions
@@ -129,42 +137,31 @@ def train_idm(policy: WorldModelPolicy, data: StageData, steps: int, profile: Tr
             cur.append(frames[t])
             nxt.append(frames[t + 1])
             act.append(torch.as_tensor(actions[t]))
-        loss = idm.loss(torch.stack(prev), torch.stack(cur), torch.stack(nxt), torch.stack(act).float())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if progress:
-            progress(step + 1, loss.item())
-    return losses
+        return policy.idm.loss(torch.stack(prev), torch.stack(cur), torch.stack(nxt), torch.stack(act).float())
+
+    return _fit([policy.idm], steps, profile, batch_loss, progress)
 
 
 def train_critic(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
                  rng: np.random.Generator, progress=None) -> list[float]:  # fmt: skip
-    """Positives: a robot window with its own instruction when the episode succeeded; negatives:
-    the same window with another task's instruction, or a failed episode's window."""
-    critic, losses = policy.critic.train(), []
-    future = critic.config.frames - 1
-    opt = _optimiser(critic.parameters(), profile)
+    """Positives: a window of a successful episode with its own instruction; negatives: the same
+    window with another task's instruction, or a failed episode's window."""
+    future = policy.critic.config.frames - 1
     instructions = sorted({c.caption for c in data.clips} | {t.instruction for t in ALL_TASKS})
-    for step in range(steps):
-        first, fut, texts = data.video_batch(rng, profile.batch, future)
-        labels = torch.ones(len(texts))
+
+    def batch_loss() -> torch.Tensor:
+        first, fut, texts, succeeded = data.video_batch(rng, profile.batch, future)
+        labels = torch.tensor(succeeded, dtype=torch.float32)
         for j in range(len(texts)):
             if rng.uniform() < 0.5:
                 texts[j] = str(rng.choice([s for s in instructions if s != texts[j]]))
                 labels[j] = 0.0
         with torch.no_grad():
             text = policy.text_encoder(texts).pooled
-        logits = critic(torch.cat([first[:, None], fut], dim=1), text)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if progress:
-            progress(step + 1, loss.item())
-    return losses
+        logits = policy.critic(torch.cat([first[:, None], fut], dim=1), text)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+
+    return _fit([policy.critic], steps, profile, batch_loss, progress)
 
 
 def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stages: tuple[str, ...] = ()) -> dict:
