@@ -125,34 +125,34 @@ def test_malformed_messages_go_to_the_dead_letter_topic_while_good_ones_flow(pla
     assert sorted(index.episode_ids()) == sorted(good)
     assert stats.dead_lettered == 4
 
-    dlq = kafka_consumer(plane, plane.kafka.dead_letter_topic, group_id=None, consumer_timeout_ms=5000)
+    dlq = topic_records(plane, plane.kafka.dead_letter_topic)
     letters = {dict(m.headers)["reason"].decode().split(":")[0]: m.value for m in dlq}
-    dlq.close()
     assert letters == bad  # each with its reason, each with its original bytes
+
+
+def topic_records(settings, topic: str) -> list:
+    """Every record on a topic, read from the beginning outside any consumer group."""
+    consumer = kafka_consumer(settings, topic, group_id=None, consumer_timeout_ms=5000)
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
 
 
 def publisher_message(settings, episode_id: str) -> bytes:
     """The message that reached Kafka for one episode (read back from the topic)."""
-    consumer = kafka_consumer(settings, settings.kafka.episodes_topic, group_id=None, consumer_timeout_ms=5000)
-    try:
-        for record in consumer:
-            if episode_id.encode() in record.value:
-                return record.value
-    finally:
-        consumer.close()
+    for record in topic_records(settings, settings.kafka.episodes_topic):
+        if episode_id.encode() in record.value:
+            return record.value
     raise AssertionError(f"episode {episode_id} not on the topic")
 
 
 def lost_where(settings, missing: set[str]) -> str:
     """Whether episodes missing from the index ever reached the topic: producer or consumer side."""
-    consumer = kafka_consumer(settings, settings.kafka.episodes_topic, group_id=None, consumer_timeout_ms=10_000)
-    on_topic = {}
-    try:
-        for record in consumer:
-            episode_id = Episode.model_validate_json(record.value).episode_id
-            on_topic[str(episode_id)] = f"{record.partition}@{record.offset}"
-    finally:
-        consumer.close()
+    on_topic = {
+        str(Episode.model_validate_json(r.value).episode_id): f"{r.partition}@{r.offset}"
+        for r in topic_records(settings, settings.kafka.episodes_topic)
+    }
     found = {m: on_topic[m] for m in missing if m in on_topic}
     return f"{len(missing)} missing from the index; on the topic at {found}; {len(on_topic)} distinct on the topic"
 
