@@ -44,8 +44,8 @@ PROFILES = {
     "ci": TrainProfile(internet_clips=16, human_clips=8, robot_clips=8, pretrain_steps=3, midtrain_steps=3,
                        finetune_steps=3, idm_steps=3, critic_steps=3, batch=4),  # fmt: skip
     "quick": TrainProfile(),
-    "full": TrainProfile(internet_clips=2000, human_clips=800, robot_clips=300, pretrain_steps=4000,
-                         midtrain_steps=3000, finetune_steps=6000, idm_steps=6000, critic_steps=3000, preset="small"),  # fmt: skip
+    "full": TrainProfile(internet_clips=2000, human_clips=800, robot_clips=1500, pretrain_steps=4000,
+                         midtrain_steps=3000, finetune_steps=6000, idm_steps=15000, critic_steps=3000, preset="small"),  # fmt: skip
 }
 VIDEO_STAGES = ("pretrain", "midtrain", "finetune")
 
