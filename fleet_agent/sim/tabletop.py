@@ -83,7 +83,9 @@ class TabletopConfig:
     max_speed: float = 0.05  # workspace units per step
     workspace: tuple[float, float] = (0.05, 0.95)
     block_half: float = 0.06
-    effector_half: float = 0.03
+    # Large and high-contrast enough to stay a clear shape at the world model's 32 px; at 0.03
+    # the gripper blurred into two grey pixels that imagined futures could not keep track of.
+    effector_half: float = 0.045
     max_steps: int = 60
     min_objects: int = 2
     max_objects: int = 4
@@ -301,7 +303,7 @@ class TabletopEnv(gym.Env):
         e = max(1, round(cfg.effector_half * s))
         if cfg.embodiment == "robot":
             box(scene.effector, e, (20, 20, 20) if scene.closed else (235, 235, 235))
-            box(scene.effector, max(e - max(1, s // 64), 0), (120, 120, 120) if scene.closed else (90, 90, 90))
+            box(scene.effector, e // 3, (120, 120, 120) if scene.closed else (90, 90, 90))  # the gripper's centre
         else:  # a hand: skin tone, a fist smaller than an open palm
             box(scene.effector, e if scene.closed else e + max(1, s // 64), (225, 170, 140))
         if cfg.camera_turns or cfg.camera_shift != (0, 0):
