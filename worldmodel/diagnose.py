@@ -3,7 +3,8 @@
 Success alone does not say which part failed. On seeded expert episodes of seen tasks this asks:
 1. Does the IDM read the robot's actions from real frames it was not trained on?
 2. Does the robot succeed when the IDM is handed the real future (a perfect world model)?
-3. Do imagined futures move the way the expert did, and does the instruction change them? An
+3. Does the grounding head find the instruction's object and goal in the frame?
+4. Do imagined futures move the way the expert did, and does the instruction change them? An
    agreement that stays the same under a wrong instruction means the video model ignores text.
 """
 
@@ -15,8 +16,9 @@ import numpy as np
 import torch
 
 from fleet_agent.sim.scripted import expert_action, run_expert
-from fleet_agent.sim.tabletop import SEEN_TASKS, TabletopEnv
+from fleet_agent.sim.tabletop import SEEN_TASKS, TabletopEnv, Task
 from worldmodel.policy import WorldModelPolicy
+from worldmodel.stage_data import task_points
 
 
 def _sign_agreement(predicted: np.ndarray, true: np.ndarray) -> float:
@@ -58,10 +60,14 @@ def idm_on_real_futures(policy: WorldModelPolicy, episodes: int, seed: int) -> f
 def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int = 8) -> dict:
     """IDM reading of imagined futures against the expert's actions, with the right and a wrong instruction."""
     env, future = TabletopEnv(split="seen"), policy.video_model.config.future_frames
-    out: dict[str, list[float]] = {"right": [], "wrong": [], "best_of_k": [], "imagined_speed": [], "real_speed": []}
+    out: dict[str, list[float]] = {"right": [], "wrong": [], "best_of_k": [], "imagined_speed": [], "real_speed": [],
+                                   "grounding": []}  # fmt: skip
     for i in range(episodes):
         log = run_expert(env, seed + i, noise=0.0)
         frames = policy.prepare(log["frames"])
+        true_points = torch.as_tensor(task_points(Task.parse(log["task_id"]), log["states"]))
+        points = policy.video_model.grounding(frames, policy.text_encoder([log["instruction"]] * len(frames)))
+        out["grounding"].append(float((points - true_points).abs().amax(-1).mean()))
         wrong = next(t.instruction for t in SEEN_TASKS[i % len(SEEN_TASKS) :] + SEEN_TASKS if t.id != log["task_id"])
         for t0 in range(1, len(log["actions"]) - future, 3):
             true = log["actions"][t0 : t0 + future]
@@ -79,7 +85,7 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
     m = {key: round(float(np.mean(v)), 4) for key, v in out.items()}
     return {"imagined_sign_agreement": m["right"], "imagined_sign_agreement_wrong_instruction": m["wrong"],
             "imagined_sign_agreement_best_of_k": m["best_of_k"], "imagined_speed": m["imagined_speed"],
-            "expert_speed": m["real_speed"]}  # fmt: skip
+            "expert_speed": m["real_speed"], "grounding_error": m["grounding"]}  # fmt: skip
 
 
 @torch.no_grad()

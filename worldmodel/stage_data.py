@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fleet_agent.sim.scripted import run_expert
-from fleet_agent.sim.tabletop import COLOURS, TabletopConfig, TabletopEnv, _table
+from fleet_agent.sim.tabletop import COLOUR_NAMES, COLOURS, REGIONS, TabletopConfig, TabletopEnv, Task, _table
 from worldmodel.captions import Captioner, ObjectTrack, SceneDescription, TemplateCaptioner
 
 DISTRACTOR_COLOURS = {"purple": (140, 60, 170), "orange": (240, 140, 40), "white": (235, 235, 235)}
@@ -32,6 +32,7 @@ class Clip:
     actions: np.ndarray | None = None  # float32 (T-1, 3), robot logs only
     success: bool | None = None
     task_id: str | None = None
+    points: np.ndarray | None = None  # float32 (T, 2, 2): the task's object and goal, robot logs only
 
 
 # -- (a) internet video ---------------------------------------------------------------------------
@@ -120,18 +121,42 @@ def _task_clip(stage: str, env: TabletopEnv, log: dict, captioner: Captioner, ac
         actions=log["actions"] if keep_actions else None,
         success=bool(log["success"]) if keep_actions else None,
         task_id=log["task_id"],
+        # In image coordinates only where the camera is the robot's own (no turn or shift).
+        points=task_points(Task.parse(log["task_id"]), log["states"]) if keep_actions else None,
     )
 
 
+def task_points(task: Task, states: np.ndarray) -> np.ndarray:
+    """Where the instruction points, per state (T, STATE_DIM) -> (T, 2, 2): the object, then the goal
+    (the object itself to reach it, the region's centre to push it, the other block to stack on)."""
+
+    def block(colour: str) -> np.ndarray:
+        k = 3 + 5 * COLOUR_NAMES.index(colour)
+        return states[:, k + 1 : k + 3]
+
+    obj = block(task.colour)
+    if task.kind == "push":
+        x0, y0, x1, y1 = REGIONS[task.target]
+        goal = np.broadcast_to(np.array([(x0 + x1) / 2, (y0 + y1) / 2], np.float32), obj.shape)
+    else:
+        goal = block(task.target) if task.kind == "stack" else obj
+    return np.stack([obj, goal], axis=1).astype(np.float32)
+
+
 # -- storage: arrays in .npz, text in JSON; no pickle --------------------------------------------
+ARRAYS = ("frames", "actions", "points")
+
+
 def save_clips(clips: list[Clip], path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     lengths = [len(c.frames) for c in clips]
     arrays = {"frames": np.concatenate([c.frames for c in clips]), "lengths": np.array(lengths)}
     if all(c.actions is not None for c in clips):
         arrays["actions"] = np.concatenate([c.actions for c in clips])
+    if all(c.points is not None for c in clips):
+        arrays["points"] = np.concatenate([c.points for c in clips])
     np.savez(path / "clips.npz", **arrays)
-    meta = [{k: v for k, v in asdict(c).items() if k not in ("frames", "actions")} for c in clips]
+    meta = [{k: v for k, v in asdict(c).items() if k not in ARRAYS} for c in clips]
     (path / "clips.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -140,9 +165,11 @@ def load_clips(path: Path) -> list[Clip]:
     with np.load(path / "clips.npz", allow_pickle=False) as npz:
         frames, lengths = npz["frames"], npz["lengths"]
         actions = npz["actions"] if "actions" in npz.files else None
+        points = npz["points"] if "points" in npz.files else None
     clips, f, a = [], 0, 0
     for m, n in zip(meta, lengths, strict=True):
         acts = actions[a : a + n - 1] if actions is not None else None
-        clips.append(Clip(frames=frames[f : f + n], actions=acts, **m))
+        pts = points[f : f + n] if points is not None else None
+        clips.append(Clip(frames=frames[f : f + n], actions=acts, points=pts, **m))
         f, a = f + n, a + n - 1
     return clips

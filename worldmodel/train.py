@@ -61,8 +61,8 @@ class StageData:
     def build(cls, clips: list[Clip], policy: WorldModelPolicy) -> StageData:
         return cls(clips, [policy.prepare(c.frames) for c in clips])
 
-    def video_batch(self, rng: np.random.Generator, n: int, future: int):
-        firsts, futures, texts, succeeded = [], [], [], []
+    def video_batch(self, rng: np.random.Generator, n: int, future: int) -> VideoBatch:
+        firsts, futures, texts, succeeded, points = [], [], [], [], []
         for i in rng.integers(len(self.clips), size=n):
             frames, clip = self.frames[i], self.clips[i]
             t = int(rng.integers(0, max(len(frames) - future, 1)))
@@ -73,7 +73,17 @@ class StageData:
             futures.append(window[1:])
             texts.append(clip.detailed_caption if rng.uniform() < 0.5 else clip.caption)
             succeeded.append(clip.success is not False)  # action-free clips carry no label
-        return torch.stack(firsts), torch.stack(futures), texts, succeeded
+            points.append(torch.as_tensor(clip.points[t]) if clip.points is not None else torch.full((2, 2), torch.nan))
+        return VideoBatch(torch.stack(firsts), torch.stack(futures), texts, torch.tensor(succeeded), torch.stack(points))
+
+
+@dataclass
+class VideoBatch:
+    first: torch.Tensor  # (B, 3, S, S)
+    future: torch.Tensor  # (B, F, 3, S, S)
+    texts: list[str]
+    succeeded: torch.Tensor  # (B,) bool
+    points: torch.Tensor  # (B, 2, 2) the instruction's object and goal; NaN where not known
 
 
 def _optimiser(params, profile: TrainProfile) -> torch.optim.Optimizer:
@@ -119,8 +129,8 @@ def _fit(modules: list[torch.nn.Module], steps: int, profile: TrainProfile, batc
 def train_video_stage(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
                       rng: np.random.Generator, progress: Callable[[int, float], None] | None = None) -> list[float]:  # fmt: skip
     def batch_loss() -> torch.Tensor:
-        first, future, texts, _ = data.video_batch(rng, profile.batch, policy.video_model.config.future_frames)
-        return policy.video_model.loss(future, first, policy.text_encoder(texts))
+        b = data.video_batch(rng, profile.batch, policy.video_model.config.future_frames)
+        return policy.video_model.loss(b.future, b.first, policy.text_encoder(b.texts), b.points)
 
     # Clipped at norm 1, as diffusion and flow models commonly are; the IDM and critic train without.
     return _fit([policy.video_model, policy.text_encoder], steps, profile, batch_loss, progress, max_grad_norm=1.0)
@@ -150,15 +160,15 @@ def train_critic(policy: WorldModelPolicy, data: StageData, steps: int, profile:
     instructions = sorted({c.caption for c in data.clips} | {t.instruction for t in ALL_TASKS})
 
     def batch_loss() -> torch.Tensor:
-        first, fut, texts, succeeded = data.video_batch(rng, profile.batch, future)
-        labels = torch.tensor(succeeded, dtype=torch.float32)
+        b = data.video_batch(rng, profile.batch, future)
+        texts, labels = b.texts, b.succeeded.float()
         for j in range(len(texts)):
             if rng.uniform() < 0.5:
                 texts[j] = str(rng.choice([s for s in instructions if s != texts[j]]))
                 labels[j] = 0.0
         with torch.no_grad():
             text = policy.text_encoder(texts).pooled
-        logits = policy.critic(torch.cat([first[:, None], fut], dim=1), text)
+        logits = policy.critic(torch.cat([b.first[:, None], b.future], dim=1), text)
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
     return _fit([policy.critic], steps, profile, batch_loss, progress)

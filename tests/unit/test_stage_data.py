@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from fleet_agent.sim.tabletop import TabletopEnv, Task
 from worldmodel.captions import ObjectTrack, SceneDescription, TemplateCaptioner
-from worldmodel.stage_data import human_pov_clips, internet_clips, load_clips, robot_logs, save_clips
+from worldmodel.stage_data import human_pov_clips, internet_clips, load_clips, robot_logs, save_clips, task_points
 
 
 def test_caption_upsampling_names_objects_places_and_motion_deterministically():
@@ -44,4 +45,20 @@ def test_clips_round_trip_through_disk_without_pickle(tmp_path):
     loaded = load_clips(tmp_path)
     for a, b in zip(clips, loaded, strict=True):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
+        assert np.array_equal(a.points, b.points)
         assert (a.caption, a.detailed_caption, a.success, a.task_id) == (b.caption, b.detailed_caption, b.success, b.task_id)
+
+
+def test_grounding_points_are_the_object_and_where_it_must_go():
+    env = TabletopEnv()
+    for task_id, goal in (("reach-red", "red"), ("stack-red-on-blue", "blue"), ("push-red-left", (0.15, 0.5))):
+        env.reset(seed=3, options={"task": task_id})
+        points = task_points(Task.parse(task_id), env.state_vector()[None])[0]
+        assert np.allclose(points[0], env.scene.blocks[env._index("red")].pos)
+        expected = env.scene.blocks[env._index(goal)].pos if isinstance(goal, str) else goal
+        assert np.allclose(points[1], expected)
+
+
+def test_only_robot_logs_carry_grounding_points():
+    assert all(c.points.shape == (len(c.frames), 2, 2) for c in robot_logs(3, seed=0, size=32))
+    assert all(c.points is None for c in human_pov_clips(3, seed=0, size=32) + internet_clips(3, seed=0, size=32))
