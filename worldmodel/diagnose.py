@@ -66,7 +66,7 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
         log = run_expert(env, seed + i, noise=0.0)
         frames = policy.prepare(log["frames"])
         true_points = torch.as_tensor(task_points(Task.parse(log["task_id"]), log["states"]))
-        points = policy.video_model.grounding(frames, policy.text_encoder([log["instruction"]] * len(frames)))
+        points = policy.video_model.grounding(frames, policy.text_encoder([log["instruction"]]).repeat_interleave(len(frames)))
         out["grounding"].append(float((points - true_points).abs().amax(-1).mean()))
         wrong = next(t.instruction for t in SEEN_TASKS[i % len(SEEN_TASKS) :] + SEEN_TASKS if t.id != log["task_id"])
         for t0 in range(1, len(log["actions"]) - future, 3):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fleet_agent.sim.scripted import run_expert
-from fleet_agent.sim.tabletop import COLOUR_NAMES, COLOURS, REGIONS, TabletopConfig, TabletopEnv, Task, _table
+from fleet_agent.sim.tabletop import COLOURS, REGIONS, TabletopConfig, TabletopEnv, Task, _table, state_slot
 from worldmodel.captions import Captioner, ObjectTrack, SceneDescription, TemplateCaptioner
 
 DISTRACTOR_COLOURS = {"purple": (140, 60, 170), "orange": (240, 140, 40), "white": (235, 235, 235)}
@@ -108,8 +108,8 @@ def _episode_seed(stage: str, seed: int, i: int) -> int:
 def _task_clip(stage: str, env: TabletopEnv, log: dict, captioner: Captioner, actor: str, keep_actions: bool) -> Clip:
     first, last = log["states"][0], log["states"][-1]
     tracks = []
-    for c, colour in enumerate(COLOURS):
-        k = 3 + 5 * c
+    for colour in COLOURS:
+        k = state_slot(colour)
         if first[k]:
             tracks.append(ObjectTrack(colour, tuple(first[k + 1 : k + 3]), tuple(last[k + 1 : k + 3])))
     scene = SceneDescription(tracks, actor=actor)
@@ -131,7 +131,7 @@ def task_points(task: Task, states: np.ndarray) -> np.ndarray:
     (the object itself to reach it, the region's centre to push it, the other block to stack on)."""
 
     def block(colour: str) -> np.ndarray:
-        k = 3 + 5 * COLOUR_NAMES.index(colour)
+        k = state_slot(colour)
         return states[:, k + 1 : k + 3]
 
     obj = block(task.colour)

@@ -270,7 +270,7 @@ class TabletopEnv(gym.Env):
         out = np.zeros(STATE_DIM, np.float32)
         out[:3] = (*scene.effector, float(scene.closed))
         for i, b in enumerate(scene.blocks):
-            k = 3 + 5 * COLOUR_NAMES.index(b.colour)
+            k = state_slot(b.colour)
             out[k : k + 5] = (1.0, *b.pos, float(scene.held == i), float(b.on >= 0))
         return out
 
@@ -318,6 +318,11 @@ class TabletopEnv(gym.Env):
 
 
 STATE_DIM = 3 + 5 * len(COLOURS)
+
+
+def state_slot(colour: str) -> int:
+    """Where a colour's block starts in the state vector: present, x, y, held, resting on another."""
+    return 3 + 5 * COLOUR_NAMES.index(colour)
 
 
 def _table(size: int) -> np.ndarray:
