@@ -175,11 +175,13 @@ def bench_policy_cmd(
 
 
 # -- training and evaluation ------------------------------------------------------------------
-def _train(profile: str, out: Path, only: str | None) -> None:
-    from worldmodel.train import PROFILES, VIDEO_STAGES, train_all
+def _train(profile: str, out: Path, only: str | None, skip: tuple[str, ...] = ()) -> None:
+    from worldmodel.train import POLICY_STAGES, PROFILES, VIDEO_STAGES, train_all
 
-    stages = (*VIDEO_STAGES, "idm", "critic")
-    skip = tuple(s for s in stages if only and s != only)
+    stages = (*VIDEO_STAGES, *POLICY_STAGES)
+    if unknown := set(skip) - set(stages):
+        raise typer.BadParameter(f"unknown stage {', '.join(sorted(unknown))}; stages: {', '.join(stages)}")
+    skip = tuple(s for s in stages if (only and s != only) or s in skip)
     with _progress() as progress:
         bars = {}
 
@@ -196,9 +198,10 @@ def _train(profile: str, out: Path, only: str | None) -> None:
 def train_all_cmd(
     profile: str = typer.Option("quick", help="quick (minutes on 2 cores), full, or ci (seconds)"),
     out: Path = typer.Option(Path("out/train"), help="run directory: checkpoints, report, policy/"),
+    skip: list[str] = typer.Option([], help="a stage to leave out, for ablations (repeatable): --skip pretrain --skip midtrain"),
 ) -> None:
     """Every stage in order; resumes from the run directory's checkpoint."""
-    _train(profile, out, None)
+    _train(profile, out, None, tuple(skip))
 
 
 def _stage_command(stage: str, doc: str) -> None:
@@ -209,7 +212,7 @@ def _stage_command(stage: str, doc: str) -> None:
         _train(profile, out, stage)
 
     command.__doc__ = doc
-    train_app.command(stage)(command)
+    train_app.command(stage.replace("_", "-"))(command)
 
 
 for _stage, _doc in {
@@ -217,6 +220,7 @@ for _stage, _doc in {
     "midtrain": "Stage (b): human point-of-view video of the tasks.",
     "finetune": "Stage (c): the robot's own logs.",
     "idm": "The inverse dynamics model, on the robot's logs.",
+    "idm_adapt": "The IDM again, half on futures the world model imagines from the logs' frames.",
     "critic": "The success critic, on the robot's logs.",
 }.items():
     _stage_command(_stage, _doc)

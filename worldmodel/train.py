@@ -31,8 +31,10 @@ class TrainProfile:
     robot_clips: int = 400  # scripted, noisy demonstrations: a few minutes of robot time
     pretrain_steps: int = 400
     midtrain_steps: int = 300
-    finetune_steps: int = 1500
+    finetune_steps: int = 1800
     idm_steps: int = 5000
+    imagined_windows: int = 6000  # imagined futures the IDM adapts to after its real-frame training
+    idm_adapt_steps: int = 2000
     critic_steps: int = 400
     batch: int = 32
     lr: float = 2e-3
@@ -42,12 +44,15 @@ class TrainProfile:
 
 PROFILES = {
     "ci": TrainProfile(internet_clips=16, human_clips=8, robot_clips=8, pretrain_steps=3, midtrain_steps=3,
-                       finetune_steps=3, idm_steps=3, critic_steps=3, batch=4),  # fmt: skip
+                       finetune_steps=3, idm_steps=3, imagined_windows=8, idm_adapt_steps=3, critic_steps=3,
+                       batch=4),  # fmt: skip
     "quick": TrainProfile(),
     "full": TrainProfile(internet_clips=2000, human_clips=800, robot_clips=1500, pretrain_steps=4000,
-                         midtrain_steps=3000, finetune_steps=6000, idm_steps=15000, critic_steps=3000, preset="small"),  # fmt: skip
+                         midtrain_steps=3000, finetune_steps=6000, idm_steps=15000, imagined_windows=20000,
+                         idm_adapt_steps=6000, critic_steps=3000, preset="small"),  # fmt: skip
 }
 VIDEO_STAGES = ("pretrain", "midtrain", "finetune")
+POLICY_STAGES = ("idm", "idm_adapt", "critic")
 
 
 @dataclass
@@ -136,18 +141,69 @@ def train_video_stage(policy: WorldModelPolicy, data: StageData, steps: int, pro
     return _fit([policy.video_model, policy.text_encoder], steps, profile, batch_loss, progress, max_grad_norm=1.0)
 
 
-def train_idm(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
-              rng: np.random.Generator, progress=None) -> list[float]:  # fmt: skip
+@dataclass
+class ImaginedWindows:
+    """Futures the world model imagined from real frames, labelled with what the robot really did."""
+
+    frames: torch.Tensor  # (N, 2 + F, 3, S, S): the frame before, the real current frame, F imagined
+    actions: torch.Tensor  # (N, F, action_dim): the robot's actions from the current frame on
+
+
+@torch.no_grad()
+def imagine_windows(policy: WorldModelPolicy, data: StageData, n: int, rng: np.random.Generator,
+                    batch: int = 64) -> ImaginedWindows:  # fmt: skip
+    future = policy.video_model.config.future_frames
+    long_enough = [i for i, f in enumerate(data.frames) if len(f) > future + 2]
+    policy.eval()
+    frames, actions = [], []
+    for start in range(0, n, batch):
+        prev, first, texts, acts = [], [], [], []
+        for i in rng.choice(long_enough, size=min(batch, n - start)):
+            clip_frames, clip = data.frames[i], data.clips[i]
+            t = int(rng.integers(1, len(clip_frames) - future))
+            prev.append(clip_frames[t - 1])
+            first.append(clip_frames[t])
+            texts.append(clip.caption)  # the short instruction, as the robot is given at run time
+            acts.append(torch.as_tensor(clip.actions[t : t + future]).float())
+        first_t = torch.stack(first)
+        video = policy.video_model.sample(first_t, policy.text_encoder(texts), 1)[:, 0]
+        frames.append(torch.cat([torch.stack(prev)[:, None], first_t[:, None], video], dim=1))
+        actions.append(torch.stack(acts))
+    return ImaginedWindows(torch.cat(frames), torch.cat(actions))
+
+
+def _real_transitions(data: StageData, rng: np.random.Generator, n: int) -> list[tuple[torch.Tensor, ...]]:
+    out = []
+    for i in rng.integers(len(data.clips), size=n):
+        frames, actions = data.frames[i], data.clips[i].actions
+        t = int(rng.integers(1, len(frames) - 1))  # transition t -> t+1 with frame t-1 as context
+        out.append((frames[t - 1], frames[t], frames[t + 1], torch.as_tensor(actions[t]).float()))
+    return out
+
+
+def _imagined_transitions(windows: ImaginedWindows, rng: np.random.Generator, n: int) -> list[tuple[torch.Tensor, ...]]:
+    rows, steps = rng.integers(len(windows.frames), size=n), rng.integers(windows.actions.shape[1], size=n)
+    return [(windows.frames[i, k], windows.frames[i, k + 1], windows.frames[i, k + 2], windows.actions[i, k])
+            for i, k in zip(rows, steps, strict=True)]  # fmt: skip
+
+
+def train_idm(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile, rng: np.random.Generator,
+              progress=None, imagined: ImaginedWindows | None = None) -> list[float]:  # fmt: skip
+    """On the robot's real frames; with `imagined`, half of every batch is imagined futures.
+
+    At run time the IDM reads imagined futures, which are blurrier than any real frame: trained on
+    real frames alone it reads them as small, hesitant motions. Adapting it to the generator's own
+    futures, labelled with the action the robot took from that real frame, closes that gap. The
+    real half keeps it an inverse dynamics model of this embodiment rather than a policy alone.
+    """
+
     def batch_loss() -> torch.Tensor:
-        prev, cur, nxt, act = [], [], [], []
-        for i in rng.integers(len(data.clips), size=profile.batch):
-            frames, actions = data.frames[i], data.clips[i].actions
-            t = int(rng.integers(1, len(frames) - 1))  # transition t -> t+1 with frame t-1 as context
-            prev.append(frames[t - 1])
-            cur.append(frames[t])
-            nxt.append(frames[t + 1])
-            act.append(torch.as_tensor(actions[t]))
-        return policy.idm.loss(torch.stack(prev), torch.stack(cur), torch.stack(nxt), torch.stack(act).float())
+        n_imagined = profile.batch // 2 if imagined is not None else 0
+        rows = _real_transitions(data, rng, profile.batch - n_imagined)
+        if n_imagined:
+            rows += _imagined_transitions(imagined, rng, n_imagined)
+        prev, cur, nxt, act = (torch.stack(column) for column in zip(*rows, strict=True))
+        return policy.idm.loss(prev, cur, nxt, act)
 
     return _fit([policy.idm], steps, profile, batch_loss, progress)
 
@@ -197,7 +253,7 @@ def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stag
     state = out / "checkpoints" / "state.safetensors"
     progress_path = out / "checkpoints" / "progress.json"
     done: list[str] = json.loads(progress_path.read_text()) if progress_path.exists() and _resume(state, modules) else []
-    plan = [(s, getattr(profile, f"{s}_steps")) for s in VIDEO_STAGES] + [("idm", profile.idm_steps), ("critic", profile.critic_steps)]
+    plan = [(s, getattr(profile, f"{s}_steps")) for s in (*VIDEO_STAGES, *POLICY_STAGES)]
     for stage, steps in plan:
         if stage in done or stage in skip_stages:
             continue
@@ -207,6 +263,9 @@ def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stag
             losses = train_video_stage(policy, stage_data[stage], steps, profile, rng, bar)
         elif stage == "idm":
             losses = train_idm(policy, stage_data["finetune"], steps, profile, rng, bar)
+        elif stage == "idm_adapt":
+            imagined = imagine_windows(policy, stage_data["finetune"], profile.imagined_windows, rng)
+            losses = train_idm(policy, stage_data["finetune"], steps, profile, rng, bar, imagined)
         else:
             losses = train_critic(policy, stage_data["finetune"], steps, profile, rng, bar)
         timings[f"{stage}_s"] = time.perf_counter() - t

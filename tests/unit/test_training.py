@@ -9,12 +9,12 @@ from worldmodel.diagnose import diagnose
 from worldmodel.evaluate import evaluate, wilson
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import robot_logs
-from worldmodel.train import PROFILES, StageData, train_all, train_idm
+from worldmodel.train import PROFILES, StageData, imagine_windows, train_all, train_idm
 
 
 def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
     report = train_all(PROFILES["ci"], tmp_path)
-    assert set(report["timings_s"]) >= {"pretrain_s", "midtrain_s", "finetune_s", "idm_s", "critic_s"}
+    assert set(report["timings_s"]) >= {"pretrain_s", "midtrain_s", "finetune_s", "idm_s", "idm_adapt_s", "critic_s"}
     policy = WorldModelPolicy.load(tmp_path / "policy")
     result = evaluate(policy, episodes=1)
     assert json.loads(json.dumps(result)) == result  # plain JSON, no numpy scalars
@@ -36,6 +36,26 @@ def test_idm_learns_the_robots_actions():
     profile = PROFILES["quick"]
     losses = train_idm(policy, data, 150, profile, np.random.default_rng(0))
     assert np.mean(losses[-15:]) < np.mean(losses[:15]) - 0.2
+
+
+def test_imagined_windows_start_from_real_frames_and_carry_the_robots_actions():
+    torch.manual_seed(0)
+    policy = WorldModelPolicy.create(["<pad>", "<unk>"])
+    data = StageData.build(robot_logs(6, seed=0, size=64), policy)
+    future = policy.video_model.config.future_frames
+    windows = imagine_windows(policy, data, 5, np.random.default_rng(0), batch=2)
+    assert windows.frames.shape == (5, 2 + future, 3, 32, 32) and windows.actions.shape == (5, future, 3)
+
+    def origin(frames: torch.Tensor, actions: torch.Tensor) -> tuple[int, int] | None:
+        for c, (clip, real) in enumerate(zip(data.clips, data.frames, strict=True)):
+            for t in range(1, len(real) - future):
+                if torch.equal(real[t - 1 : t + 1], frames[:2]) and np.allclose(clip.actions[t : t + future], actions):
+                    return c, t
+        return None
+
+    assert all(origin(f, a) is not None for f, a in zip(windows.frames, windows.actions, strict=True))
+    losses = train_idm(policy, data, 5, PROFILES["ci"], np.random.default_rng(0), imagined=windows)
+    assert np.isfinite(losses).all()
 
 
 def test_wilson_interval_behaves_at_the_edges():
