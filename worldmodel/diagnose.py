@@ -6,6 +6,9 @@ Success alone does not say which part failed. On seeded expert episodes of seen 
 3. Does the grounding head find the instruction's object and goal in the frame?
 4. Do imagined futures move the way the expert did, and does the instruction change them? An
    agreement that stays the same under a wrong instruction means the video model ignores text.
+5. Does the generator use the grounded points? Point sensitivity is how much of the imagined
+   change moves when the points are mirrored through the centre of the frame, same noise: near 0,
+   the generator ignores them.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
     """IDM reading of imagined futures against the expert's actions, with the right and a wrong instruction."""
     env, future = TabletopEnv(split="seen"), policy.video_model.config.future_frames
     out: dict[str, list[float]] = {"right": [], "wrong": [], "best_of_k": [], "imagined_speed": [], "real_speed": [],
-                                   "grounding": []}  # fmt: skip
+                                   "grounding": [], "point_sensitivity": []}  # fmt: skip
     for i in range(episodes):
         log = run_expert(env, seed + i, noise=0.0)
         frames = policy.prepare(log["frames"])
@@ -79,13 +82,26 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
                 per_candidate = [_sign_agreement(a, true) for a in actions]
                 out[which].append(float(np.mean(per_candidate)))
                 if which == "right":
+                    out["point_sensitivity"].append(_point_sensitivity(policy, frames[t0 : t0 + 1], instruction, video,
+                                                                       seed + t0))  # fmt: skip
                     out["best_of_k"].append(max(per_candidate))
                     out["imagined_speed"].append(float(np.abs(actions[..., :2]).mean()))
                     out["real_speed"].append(float(np.abs(true[:, :2]).mean()))
     m = {key: round(float(np.mean(v)), 4) for key, v in out.items()}
     return {"imagined_sign_agreement": m["right"], "imagined_sign_agreement_wrong_instruction": m["wrong"],
             "imagined_sign_agreement_best_of_k": m["best_of_k"], "imagined_speed": m["imagined_speed"],
-            "expert_speed": m["real_speed"], "grounding_error": m["grounding"]}  # fmt: skip
+            "expert_speed": m["real_speed"], "grounding_error": m["grounding"],
+            "point_sensitivity": m["point_sensitivity"]}  # fmt: skip
+
+
+def _point_sensitivity(policy: WorldModelPolicy, first: torch.Tensor, instruction: str, video: torch.Tensor,
+                       seed: int) -> float:  # fmt: skip
+    """Mean change of `video` (K futures sampled with `seed`) when the grounded points are mirrored,
+    relative to its mean change from the first frame."""
+    text = policy.text_encoder([instruction])
+    mirrored = 1 - policy.video_model.grounding(first, text)
+    moved = policy.video_model.sample(first, text, len(video), torch.Generator().manual_seed(seed), points=mirrored)[0]
+    return float((moved - video).abs().mean() / (video - first).abs().mean().clamp(min=1e-6))
 
 
 @torch.no_grad()

@@ -29,9 +29,9 @@ class TrainProfile:
     internet_clips: int = 300
     human_clips: int = 150
     robot_clips: int = 400  # scripted, noisy demonstrations: a few minutes of robot time
-    pretrain_steps: int = 400
+    pretrain_steps: int = 350
     midtrain_steps: int = 300
-    finetune_steps: int = 1800
+    finetune_steps: int = 1700
     idm_steps: int = 5000
     imagined_windows: int = 6000  # imagined futures the IDM adapts to after its real-frame training
     idm_adapt_steps: int = 2000

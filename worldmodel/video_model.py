@@ -16,7 +16,9 @@ each query against per-pixel features of the first frame and takes the soft-argm
 spatial-softmax keypoints, Levine et al. 2016). During training on the robot's own logs an
 auxiliary loss pulls these points onto the true positions from the simulator's state; at run time
 only the frame and the words are used. The generator sees the points as offset maps (pixel minus
-point), which makes "move towards the object" a local rule a small convolution can learn.
+point), which makes "move towards the object" a local rule a small convolution can learn. They
+enter at every resolution of the U-Net, not only its input: given them at the input alone, the
+generator's futures hardly changed when the points moved.
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ class VideoGenerator(nn.Module):
         self.mid_attn = CrossAttention(c[-1], config.text_dim)
         self.up = nn.ModuleList(FiLMBlock(b + a, a, config.cond_dim) for a, b in zip(c[:-1], c[1:], strict=True))
         self.head = nn.Conv2d(c[0], 3 * f, 3, padding=1)
+        # The points again at every resolution: the coarse layers decide where motion goes.
+        self.inject_down = nn.ModuleList(nn.Conv2d(2 * Grounding.POINTS, b, 1) for b in c[1:])
+        self.inject_up = nn.ModuleList(nn.Conv2d(2 * Grounding.POINTS, a, 1) for a in c[:-1])
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -123,13 +128,15 @@ class VideoGenerator(nn.Module):
         cond = self.cond(torch.cat([timestep_embedding(t, self.config.cond_dim), text.pooled], dim=-1))
         h = self.stem(torch.cat([x_t.reshape(b, f * 3, s, s), first, Grounding.offset_maps(points, s)], dim=1))
         skips = []
-        for block in self.down:
+        for block, inject in zip(self.down, self.inject_down, strict=True):
             skips.append(h)
             h = block(nn.functional.avg_pool2d(h, 2), cond)
+            h = h + inject(Grounding.offset_maps(points, h.shape[-1]))
         h = self.mid_attn(self.mid(h, cond), text.tokens, text.pad)
-        for block in reversed(self.up):
+        for block, inject in zip(reversed(self.up), reversed(self.inject_up), strict=True):
             skip = skips.pop()
             h = block(torch.cat([nn.functional.interpolate(h, size=skip.shape[-2:]), skip], dim=1), cond)
+            h = h + inject(Grounding.offset_maps(points, h.shape[-1]))
         return self.head(h).reshape(b, f, 3, s, s)
 
     def loss(self, video: torch.Tensor, first: torch.Tensor, text: TextFeatures,
@@ -151,11 +158,14 @@ class VideoGenerator(nn.Module):
 
     @torch.no_grad()
     def sample(self, first: torch.Tensor, text: TextFeatures, k: int, generator: torch.Generator | None = None,
-               steps: int | None = None) -> torch.Tensor:  # fmt: skip
-        """K imagined futures per conditioning row: (B, K, F, 3, S, S), Euler-integrated."""
+               steps: int | None = None, points: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """K imagined futures per conditioning row: (B, K, F, 3, S, S), Euler-integrated.
+
+        `points` (B, 2, 2) overrides the grounding head's, to ask what the generator makes of them."""
         steps = steps or self.config.sample_steps
         b, s, f = first.shape[0], self.config.size, self.config.future_frames
-        points = self.grounding(first, text).repeat_interleave(k, 0)  # the same for every candidate
+        points = self.grounding(first, text) if points is None else points
+        points = points.repeat_interleave(k, 0)  # the same for every candidate
         first_k, text_k = first.repeat_interleave(k, 0), text.repeat_interleave(k)
         x = torch.randn(b * k, f, 3, s, s, generator=generator, device=first.device)
         for i in range(steps):
