@@ -69,21 +69,23 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
         log = run_expert(env, seed + i, noise=0.0)
         frames = policy.prepare(log["frames"])
         true_points = torch.as_tensor(task_points(Task.parse(log["task_id"]), log["states"]))
-        points = policy.video_model.grounding(frames, policy.text_encoder([log["instruction"]]).repeat_interleave(len(frames)))
-        out["grounding"].append(float((points - true_points).abs().amax(-1).mean()))
         wrong = next(t.instruction for t in SEEN_TASKS[i % len(SEEN_TASKS) :] + SEEN_TASKS if t.id != log["task_id"])
+        texts = {"right": policy.text_encoder([log["instruction"]]), "wrong": policy.text_encoder([wrong])}
+        points = policy.video_model.grounding(frames, texts["right"].repeat_interleave(len(frames)))
+        out["grounding"].append(float((points - true_points).abs().amax(-1).mean()))
         for t0 in range(1, len(log["actions"]) - future, 3):
             true = log["actions"][t0 : t0 + future]
-            context = frames[t0 - 1 : t0 + 1][None].expand(k, -1, -1, -1, -1)
-            for which, instruction in (("right", log["instruction"]), ("wrong", wrong)):
-                generator = torch.Generator().manual_seed(seed + t0)
-                video = policy.video_model.sample(frames[t0 : t0 + 1], policy.text_encoder([instruction]), k, generator)[0]
+            first, context = frames[t0 : t0 + 1], frames[t0 - 1 : t0 + 1][None].expand(k, -1, -1, -1, -1)
+            for which, text in texts.items():
+                video = policy.video_model.sample(first, text, k, torch.Generator().manual_seed(seed + t0))[0]
                 actions = policy.idm.actions(torch.cat([context, video], dim=1))[0].numpy()
                 per_candidate = [_sign_agreement(a, true) for a in actions]
                 out[which].append(float(np.mean(per_candidate)))
                 if which == "right":
-                    out["point_sensitivity"].append(_point_sensitivity(policy, frames[t0 : t0 + 1], instruction, video,
-                                                                       seed + t0))  # fmt: skip
+                    # Same noise, points mirrored through the frame's centre: how much of the motion moves.
+                    moved = policy.video_model.sample(first, text, k, torch.Generator().manual_seed(seed + t0),
+                                                      points=1 - points[t0 : t0 + 1])[0]  # fmt: skip
+                    out["point_sensitivity"].append(float((moved - video).abs().mean() / (video - first).abs().mean().clamp(min=1e-6)))
                     out["best_of_k"].append(max(per_candidate))
                     out["imagined_speed"].append(float(np.abs(actions[..., :2]).mean()))
                     out["real_speed"].append(float(np.abs(true[:, :2]).mean()))
@@ -92,16 +94,6 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
             "imagined_sign_agreement_best_of_k": m["best_of_k"], "imagined_speed": m["imagined_speed"],
             "expert_speed": m["real_speed"], "grounding_error": m["grounding"],
             "point_sensitivity": m["point_sensitivity"]}  # fmt: skip
-
-
-def _point_sensitivity(policy: WorldModelPolicy, first: torch.Tensor, instruction: str, video: torch.Tensor,
-                       seed: int) -> float:  # fmt: skip
-    """Mean change of `video` (K futures sampled with `seed`) when the grounded points are mirrored,
-    relative to its mean change from the first frame."""
-    text = policy.text_encoder([instruction])
-    mirrored = 1 - policy.video_model.grounding(first, text)
-    moved = policy.video_model.sample(first, text, len(video), torch.Generator().manual_seed(seed), points=mirrored)[0]
-    return float((moved - video).abs().mean() / (video - first).abs().mean().clamp(min=1e-6))
 
 
 @torch.no_grad()
