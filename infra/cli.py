@@ -30,6 +30,10 @@ app.add_typer(episodes_app, name="episodes")
 app.add_typer(contracts_app, name="contracts")
 train_app = typer.Typer(help="Train the world-model policy: three video stages, IDM, critic.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+rollout_app = typer.Typer(
+    help="Policy versions in the MLflow registry and their rollout: champion, canary, previous.", no_args_is_help=True
+)
+app.add_typer(rollout_app, name="rollout")
 console = Console()
 
 
@@ -228,7 +232,9 @@ for _stage, _doc in {
 
 @app.command("eval")
 def eval_cmd(
-    policy: Path = typer.Option(..., help="a policy directory"),
+    policy: str = typer.Option(
+        ..., help="a policy directory, or a registry URI: models:/NAME/VERSION or models:/NAME@ALIAS"
+    ),
     episodes: int = typer.Option(20, help="seeded episodes per split (seen, held-out)"),
     out: Path = typer.Option(Path("out/eval.json"), help="where to write the JSON result"),
     no_rejection: bool = typer.Option(
@@ -237,13 +243,15 @@ def eval_cmd(
     no_critic: bool = typer.Option(False, "--no-critic", help="ablation: take the first candidate, not the best of K"),
 ) -> None:
     """Success on seen and held-out tasks against a random policy on the same seeds."""
+    from registry.model_store import resolve_policy
     from worldmodel.evaluate import evaluate
     from worldmodel.planner import PlannerConfig
 
     config = PlannerConfig(use_rejection=not no_rejection, use_critic=not no_critic)
+    directory = resolve_policy(_settings(), policy)
     with _progress() as progress:
         bar = progress.add_task("episodes", total=2 * episodes)
-        result = evaluate(policy, episodes, planner_config=config, progress=lambda: progress.advance(bar))
+        result = evaluate(directory, episodes, planner_config=config, progress=lambda: progress.advance(bar))
     _report(result, out)
 
 
@@ -260,6 +268,74 @@ def diagnose_cmd(
     with console.status("diagnosing"):
         result = diagnose(WorldModelPolicy.load(policy), episodes)
     _report(result, out)
+
+
+# -- registry and rollout ---------------------------------------------------------------------
+@rollout_app.command("register")
+def rollout_register(
+    policy: Path = typer.Option(..., help="a policy directory from `fleet train all`"),
+    parent: str = typer.Option("base", help="the version it was fine-tuned from"),
+    dataset: str = typer.Option("", help="the dataset manifest it was trained on (an s3:// URI)"),
+    crown: bool = typer.Option(False, "--crown", help="make it champion at once (a fleet's first model)"),
+) -> None:
+    """Register a policy directory as a new version, with lineage tags and the sha256 of every file."""
+    from registry.model_store import ModelStore
+    from registry.rollout import Rollout
+
+    settings = _settings()
+    version = ModelStore(settings).register(policy, lineage={"parent_version": parent, "dataset_manifest": dataset})
+    console.print(f"registered {version.uri}")
+    if crown:
+        Rollout(settings).crown(version.version, "crowned at registration")
+        console.print(f"version {version.version} is champion")
+
+
+@rollout_app.command("status")
+def rollout_status(as_json: bool = typer.Option(False, "--json", help="print JSON for scripts")) -> None:
+    """Every version with its rollout state, aliases, parent and evaluation figure."""
+    from registry.rollout import Rollout
+
+    status = Rollout(_settings()).status()
+    if as_json:
+        console.print_json(json.dumps(status))
+        return
+    table = Table("version", "state", "aliases", "parent", "success", "dataset", title=status["model"])
+    for v in status["versions"]:
+        table.add_row(v["version"], v["state"], ",".join(v["aliases"]), v["parent"], v["success_rate"], v["dataset"])
+    console.print(table)
+
+
+@rollout_app.command("canary")
+def rollout_canary(
+    version: str = typer.Argument(..., help="the registered version to try"),
+    fraction: float = typer.Option(0.25, help="share of robots that run it"),
+) -> None:
+    """Start a canary: that share of the fleet runs VERSION, the rest the champion."""
+    from registry.rollout import Rollout
+
+    event = Rollout(_settings()).start_canary(version, fraction)
+    console.print(f"version {event.version} in canary on {fraction:.0%} of robots; aliases {event.aliases}")
+
+
+@rollout_app.command("promote")
+def rollout_promote(reason: str = typer.Option("promoted by an operator", help="recorded with the transition")) -> None:
+    """Make the canary champion; the old champion becomes `previous`."""
+    from registry.rollout import Rollout
+
+    event = Rollout(_settings()).promote(reason)
+    console.print(f"version {event.version} is champion; aliases {event.aliases}")
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    to: str | None = typer.Option(None, "--to", help="the version to restore as champion"),
+    reason: str = typer.Option("rolled back by an operator", help="recorded with the transition"),
+) -> None:
+    """End the canary; with none running, restore `previous` (or --to VERSION) as champion."""
+    from registry.rollout import Rollout
+
+    event = Rollout(_settings()).rollback(to, reason)
+    console.print(f"version {event.version} is now {event.state.value}; aliases {event.aliases}")
 
 
 # -- episodes ---------------------------------------------------------------------------------
@@ -326,5 +402,18 @@ def demo(
         raise typer.Exit(1)
 
 
+def main() -> None:
+    """The `fleet` entry point: platform errors end in one clear line, not a stack trace."""
+    from infra.clients import ServiceUnavailable
+    from registry.model_store import TamperedModel
+    from registry.rollout import RolloutError
+
+    try:
+        app()
+    except (ServiceUnavailable, TamperedModel, RolloutError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

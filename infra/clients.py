@@ -139,6 +139,12 @@ def s3_env(settings: Settings) -> dict[str, str]:
 # -- MLflow ---------------------------------------------------------------------------------
 def mlflow_client(settings: Settings):
     """An MLflow client for the configured tracking server (artifacts go to S3 through it)."""
+    import os
+
+    # MLflow retries a refused connection for minutes by default; a missing server must be named
+    # in seconds. Users who want more patience set these themselves.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     import mlflow
     from mlflow import MlflowClient
 

@@ -58,6 +58,7 @@ class KafkaSettings(_Section):
     ssl_cafile: Path | None = None
     episodes_topic: str = "fleet.episodes"
     dead_letter_topic: str = "fleet.episodes.dlq"
+    rollouts_topic: str = Field("fleet.rollouts", description="rollout transitions, one event each")
     partitions: int = 4
     replication_factor: int = 1
     consumer_group: str = "fleet-learner"
@@ -81,6 +82,12 @@ class S3Settings(_Section):
 
 class MlflowSettings(_Section):
     tracking_uri: str | None = Field(None, description="unset = the embedded MLflow server")
+
+
+class RegistrySettings(_Section):
+    model_name: str = Field("worldfleet-policy", description="the MLflow registered model of the policy")
+    experiment: str = Field("worldfleet", description="the MLflow experiment that holds registration runs")
+    cache_dir: Path | None = Field(None, description="downloaded versions; unset = in state_dir")
 
 
 class PrefectSettings(_Section):
@@ -109,6 +116,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     s3: S3Settings = S3Settings()
     mlflow: MlflowSettings = MlflowSettings()
+    registry: RegistrySettings = RegistrySettings()
     prefect: PrefectSettings = PrefectSettings()
     learner: LearnerSettings = LearnerSettings()
     agent: AgentSettings = AgentSettings()
@@ -169,13 +177,16 @@ class Settings(BaseSettings):
         return self.learner.index_path or self.state_dir / "learner" / "episodes.sqlite"
 
     @property
+    def model_cache_dir(self) -> Path:
+        return self.registry.cache_dir or self.state_dir / "models"
+
+    @property
     def spool_dir(self) -> Path:
         return self.agent.spool_dir or self.state_dir / "agent" / "spool"
 
     def isolated(self, name: str, work_dir: Path) -> Settings:
-        """A copy with its own topics, consumer group, spool and index, on the same services.
-
-        Benchmarks and tests use it so that runs cannot see each other's episodes.
+        """A copy with its own topics, consumer group, spool, index and registered model, on the
+        same services. Benchmarks and tests use it so that runs cannot see each other's work.
         """
         return self.model_copy(
             update={
@@ -184,7 +195,11 @@ class Settings(BaseSettings):
                         "episodes_topic": f"{name}.episodes",
                         "dead_letter_topic": f"{name}.episodes.dlq",
                         "consumer_group": f"{name}.learner",
+                        "rollouts_topic": f"{name}.rollouts",
                     }
+                ),
+                "registry": self.registry.model_copy(
+                    update={"model_name": f"{name}-policy", "cache_dir": work_dir / "models"}
                 ),
                 "agent": self.agent.model_copy(update={"spool_dir": work_dir / "spool"}),
                 "learner": self.learner.model_copy(update={"index_path": work_dir / "index.sqlite"}),

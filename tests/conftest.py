@@ -53,6 +53,13 @@ def services(tmp_path_factory):
     stack.down(settings)
 
 
+@pytest.fixture(scope="session")
+def tracking(services):
+    """The session's stack with MLflow and Prefect as well."""
+    stack.up(services, services=("mlflow", "prefect"))
+    yield services
+
+
 @pytest.fixture
 def plane(services, tmp_path) -> Settings:
     """Settings with this test's own topics, consumer group, spool and index."""

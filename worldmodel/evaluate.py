@@ -6,7 +6,6 @@ policy runs in the same process on the same seeds, so the comparison is like for
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -14,17 +13,9 @@ import numpy as np
 import torch
 
 from fleet_agent.sim.tabletop import TabletopEnv
+from infra.stats import wilson
 from worldmodel.planner import Planner, PlannerConfig
 from worldmodel.policy import WorldModelPolicy
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [0.0, 1.0]
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, float(centre - half)), 4), round(min(1.0, float(centre + half)), 4)]
 
 
 def policy_episode(env: TabletopEnv, planner: Planner, seed: int) -> dict:

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from infra import stack
 from infra.clients import mlflow_client, s3_client, use_prefect
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tracking(services):
-    stack.up(services, services=("mlflow", "prefect"))
-    yield services
-    stack.stop_service(services, "prefect")
-    stack.stop_service(services, "mlflow")
 
 
 def test_mlflow_artifacts_land_in_s3(tracking, tmp_path):

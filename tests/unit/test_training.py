@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from worldmodel.diagnose import diagnose
-from worldmodel.evaluate import evaluate, wilson
+from worldmodel.evaluate import evaluate
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import robot_logs
 from worldmodel.train import PROFILES, StageData, imagine_windows, train_all, train_idm
@@ -58,8 +58,3 @@ def test_imagined_windows_start_from_real_frames_and_carry_the_robots_actions():
     losses = train_idm(policy, data, 5, PROFILES["ci"], np.random.default_rng(0), imagined=windows)
     assert np.isfinite(losses).all()
 
-
-def test_wilson_interval_behaves_at_the_edges():
-    assert wilson(0, 10)[0] == 0.0 and 0.2 < wilson(0, 10)[1] < 0.35
-    lo, hi = wilson(10, 20)
-    assert lo < 0.5 < hi and hi - lo < 0.45
