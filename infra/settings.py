@@ -59,6 +59,7 @@ class KafkaSettings(_Section):
     episodes_topic: str = "fleet.episodes"
     dead_letter_topic: str = "fleet.episodes.dlq"
     rollouts_topic: str = Field("fleet.rollouts", description="rollout transitions, one event each")
+    telemetry_topic: str = Field("fleet.telemetry", description="agents' heartbeats and episode summaries")
     partitions: int = 4
     replication_factor: int = 1
     consumer_group: str = "fleet-learner"
@@ -105,6 +106,10 @@ class AgentSettings(_Section):
     batch_size: int = 64
     # zstd level 1: 5x faster than level 3 on camera frames for ~5% more bytes (see README).
     compression_level: int = 1
+    heartbeat_interval_s: float = 5.0
+    # Rollout events make swaps fast; this poll of the registry only catches a missed event.
+    registry_poll_s: float = 30.0
+    metrics_port: int | None = Field(None, description="Prometheus metrics on 127.0.0.1:PORT; unset = off")
 
 
 class Settings(BaseSettings):
@@ -196,6 +201,7 @@ class Settings(BaseSettings):
                         "dead_letter_topic": f"{name}.episodes.dlq",
                         "consumer_group": f"{name}.learner",
                         "rollouts_topic": f"{name}.rollouts",
+                        "telemetry_topic": f"{name}.telemetry",
                     }
                 ),
                 "registry": self.registry.model_copy(

@@ -51,9 +51,20 @@ class PlanDecision:
     resamples: int
     timings_ms: dict[str, float]
 
-    def record(self, step: int) -> Decision:
+    def record(self, step: int, policy_version: str | None = None) -> Decision:
         return Decision(step=step, candidates=self.candidates, chosen=self.chosen, resamples=self.resamples,
-                        latency_ms=sum(self.timings_ms.values()))  # fmt: skip
+                        latency_ms=sum(self.timings_ms.values()), policy_version=policy_version)  # fmt: skip
+
+
+@dataclass
+class PlanRequest:
+    """One robot's turn to decide; `pending` is that robot's sliding window of earlier plans."""
+
+    prev_frame: np.ndarray
+    frame: np.ndarray
+    instruction: str
+    step: int
+    pending: dict[int, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
 
 
 @dataclass
@@ -66,60 +77,73 @@ class Planner:
     def reset(self) -> None:
         self._pending.clear()
 
-    @torch.no_grad()
     def decide(self, prev_frame: np.ndarray, frame: np.ndarray, instruction: str, step: int,
                generator: torch.Generator | None = None) -> PlanDecision:  # fmt: skip
-        cfg, p = self.config, self.policy
+        return self.decide_batch([PlanRequest(prev_frame, frame, instruction, step, self._pending)], generator)[0]
+
+    @torch.no_grad()
+    def decide_batch(self, requests: list[PlanRequest], generator: torch.Generator | None = None) -> list[PlanDecision]:
+        """Decisions for several robots at once: every network runs once per round on all of them,
+        which is what keeps a multi-robot process's cores busy. Timings are the batch's."""
+        cfg, p, n = self.config, self.policy, len(requests)
         timings: dict[str, float] = defaultdict(float)
         clock = time.perf_counter
 
         t = clock()
-        text = p.text_encoder([instruction])
-        context = p.prepare(np.stack([prev_frame, frame]))  # (2, 3, S, S)
+        context = torch.stack([p.prepare(np.stack([r.prev_frame, r.frame])) for r in requests])  # (n, 2, 3, S, S)
         timings["encode"] += (clock() - t) * 1000
 
-        records: list[CandidateRecord] = []
-        videos, plans = [], []
-        for round_ in range(cfg.resample_budget + 1):
+        records: list[list[CandidateRecord]] = [[] for _ in range(n)]
+        videos: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        todo = list(range(n))
+        for _ in range(cfg.resample_budget + 1):
             t = clock()
-            video = p.video_model.sample(context[1:], text, cfg.candidates, generator)[0]  # (K, F, 3, S, S)
+            text = p.text_encoder([requests[i].instruction for i in todo])
+            video = p.video_model.sample(context[todo, 1], text, cfg.candidates, generator)  # (m, K, F, 3, S, S)
             timings["imagine"] += (clock() - t) * 1000
 
             t = clock()
-            frames = torch.cat([context[None].expand(len(video), -1, -1, -1, -1), video], dim=1)
-            actions, confidence = p.idm.actions(frames)  # transitions from the current frame on
+            k = cfg.candidates
+            frames = torch.cat([context[todo][:, None].expand(-1, k, -1, -1, -1, -1), video], dim=2)
+            actions, confidence = p.idm.actions(frames.flatten(0, 1))  # transitions from the current frame on
+            actions, confidence = actions.unflatten(0, (len(todo), k)), confidence.unflatten(0, (len(todo), k))
             timings["inverse_dynamics"] += (clock() - t) * 1000
 
             t = clock()
-            base = len(videos) * cfg.candidates
-            for k in range(len(video)):
-                reason = self._rejection(actions[k], confidence[k]) if cfg.use_rejection else None
-                records.append(CandidateRecord(index=base + k, rejected=reason is not None, rejection_reason=reason))
+            for j, i in enumerate(todo):
+                base = len(videos[i]) * k
+                for c in range(k):
+                    reason = self._rejection(actions[j, c], confidence[j, c]) if cfg.use_rejection else None
+                    records[i].append(CandidateRecord(index=base + c, rejected=reason is not None, rejection_reason=reason))
+                videos[i].append(video[j])
             timings["reject"] += (clock() - t) * 1000
-            videos.append(video)
-            plans.append(frames)
-            if any(not r.rejected for r in records) or round_ == cfg.resample_budget:
+            todo = [i for i in todo if all(r.rejected for r in records[i])]
+            if not todo:
                 break
 
-        all_video, all_frames = torch.cat(videos), torch.cat(plans)
-        alive = [r.index for r in records if not r.rejected]
+        all_video = [torch.cat(v) for v in videos]  # per robot (K_total, F, 3, S, S)
+        alive = [[r.index for r in rs if not r.rejected] for rs in records]
         t = clock()
-        if alive and cfg.use_critic:
-            clips = torch.cat([context[1:].expand(len(alive), -1, -1, -1)[:, None], all_video[alive]], dim=1)
-            scores = p.critic.score(clips, text.pooled.expand(len(alive), -1))
-            for i, s in zip(alive, scores.tolist(), strict=True):
-                records[i].score = s
-            chosen = alive[int(torch.argmax(scores))]
-        else:
-            chosen = alive[0] if alive else None
+        chosen: list[int | None] = [a[0] if a else None for a in alive]
+        rows = [i for i in range(n) if alive[i]]
+        if rows and cfg.use_critic:
+            clips = torch.cat([torch.cat([context[i, 1][None, None].expand(len(alive[i]), -1, -1, -1, -1),
+                                          all_video[i][alive[i]]], dim=1) for i in rows])  # fmt: skip
+            pooled = p.text_encoder([requests[i].instruction for i in rows]).pooled
+            counts = torch.tensor([len(alive[i]) for i in rows])
+            scores = p.critic.score(clips, pooled.repeat_interleave(counts, 0)).split(counts.tolist())
+            for i, row_scores in zip(rows, scores, strict=True):
+                for c, score in zip(alive[i], row_scores.tolist(), strict=True):
+                    records[i][c].score = score
+                chosen[i] = alive[i][int(torch.argmax(row_scores))]
         timings["critic"] += (clock() - t) * 1000
 
         t = clock()
-        chunk = self._smoothed_actions(all_frames[chosen], step, generator) if chosen is not None else None
-        if chunk is None:  # nothing executable was imagined: hold still, gripper unchanged
-            chunk = np.zeros((cfg.execute_steps, p.idm.config.action_dim), np.float32)
+        plans = [torch.cat([context[i], all_video[i][c]]) if c is not None else None for i, c in enumerate(chosen)]
+        chunks = self._smoothed_actions(plans, requests, generator)
         timings["smooth"] += (clock() - t) * 1000
-        return PlanDecision(records, chosen, chunk, tensor_to_frames(all_video), len(videos) - 1, dict(timings))
+        return [PlanDecision(records[i], chosen[i], chunks[i], tensor_to_frames(all_video[i]), len(videos[i]) - 1,
+                             dict(timings)) for i in range(n)]  # fmt: skip
 
     def _rejection(self, actions: torch.Tensor, confidence: torch.Tensor) -> str | None:
         cfg = self.config
@@ -129,19 +153,34 @@ class Planner:
             return UNTRUSTED
         return None
 
-    def _smoothed_actions(self, frames: torch.Tensor, step: int, generator) -> np.ndarray:
+    def _smoothed_actions(self, plans: list[torch.Tensor | None], requests: list[PlanRequest],
+                          generator) -> list[np.ndarray]:  # fmt: skip
+        """IDM actions of each chosen plan averaged over noise samples (one IDM call for all
+        robots), then over the robot's sliding window. No plan: hold still, gripper unchanged."""
         cfg = self.config
-        noisy = frames[None] + cfg.noise_std * torch.randn(
-            (cfg.noise_samples, *frames.shape), generator=generator, device=frames.device
+        hold = np.zeros((cfg.execute_steps, self.policy.idm.config.action_dim), np.float32)
+        rows = [i for i, plan in enumerate(plans) if plan is not None]
+        if not rows:
+            return [hold] * len(plans)
+        frames = torch.stack([plans[i] for i in rows])  # (m, T, 3, S, S)
+        noisy = frames[:, None] + cfg.noise_std * torch.randn(
+            (len(rows), cfg.noise_samples, *frames.shape[1:]), generator=generator, device=frames.device
         )
-        actions, _ = self.policy.idm.actions(noisy.clamp(-1, 1))
-        plan = actions.mean(0).cpu().numpy()  # averaged over noise samples: (F, action_dim)
+        actions, _ = self.policy.idm.actions(noisy.clamp(-1, 1).flatten(0, 1))
+        means = actions.unflatten(0, (len(rows), cfg.noise_samples)).mean(1).cpu().numpy()  # (m, F, action_dim)
+        out = [hold] * len(plans)
+        for plan, i in zip(means, rows, strict=True):
+            out[i] = self._window(plan, requests[i])
+        return out
+
+    def _window(self, plan: np.ndarray, request: PlanRequest) -> np.ndarray:
+        cfg = self.config
         if cfg.smooth_window <= 1:
             return plan[: cfg.execute_steps].clip(-1, 1)
         for i, a in enumerate(plan):
-            self._pending[step + i].append(a)
+            request.pending[request.step + i].append(a)
         out = []
         for i in range(cfg.execute_steps):
-            window = self._pending.pop(step + i, [plan[i]])[-cfg.smooth_window :]
+            window = request.pending.pop(request.step + i, [plan[i]])[-cfg.smooth_window :]
             out.append(np.mean(window, axis=0))
         return np.stack(out).clip(-1, 1)

@@ -44,7 +44,8 @@ class ArraySpec(BaseModel):
 
 MEDIA_ARRAYS = {
     "executed_frames": "uint8 (T, H, W, 3) camera frames as executed",
-    "imagined_videos": "uint8 (D, K, F, H, W, 3): per decision, K candidate videos of F frames",
+    "imagined_videos": "uint8 (D, K, F, H, W, 3): per decision, K candidate videos of F frames"
+    " (after a resample, the last round's K)",
 }
 
 
@@ -86,6 +87,9 @@ class Decision(BaseModel):
     chosen: int | None = Field(description="index of the executed candidate; None if all were rejected")
     resamples: int = 0
     latency_ms: float = Field(ge=0)
+    policy_version: str | None = Field(
+        None, description="the registry version that decided; a rollout can swap models between decisions"
+    )
 
     @model_validator(mode="after")
     def _chosen_exists(self) -> Decision:

@@ -23,7 +23,8 @@ def ensure_topics(s: Settings, extra: tuple[str, ...] = ()) -> None:
     admin = kafka_admin(s)
     try:
         existing = set(admin.list_topics())
-        wanted = [s.kafka.episodes_topic, s.kafka.dead_letter_topic, s.kafka.rollouts_topic, *extra]
+        wanted = [s.kafka.episodes_topic, s.kafka.dead_letter_topic, s.kafka.rollouts_topic,
+                  s.kafka.telemetry_topic, *extra]  # fmt: skip
         new = [
             NewTopic(t, num_partitions=s.kafka.partitions, replication_factor=s.kafka.replication_factor)
             for t in wanted

@@ -1,0 +1,51 @@
+"""Telemetry from the agents: a heartbeat per robot, and a short summary of each episode.
+
+Small JSON on the telemetry topic, keyed by robot_id; the dashboard and the canary analysis read
+it live, while the full episode travels on the episodes topic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["heartbeat"] = "heartbeat"
+    robot_id: str
+    policy_version: str
+    episodes: int = Field(ge=0, description="episodes this robot has finished since its agent started")
+    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class EpisodeTelemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["episode"] = "episode"
+    robot_id: str
+    episode_id: UUID
+    policy_version: str = Field(description="the version that made every decision, or 'mixed' across a swap")
+    task_id: str
+    success: bool
+    decision_ms_p50: float
+    decision_ms_p95: float
+    decisions: int
+    rejections: int
+    candidates: int
+    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class ModelRefused(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["model_refused"] = "model_refused"
+    robot_id: str = Field(description="'*' when the whole agent process refused it")
+    version: str
+    reason: str
+    kept_version: str | None
+    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+Telemetry = Heartbeat | EpisodeTelemetry | ModelRefused
