@@ -10,6 +10,7 @@ decision records the version that made it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -102,12 +103,16 @@ class Fleet:
         self._last_heartbeat = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self, episodes: int | None = None, duration_s: float | None = None, on_episode=None) -> dict:
-        """Run until `episodes` have finished in total, or `duration_s` has passed (whichever first)."""
+    def run(self, episodes: int | None = None, duration_s: float | None = None, on_episode=None,
+            stop: threading.Event | None = None) -> dict:  # fmt: skip
+        """Run until `episodes` have finished, `duration_s` has passed, or `stop` is set."""
         self.models.start()
+        stop = stop or threading.Event()
         started, finished = time.monotonic(), 0
         try:
-            while (episodes is None or finished < episodes) and (duration_s is None or time.monotonic() - started < duration_s):
+            while not stop.is_set() and (episodes is None or finished < episodes) and (
+                duration_s is None or time.monotonic() - started < duration_s
+            ):
                 for core in self.tick():
                     finished += 1
                     if on_episode:

@@ -26,6 +26,10 @@ from worldmodel.policy import WorldModelPolicy
 log = logging.getLogger(__name__)
 
 
+class NoChampion(RuntimeError):
+    """The registry has no champion for robots to run."""
+
+
 def canary_robots(robot_ids: list[str], version: str, fraction: float) -> set[str]:
     """ceil(fraction x robots) robots, chosen by a hash that every process computes alike."""
     if fraction <= 0:
@@ -49,7 +53,7 @@ class FleetModels:
         self._thread: threading.Thread | None = None
         self.refresh()
         if not self._assignment:
-            raise RuntimeError(f"the registry has no champion for {self.store.name}: register one with "
+            raise NoChampion(f"the registry has no champion for {self.store.name}: register one with "
                                "`fleet rollout register --policy DIR --crown`")  # fmt: skip
 
     # -- for the robots -----------------------------------------------------------------------

@@ -34,6 +34,8 @@ rollout_app = typer.Typer(
     help="Policy versions in the MLflow registry and their rollout: champion, canary, previous.", no_args_is_help=True
 )
 app.add_typer(rollout_app, name="rollout")
+agents_app = typer.Typer(help="Fleet agents: simulated robots that run the policy and publish every episode.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
 console = Console()
 
 
@@ -143,6 +145,25 @@ def bench_ingest_cmd(
         )  # fmt: skip
     keys = ("episodes_sent", "episodes_indexed", "lost", "duplicated", "episodes_per_s", "mb_per_s", "latency_ms_p50", "latency_ms_p99")  # fmt: skip
     _report(result, out, keys)
+
+
+@bench_app.command("rollout")
+def bench_rollout_cmd(
+    policy: Path = typer.Option(..., help="a policy directory from `fleet train all`"),
+    robots: int = typer.Option(20, help="simulated robots in the agent process"),
+    swaps: int = typer.Option(6, help="champion alias changes to time"),
+    batch_robots: int = typer.Option(4, help="robots per inference batch"),
+    candidates: int = typer.Option(8, help="imagined futures per decision (K)"),
+    out: Path = typer.Option(Path("out/bench_rollout.json"), help="where to write the JSON result"),
+) -> None:
+    """Alias change to every robot running the new version (p50/p95), and batched decision throughput."""
+    from fleet_agent.rollout_bench import bench_rollout
+
+    with _progress() as progress:
+        bar = progress.add_task("swaps", total=swaps)
+        result = bench_rollout(_settings(), policy, robots, swaps, batch_robots, candidates,
+                               progress=lambda n: progress.update(bar, completed=n))  # fmt: skip
+    _report(result, out)
 
 
 @bench_app.command("sim")
@@ -338,6 +359,55 @@ def rollout_rollback(
     console.print(f"version {event.version} is now {event.state.value}; aliases {event.aliases}")
 
 
+# -- agents -----------------------------------------------------------------------------------
+@agents_app.command("run")
+def agents_run(
+    robots: int = typer.Option(4, help="simulated robots in this process"),
+    episodes: int | None = typer.Option(None, help="stop after this many episodes in total; unset = run until Ctrl-C"),
+    duration: float | None = typer.Option(None, help="stop after this many seconds"),
+    split: str = typer.Option("seen", help="task family: seen, heldout or all"),
+    seed: int = typer.Option(0, help="first task seed; each episode takes the next"),
+    candidates: int = typer.Option(8, help="imagined futures per decision (K)"),
+    batch_robots: int = typer.Option(8, help="robots per inference batch"),
+    robot_prefix: str = typer.Option("robot", help="robot ids are PREFIX-000, PREFIX-001, ..."),
+    metrics_port: int | None = typer.Option(None, help="serve Prometheus metrics on 127.0.0.1:PORT"),
+) -> None:
+    """Run robots on the registry's champion (canary on a share of them), publishing every episode.
+
+    Models are loaded by alias from MLflow and checked against the sha256 the registry recorded;
+    a rollout event swaps them between decisions. Telemetry goes to the telemetry topic.
+    """
+    from fleet_agent import metrics
+    from fleet_agent.fleet import Fleet, FleetConfig
+    from worldmodel.planner import PlannerConfig
+
+    settings = _settings()
+    port = metrics_port or settings.agent.metrics_port
+    if port:
+        metrics.serve(port)
+    config = FleetConfig(robots=robots, split=split, seed=seed, id_prefix=robot_prefix, batch_robots=batch_robots,
+                         planner=PlannerConfig(candidates=candidates))  # fmt: skip
+    fleet = Fleet(settings, config)
+    wins = 0
+
+    def show(core, progress, bar):
+        nonlocal wins
+        wins += core.success
+        done = progress.tasks[bar].completed + 1
+        versions = ",".join(sorted({r.version for r in fleet.robots}))
+        progress.update(bar, advance=1, description=f"episodes (success {wins / done:.0%}, versions {versions})")
+
+    try:
+        with _progress() as progress:
+            bar = progress.add_task("episodes", total=episodes)
+            fleet.run(episodes, duration, on_episode=lambda core: show(core, progress, bar))
+    except KeyboardInterrupt:
+        console.print("stopping: publishing what is spooled")
+    finally:
+        drained = fleet.close()
+    console.print(f"{len(fleet.published)} episodes, {wins} successes; spool {'drained' if drained else 'NOT drained'}")
+
+
 # -- episodes ---------------------------------------------------------------------------------
 @episodes_app.command("summary")
 def episodes_summary() -> None:
@@ -404,13 +474,14 @@ def demo(
 
 def main() -> None:
     """The `fleet` entry point: platform errors end in one clear line, not a stack trace."""
+    from fleet_agent.models import NoChampion
     from infra.clients import ServiceUnavailable
     from registry.model_store import TamperedModel
     from registry.rollout import RolloutError
 
     try:
         app()
-    except (ServiceUnavailable, TamperedModel, RolloutError) as e:
+    except (ServiceUnavailable, TamperedModel, RolloutError, NoChampion) as e:
         console.print(f"[red]error:[/red] {e}")
         raise SystemExit(1) from None
 

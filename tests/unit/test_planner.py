@@ -1,12 +1,14 @@
 """Plan-and-act: rejection, resampling, best-of-K, smoothing, records, reproducibility."""
 
+from collections import defaultdict
+
 import numpy as np
 import pytest
 import torch
 
 from fleet_agent.sim.tabletop import ALL_TASKS, TabletopEnv
 from infra.contracts.episode import Decision
-from worldmodel.planner import SPEED_LIMIT, UNTRUSTED, Planner, PlannerConfig
+from worldmodel.planner import SPEED_LIMIT, UNTRUSTED, Planner, PlannerConfig, PlanRequest
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.text_encoder import build_vocab
 
@@ -95,3 +97,19 @@ def test_policy_directory_round_trips(policy, tmp_path):
     for name in ("text_encoder", "video_model", "idm", "critic"):
         for key, tensor in getattr(policy, name).state_dict().items():
             assert torch.equal(tensor, getattr(loaded, name).state_dict()[key])
+
+
+def test_robots_deciding_in_one_batch_each_get_their_own_candidates_and_window(policy, scene):
+    idm_outputs(policy, mean=0.5, log_var=-2.0)
+    frame, _ = scene
+    planner = Planner(policy, PlannerConfig(candidates=3, smooth_window=3))
+    windows = [defaultdict(list) for _ in range(3)]
+    requests = [PlanRequest(frame, frame, t.instruction, step=0, pending=w) for t, w in zip(ALL_TASKS[:3], windows, strict=True)]
+    decisions = planner.decide_batch(requests, torch.Generator().manual_seed(0))
+    assert len(decisions) == 3
+    for d, w in zip(decisions, windows, strict=True):
+        assert len(d.candidates) == 3 and all(c.score is not None for c in d.candidates)
+        assert d.imagined.shape[0] == 3 and d.actions.shape == (2, policy.idm.config.action_dim)
+        # only this robot's own plan waits for the steps after the executed ones
+        future = policy.video_model.config.future_frames
+        assert sorted(w) == list(range(2, future)) and all(len(v) == 1 for v in w.values())
