@@ -21,23 +21,15 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
-from minio.error import S3Error
 from pydantic import ValidationError
 
 from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
-from infra.contracts import arrays
 from infra.contracts.episode import Episode, MediaRef
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, Provenance
+from learner.media import Rejected, fetch_verified
 
 log = logging.getLogger(__name__)
-
-PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "InvalidObjectName"}
-
-
-class Rejected(Exception):
-    """A message that can never be accepted; its text is the dead-letter reason."""
-
 
 @dataclass
 class IngestStats:
@@ -130,22 +122,7 @@ class EpisodeIngestor:
         return episode
 
     def _verify(self, ref: MediaRef) -> None:
-        try:
-            response = self._s3.get_object(ref.bucket, ref.key)
-            try:
-                blob = response.read()
-            finally:
-                response.close()
-                response.release_conn()
-        except S3Error as e:
-            if e.code in PERMANENT_S3_CODES:
-                raise Rejected(f"missing_object: s3://{ref.bucket}/{ref.key} ({e.code})") from e
-            raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} failed: {e.code}") from e
-        except Exception as e:  # noqa: BLE001 - connection-level failures from urllib3
-            raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} did not answer: {e}") from e
-        digest = arrays.sha256(blob)
-        if digest != ref.sha256:
-            raise Rejected(f"checksum_mismatch: s3://{ref.bucket}/{ref.key} has sha256 {digest}, message says {ref.sha256}")
+        fetch_verified(self._s3, self.settings.s3_endpoint, ref)
 
     def _dead_letter(self, rejected) -> None:
         if self._dlq is None:
