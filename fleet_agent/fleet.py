@@ -62,6 +62,7 @@ class Robot:
     robot_id: str
     env: TabletopEnv
     version: str | None = None
+    swapped_at: float | None = None  # when the alias change that gave it `version` happened
     episodes: int = 0
     # the episode in flight
     episode_id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -98,7 +99,10 @@ class Fleet:
         self.robots = [Robot(r, TabletopEnv(split=config.split)) for r in ids]
         self.generator = torch.Generator().manual_seed(config.seed)
         self._planners: dict[str, Planner] = {}
+        # From an alias change to the robot running the new version (its next decision will use
+        # it), and to that first decision, which also waits for the robot's turn in the batch cycle.
         self.propagation_s: list[float] = []
+        self.first_decision_s: list[float] = []
         self.published: list[EpisodeCore] = []
         self._last_heartbeat = 0.0
 
@@ -141,6 +145,10 @@ class Fleet:
 
     def _decide_and_act(self, version: str, robots: list[Robot]) -> list[EpisodeCore]:
         requests = [PlanRequest(r.prev, r.obs["rgb"], r.info["instruction"], r.step, r.pending) for r in robots]
+        for robot in robots:
+            if robot.swapped_at is not None:
+                self.first_decision_s.append(max(0.0, time.time() - robot.swapped_at))
+                robot.swapped_at = None
         t = time.perf_counter()
         decisions = self._planner(version).decide_batch(requests, self.generator)
         waited = time.perf_counter() - t
@@ -183,9 +191,9 @@ class Fleet:
                 continue
             if robot.version is not None:
                 metrics.SWAPS.inc()
-                changed = self.models.changed_at(wanted)
-                if changed is not None:
-                    self.propagation_s.append(max(0.0, time.time() - changed))
+                robot.swapped_at = self.models.changed_at(wanted)
+                if robot.swapped_at is not None:
+                    self.propagation_s.append(max(0.0, time.time() - robot.swapped_at))
             robot.version = wanted
             robot.pending.clear()  # the old model's plans do not belong in the new one's window
             metrics.MODEL.labels(robot.robot_id).set(float(wanted) if wanted.isdigit() else -1)

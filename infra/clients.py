@@ -145,6 +145,7 @@ def mlflow_client(settings: Settings):
     # in seconds. Users who want more patience set these themselves.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own commands show progress
     import mlflow
     from mlflow import MlflowClient
 

@@ -100,6 +100,15 @@ class EpisodeIndex:
             sql += f" LIMIT {int(limit)}"
         return [Episode.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
 
+    def by_ids(self, episode_ids: list[str]) -> list[Episode]:
+        """The episodes with these ids (those the index has), in chunks SQLite accepts."""
+        out = []
+        for i in range(0, len(episode_ids), 900):
+            chunk = episode_ids[i : i + 900]
+            sql = f"SELECT episode_json FROM episodes WHERE episode_id IN ({','.join('?' * len(chunk))})"
+            out += [Episode.model_validate_json(r[0]) for r in self._db.execute(sql, chunk)]
+        return out
+
     def latencies_s(self, **filters) -> list[float]:
         """Time from publish to indexed, per episode: the data plane's end-to-end latency."""
         where, args = _where(**filters)

@@ -131,11 +131,15 @@ def _fit(modules: list[torch.nn.Module], steps: int, profile: TrainProfile, batc
     return losses
 
 
+def video_loss(policy: WorldModelPolicy, data: StageData, batch: int, rng: np.random.Generator) -> torch.Tensor:
+    b = data.video_batch(rng, batch, policy.video_model.config.future_frames)
+    return policy.video_model.loss(b.future, b.first, policy.text_encoder(b.texts), b.points)
+
+
 def train_video_stage(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
                       rng: np.random.Generator, progress: Callable[[int, float], None] | None = None) -> list[float]:  # fmt: skip
     def batch_loss() -> torch.Tensor:
-        b = data.video_batch(rng, profile.batch, policy.video_model.config.future_frames)
-        return policy.video_model.loss(b.future, b.first, policy.text_encoder(b.texts), b.points)
+        return video_loss(policy, data, profile.batch, rng)
 
     # Clipped at norm 1, as diffusion and flow models commonly are; the IDM and critic train without.
     return _fit([policy.video_model, policy.text_encoder], steps, profile, batch_loss, progress, max_grad_norm=1.0)
@@ -197,37 +201,44 @@ def train_idm(policy: WorldModelPolicy, data: StageData, steps: int, profile: Tr
     real half keeps it an inverse dynamics model of this embodiment rather than a policy alone.
     """
 
-    def batch_loss() -> torch.Tensor:
-        n_imagined = profile.batch // 2 if imagined is not None else 0
-        rows = _real_transitions(data, rng, profile.batch - n_imagined)
-        if n_imagined:
-            rows += _imagined_transitions(imagined, rng, n_imagined)
-        prev, cur, nxt, act = (torch.stack(column) for column in zip(*rows, strict=True))
-        return policy.idm.loss(prev, cur, nxt, act)
+    return _fit([policy.idm], steps, profile, lambda: idm_loss(policy, data, profile.batch, rng, imagined), progress)
 
-    return _fit([policy.idm], steps, profile, batch_loss, progress)
+
+def idm_loss(policy: WorldModelPolicy, data: StageData, batch: int, rng: np.random.Generator,
+             imagined: ImaginedWindows | None = None) -> torch.Tensor:  # fmt: skip
+    n_imagined = batch // 2 if imagined is not None else 0
+    rows = _real_transitions(data, rng, batch - n_imagined)
+    if n_imagined:
+        rows += _imagined_transitions(imagined, rng, n_imagined)
+    prev, cur, nxt, act = (torch.stack(column) for column in zip(*rows, strict=True))
+    return policy.idm.loss(prev, cur, nxt, act)
 
 
 def train_critic(policy: WorldModelPolicy, data: StageData, steps: int, profile: TrainProfile,
                  rng: np.random.Generator, progress=None) -> list[float]:  # fmt: skip
+    instructions = critic_instructions(data)
+    return _fit([policy.critic], steps, profile, lambda: critic_loss(policy, data, profile.batch, rng, instructions), progress)
+
+
+def critic_instructions(data: StageData) -> list[str]:
+    """The instructions a wrong-instruction negative is drawn from."""
+    return sorted({c.caption for c in data.clips} | {t.instruction for t in ALL_TASKS})
+
+
+def critic_loss(policy: WorldModelPolicy, data: StageData, batch: int, rng: np.random.Generator,
+                instructions: list[str]) -> torch.Tensor:  # fmt: skip
     """Positives: a window of a successful episode with its own instruction; negatives: the same
     window with another task's instruction, or a failed episode's window."""
-    future = policy.critic.config.frames - 1
-    instructions = sorted({c.caption for c in data.clips} | {t.instruction for t in ALL_TASKS})
-
-    def batch_loss() -> torch.Tensor:
-        b = data.video_batch(rng, profile.batch, future)
-        texts, labels = b.texts, b.succeeded.float()
-        for j in range(len(texts)):
-            if rng.uniform() < 0.5:
-                texts[j] = str(rng.choice([s for s in instructions if s != texts[j]]))
-                labels[j] = 0.0
-        with torch.no_grad():
-            text = policy.text_encoder(texts).pooled
-        logits = policy.critic(torch.cat([b.first[:, None], b.future], dim=1), text)
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-
-    return _fit([policy.critic], steps, profile, batch_loss, progress)
+    b = data.video_batch(rng, batch, policy.critic.config.frames - 1)
+    texts, labels = b.texts, b.succeeded.float()
+    for j in range(len(texts)):
+        if rng.uniform() < 0.5:
+            texts[j] = str(rng.choice([s for s in instructions if s != texts[j]]))
+            labels[j] = 0.0
+    with torch.no_grad():
+        text = policy.text_encoder(texts).pooled
+    logits = policy.critic(torch.cat([b.first[:, None], b.future], dim=1), text)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
 def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stages: tuple[str, ...] = ()) -> dict:

@@ -71,7 +71,7 @@ class Grounding(nn.Module):
         # Cosine similarity times a learned sharpness (as in QK-norm attention): a block covers a
         # few pixels of a thousand, and an unscaled softmax over them is nearly flat, passing
         # almost no gradient to the pixels that matter; unnormalised, the logits blow up instead.
-        self.log_sharpness = nn.Parameter(torch.tensor(2.5))
+        self.log_sharpness = nn.Parameter(torch.full((1,), 2.5))  # 1-d: DeepSpeed broadcasts parameters as bytes
         self.read = nn.MultiheadAttention(text_dim, 4, batch_first=True)
         # Coordinates go in too, so a query can also name a place ("to the left") with no object.
         self.pixels = nn.Sequential(
