@@ -166,6 +166,25 @@ def bench_rollout_cmd(
     _report(result, out)
 
 
+@bench_app.command("train")
+def bench_train_cmd(
+    policy: Path | None = typer.Option(None, help="a policy directory to fine-tune; unset = a fresh tiny one"),
+    steps: int = typer.Option(30, help="training steps per variant"),
+    batch: int = typer.Option(8, help="windows per loss per rank"),
+    zero_stage: int = typer.Option(1, help="DeepSpeed ZeRO stage (0-3)"),
+    work: Path = typer.Option(Path("out/bench_train"), help="scratch directory for the runs"),
+    out: Path = typer.Option(Path("out/bench_train.json"), help="where to write the JSON result"),
+) -> None:
+    """Fine-tuning windows/s: DeepSpeed at world size 1 and 2 against plain PyTorch, same model and data."""
+    from learner.train_bench import VARIANTS, bench_train
+
+    with _progress() as progress:
+        bar = progress.add_task("variants", total=len(VARIANTS))
+        result = bench_train(work, policy, steps=steps, batch=batch, zero_stage=zero_stage,
+                             progress=lambda name: progress.advance(bar))  # fmt: skip
+    _report(result, out, ("windows_per_s", "speedup_vs_torch", "steps", "batch_per_rank", "zero_stage", "trainable_parameters"))
+
+
 @bench_app.command("sim")
 def bench_sim_cmd(
     steps: int = typer.Option(20_000, help="environment steps, random actions, rendering every one"),
