@@ -1,0 +1,224 @@
+"""The self-improvement loop as Prefect flows.
+
+`improvement_round`: ingest the fleet's new episodes, curate them into a manifest, fine-tune the
+champion on it with DeepSpeed, evaluate candidate and champion on the same seeded episodes,
+register the candidate with its lineage, put it in canary on part of the fleet, analyse the
+canary's live telemetry against the champion's, then promote or roll back. Each step is a task
+with retries; the fine-tuning run directory is named after the round, so a retried or restarted
+round resumes its DeepSpeed checkpoints instead of starting over.
+
+`improvement_loop`: rounds on a trigger, enough new successful episodes since the last round (or
+a schedule, when served as a deployment with `fleet loop serve --cron ...`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel
+
+from infra.clients import kafka_consumer
+from infra.contracts.telemetry import EpisodeTelemetry
+from infra.settings import Settings
+from learner.curation import CurationConfig, curate, load_manifest, save_manifest
+from learner.dataset import build_training_set
+from learner.episode_index import EpisodeIndex
+from learner.finetune import FinetuneJob, prepare_run, run_finetune
+from learner.ingest import EpisodeIngestor
+from registry.analysis import AnalysisConfig, Arm, analyse
+from registry.model_store import ModelStore
+from registry.rollout import Rollout
+
+
+class RoundConfig(BaseModel):
+    finetune: FinetuneJob = FinetuneJob()
+    world_size: int = 1
+    consistency_threshold: float = 0.3
+    eval_episodes: int = 20  # per split, the same seeds for candidate and champion
+    eval_candidates: int = 8
+    canary_fraction: float = 0.5
+    analysis: AnalysisConfig = AnalysisConfig()
+    canary_timeout_s: float = 1800.0
+    degrade: bool = False  # a deliberately broken candidate: a drill for the canary analysis
+    work_dir: Path = Path(".fleet/rounds")
+
+    model_config = {"arbitrary_types_allowed": True}
+
+
+@task(retries=3, retry_delay_seconds=5)
+def ingest_new(settings: Settings, idle_s: float = 5.0) -> dict:
+    """Index what the fleet has published so far (the learner may also ingest continuously)."""
+    index = EpisodeIndex(settings.index_path)
+    ingestor = EpisodeIngestor(settings, index)
+    try:
+        stats = ingestor.run(idle_timeout_s=idle_s)
+    finally:
+        ingestor.close()
+        index.close()
+    return {"indexed": stats.indexed, "duplicates_dropped": stats.duplicates, "dead_lettered": stats.dead_lettered}
+
+
+@task(retries=2, retry_delay_seconds=5)
+def curate_episodes(settings: Settings, since: datetime | None, threshold: float) -> dict:
+    index = EpisodeIndex(settings.index_path)
+    try:
+        episodes = index.query(since=since)
+    finally:
+        index.close()
+    manifest = curate(settings, episodes, CurationConfig(consistency_threshold=threshold))
+    kept = len(manifest.of_role("world_model_and_idm"))
+    return {"manifest": save_manifest(settings, manifest), "considered": manifest.considered, "kept_successes": kept,
+            "kept_failures": len(manifest.of_role("critic_negative")), "dropped_inconsistent": manifest.dropped_inconsistent}  # fmt: skip
+
+
+@task(retries=1, retry_delay_seconds=5)
+def train_candidate(settings: Settings, champion: str, manifest_uri: str, config: RoundConfig, run_dir: Path) -> str:
+    """Fine-tune the champion on the manifest; resumes from `run_dir`'s checkpoints on a retry."""
+    store = ModelStore(settings)
+    parent = store.fetch(store.get(champion))
+    manifest = load_manifest(settings, manifest_uri)
+    index = EpisodeIndex(settings.index_path)
+    try:
+        data = build_training_set(settings, manifest, index, run_dir / "dataset")
+    finally:
+        index.close()
+    run = prepare_run(run_dir / "finetune", parent, data, config.finetune)
+    run_finetune(run, config.world_size, progress=None)
+    if config.degrade:
+        _degrade(run / "policy")
+    return str(run / "policy")
+
+
+def _degrade(policy_dir: Path) -> None:
+    """Scramble the IDM's output layer: the candidate then acts at random, and the canary must catch it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(policy_dir / "idm.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=generator) if k.startswith("head") else v for k, v in weights.items()},
+              policy_dir / "idm.safetensors")  # fmt: skip
+
+
+@task
+def evaluate_pair(candidate_dir: str, champion_dir: str, episodes: int, candidates: int) -> dict:
+    from worldmodel.evaluate import evaluate
+    from worldmodel.planner import PlannerConfig
+
+    config = PlannerConfig(candidates=candidates)
+    return {name: evaluate(Path(d), episodes, planner_config=config)
+            for name, d in (("candidate", candidate_dir), ("champion", champion_dir))}  # fmt: skip
+
+
+@task(retries=3, retry_delay_seconds=5)
+def register_candidate(settings: Settings, policy_dir: str, lineage: dict, metrics: dict) -> str:
+    return ModelStore(settings).register(Path(policy_dir), lineage=lineage, metrics=metrics).version
+
+
+@task(retries=3, retry_delay_seconds=5)
+def start_canary(settings: Settings, version: str, fraction: float) -> float:
+    rollout = Rollout(settings)
+    try:
+        return rollout.start_canary(version, fraction).at.timestamp()
+    finally:
+        rollout.close()
+
+
+def live_arms(settings: Settings, canary: str, champion: str, since: float, consumer) -> tuple[Arm, Arm]:
+    """Success of each version on episodes finished since the canary started, from the telemetry topic.
+    Episodes that straddled a model swap count for neither."""
+    counts = {canary: [0, 0], champion: [0, 0]}
+    for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
+        for record in batch:
+            message = json.loads(record.value)
+            if message.get("kind") != "episode":
+                continue
+            t = EpisodeTelemetry.model_validate(message)
+            if t.at.timestamp() >= since and t.policy_version in counts:
+                counts[t.policy_version][0] += t.success
+                counts[t.policy_version][1] += 1
+    return Arm(*counts[canary]), Arm(*counts[champion])
+
+
+@task
+def analyse_canary(settings: Settings, canary: str, champion: str, since: float, config: RoundConfig) -> dict:
+    """Watch live telemetry until the analysis decides, then act on it (promote or roll back)."""
+    log = get_run_logger()
+    rollout = Rollout(settings)
+    consumer = kafka_consumer(settings, settings.kafka.telemetry_topic, group_id=None)
+    totals = {canary: Arm(0, 0), champion: Arm(0, 0)}
+    deadline = time.monotonic() + config.canary_timeout_s
+    try:
+        while True:
+            c, h = live_arms(settings, canary, champion, since, consumer)
+            totals = {canary: _add(totals[canary], c), champion: _add(totals[champion], h)}
+            if time.monotonic() > deadline:
+                rollout.rollback(reason=f"canary analysis timed out after {config.canary_timeout_s:.0f} s")
+                return {"decision": "rollback", "reason": "timeout", "canary": totals[canary].__dict__, "champion": totals[champion].__dict__}
+            if analyse(totals[canary], totals[champion], config.analysis).decision == "wait":
+                continue
+            verdict = rollout.decide(totals[canary], totals[champion], config.analysis)  # records and acts
+            log.info("canary %s: %s (%s)", canary, verdict.decision, verdict.reason)
+            return verdict.as_dict()
+    finally:
+        consumer.close()
+        rollout.close()
+
+
+def _add(a: Arm, b: Arm) -> Arm:
+    return Arm(a.successes + b.successes, a.episodes + b.episodes)
+
+
+@flow(name="improvement-round", log_prints=True)
+def improvement_round(settings: Settings, config: RoundConfig, round_id: int, since: datetime | None = None) -> dict:
+    """One round: ingest, curate, train, evaluate, register, canary, analyse, promote or roll back."""
+    started = datetime.now(timezone.utc)
+    champion = ModelStore(settings).by_alias("champion")
+    if champion is None:
+        raise RuntimeError("no champion to improve: register one with `fleet rollout register --policy DIR --crown`")
+    ingested = ingest_new(settings)
+    curated = curate_episodes(settings, since, config.consistency_threshold)
+    report = {"round": round_id, "champion_version": champion.version, "started_at": started.isoformat(),
+              "ingest": ingested, "curation": curated}  # fmt: skip
+    if curated["kept_successes"] == 0:
+        print(f"round {round_id}: no successful episodes consistent with their imagined futures; nothing to learn")
+        return report | {"decision": "skipped", "candidate_version": None}
+    run_dir = config.work_dir / f"{settings.registry.model_name}-round-{round_id}"
+    candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)
+    store = ModelStore(settings)
+    figures = evaluate_pair(candidate_dir, str(store.fetch(champion)), config.eval_episodes, config.eval_candidates)
+    lineage = {"parent_version": champion.version, "dataset_manifest": curated["manifest"], "round": round_id,
+               "degraded_on_purpose": config.degrade,
+               "champion_success_rate_same_seeds": figures["champion"]["success_rate"]}  # fmt: skip
+    metrics = {k: v for k, v in figures["candidate"].items() if isinstance(v, float)}
+    version = register_candidate(settings, candidate_dir, lineage, metrics)
+    since_canary = start_canary(settings, version, config.canary_fraction)
+    verdict = analyse_canary(settings, version, champion.version, since_canary, config)
+    decision = {"promote": "promoted", "rollback": "rolled_back"}[verdict["decision"]]
+    print(f"round {round_id}: candidate {version} {decision} ({verdict['reason']})")
+    return report | {"candidate_version": version, "evaluation": figures, "canary": verdict, "decision": decision}
+
+
+@flow(name="improvement-loop", log_prints=True)
+def improvement_loop(settings: Settings, config: RoundConfig, rounds: int = 1, min_new_successes: int = 20,
+                     poll_s: float = 10.0, degrade_round: int | None = None) -> list[dict]:  # fmt: skip
+    """Rounds whenever `min_new_successes` successful episodes have been indexed since the last one."""
+    reports, since = [], None
+    for round_id in range(1, rounds + 1):
+        while True:
+            ingest_new(settings)
+            index = EpisodeIndex(settings.index_path)
+            fresh = index.count(success=True, since=since)
+            index.close()
+            if fresh >= min_new_successes:
+                break
+            time.sleep(poll_s)
+        started = datetime.now(timezone.utc)
+        round_config = config.model_copy(update={"degrade": round_id == degrade_round})
+        reports.append(improvement_round(settings, round_config, round_id, since))
+        since = started
+    return reports
