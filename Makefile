@@ -31,7 +31,7 @@ test-unit: install
 	$(VENV)/bin/pytest tests/unit
 
 demo: install
-	$(VENV)/bin/fleet demo
+	$(VENV)/bin/fleet demo --profile quick --out out/demo.json
 
 bench: install
 	$(VENV)/bin/fleet bench ingest --episodes 1000 --out out/bench_ingest.json

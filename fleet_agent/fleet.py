@@ -103,7 +103,7 @@ class Fleet:
         # it), and to that first decision, which also waits for the robot's turn in the batch cycle.
         self.propagation_s: list[float] = []
         self.first_decision_s: list[float] = []
-        self.published: list[EpisodeCore] = []
+        self.finished: list[tuple[EpisodeCore, float]] = []  # every episode published, with its monotonic end time
         self._last_heartbeat = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class Fleet:
         metrics.CANDIDATES.labels(version).inc(candidates)
         for reason, count in rejections.items():
             metrics.REJECTIONS.labels(version, reason).inc(count)
-        self.published.append(core)
+        self.finished.append((core, time.monotonic()))
         return core
 
     def _heartbeats(self) -> None:

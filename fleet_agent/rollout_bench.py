@@ -81,5 +81,5 @@ def bench_rollout(settings: Settings, policy_dir: Path, robots: int = 20, swaps:
         "first_decision_s_p50": round(float(np.percentile(first, 50)), 3),
         "first_decision_s_p95": round(float(np.percentile(first, 95)), 3),
         "samples": len(switch), "swaps_timed_out": timed_out,
-        "decisions_per_s": throughput, "episodes_published": len(fleet.published),
+        "decisions_per_s": throughput, "episodes_published": len(fleet.finished),
     }  # fmt: skip

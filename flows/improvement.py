@@ -14,6 +14,7 @@ a schedule, when served as a deployment with `fleet loop serve --cron ...`).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,13 +51,18 @@ class RoundConfig(BaseModel):
 
 
 @task(retries=3, retry_delay_seconds=5)
-def ingest_new(settings: Settings, idle_s: float = 5.0) -> dict:
-    """Index what the fleet has published so far (the learner may also ingest continuously)."""
+def ingest_new(settings: Settings, idle_s: float = 5.0, max_s: float = 60.0) -> dict:
+    """Index what the fleet has published so far: until the topic is quiet for `idle_s`, or for at
+    most `max_s` while robots keep publishing (the rest waits, safely, for the next round)."""
     index = EpisodeIndex(settings.index_path)
     ingestor = EpisodeIngestor(settings, index)
+    stop = threading.Event()
+    timer = threading.Timer(max_s, stop.set)
+    timer.start()
     try:
-        stats = ingestor.run(idle_timeout_s=idle_s)
+        stats = ingestor.run(stop=stop, idle_timeout_s=idle_s)
     finally:
+        timer.cancel()
         ingestor.close()
         index.close()
     return {"indexed": stats.indexed, "duplicates_dropped": stats.duplicates, "dead_lettered": stats.dead_lettered}
@@ -204,9 +210,13 @@ def improvement_round(settings: Settings, config: RoundConfig, round_id: int, si
 
 
 @flow(name="improvement-loop", log_prints=True)
-def improvement_loop(settings: Settings, config: RoundConfig, rounds: int = 1, min_new_successes: int = 20,
+def improvement_loop(config: RoundConfig, settings: Settings | None = None, rounds: int = 1, min_new_successes: int = 20,
                      poll_s: float = 10.0, degrade_round: int | None = None) -> list[dict]:  # fmt: skip
-    """Rounds whenever `min_new_successes` successful episodes have been indexed since the last one."""
+    """Rounds whenever `min_new_successes` successful episodes have been indexed since the last one.
+
+    Served as a deployment it reads its settings from the environment (FLEET_*), so no secret
+    travels as a flow parameter."""
+    settings = settings or Settings()
     reports, since = [], None
     for round_id in range(1, rounds + 1):
         while True:

@@ -34,6 +34,8 @@ rollout_app = typer.Typer(
     help="Policy versions in the MLflow registry and their rollout: champion, canary, previous.", no_args_is_help=True
 )
 app.add_typer(rollout_app, name="rollout")
+loop_app = typer.Typer(help="The improvement loop (Prefect flows): rounds of curate, train, canary, decide.", no_args_is_help=True)
+app.add_typer(loop_app, name="loop")
 agents_app = typer.Typer(help="Fleet agents: simulated robots that run the policy and publish every episode.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 console = Console()
@@ -378,6 +380,58 @@ def rollout_rollback(
     console.print(f"version {event.version} is now {event.state.value}; aliases {event.aliases}")
 
 
+# -- the improvement loop ---------------------------------------------------------------------
+def _round_config(steps: int, world_size: int, zero_stage: int, canary_fraction: float, min_episodes: int,
+                  eval_episodes: int):  # fmt: skip
+    from flows.improvement import RoundConfig
+    from learner.finetune import FinetuneJob
+    from registry.analysis import AnalysisConfig
+
+    return RoundConfig(finetune=FinetuneJob(steps=steps, zero_stage=zero_stage), world_size=world_size,
+                       canary_fraction=canary_fraction, analysis=AnalysisConfig(min_episodes=min_episodes),
+                       eval_episodes=eval_episodes)  # fmt: skip
+
+
+_STEPS = typer.Option(200, help="fine-tuning steps per round")
+_WORLD = typer.Option(1, help="DeepSpeed ranks (processes) for fine-tuning")
+_ZERO = typer.Option(1, help="DeepSpeed ZeRO stage")
+_FRACTION = typer.Option(0.5, help="share of robots that run the canary")
+_MIN_EPISODES = typer.Option(30, help="episodes per arm before the canary analysis may decide")
+_EVAL = typer.Option(20, help="seeded evaluation episodes per split for candidate and champion")
+
+
+@loop_app.command("round")
+def loop_round(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = _ZERO, canary_fraction: float = _FRACTION,
+               min_episodes: int = _MIN_EPISODES, eval_episodes: int = _EVAL,
+               round_id: int = typer.Option(1, help="names the round's run directory (a rerun resumes it)")) -> None:  # fmt: skip
+    """Run one improvement round now, on what the fleet has published (agents must be running)."""
+    from infra.clients import use_prefect
+
+    use_prefect(settings := _settings())  # before Prefect is imported, or it starts a server of its own
+    from flows.improvement import improvement_round
+
+    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes)
+    report = improvement_round(settings, config, round_id)
+    console.print_json(json.dumps({k: v for k, v in report.items() if k != "evaluation"}, default=str))
+
+
+@loop_app.command("serve")
+def loop_serve(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = _ZERO, canary_fraction: float = _FRACTION,
+               min_episodes: int = _MIN_EPISODES, eval_episodes: int = _EVAL,
+               min_new_successes: int = typer.Option(20, help="successful episodes since the last round that trigger one"),
+               cron: str | None = typer.Option(None, help="also run on this schedule, e.g. '0 */6 * * *'")) -> None:  # fmt: skip
+    """Serve `improvement_loop` as a Prefect deployment (visible in the Prefect UI) until Ctrl-C."""
+    from infra.clients import use_prefect
+
+    use_prefect(settings := _settings())  # before Prefect is imported, or it starts a server of its own
+    from flows.improvement import improvement_loop
+
+    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes)
+    console.print(f"serving improvement-loop; Prefect UI {settings.prefect_api_url.removesuffix('/api')}")
+    improvement_loop.serve(name="fleet-improvement", cron=cron,
+                           parameters={"config": config, "rounds": 1, "min_new_successes": min_new_successes})
+
+
 # -- agents -----------------------------------------------------------------------------------
 @agents_app.command("run")
 def agents_run(
@@ -458,8 +512,53 @@ def contracts_export() -> None:
 
 
 # -- demo -------------------------------------------------------------------------------------
-@app.command()
+@app.command("demo")
 def demo(
+    profile: str = typer.Option("quick", help="quick (the full loop, minutes) or ci (tiny, for tests)"),
+    work: Path = typer.Option(Path(".fleet/demo"), help="base training and round runs; a rerun reuses the base policy"),
+    out: Path = typer.Option(Path("out/demo.json"), help="where to write the JSON result"),
+) -> None:
+    """The whole loop from nothing: base training, a fleet, improvement rounds with canary and rollback."""
+    import uuid
+
+    from infra import stack
+    from infra.clients import use_prefect
+
+    use_prefect(settings := _settings())  # before Prefect is imported, or it starts a server of its own
+    from flows.fleet_demo import DEMO_PROFILES, fleet_demo
+
+    if profile not in DEMO_PROFILES:
+        raise typer.BadParameter(f"unknown profile {profile}; profiles: {', '.join(DEMO_PROFILES)}")
+    with console.status("starting the stack") as spinner:
+        stack.up(settings, on_ready=lambda name: spinner.update(f"{name} ready"))
+    stack.start_supervisor(settings)
+    run = f"demo-{uuid.uuid4().hex[:6]}"  # its own topics, registered model and index
+    settings = settings.isolated(run, work / "runs" / run)
+    stack.ensure_topics(settings)
+    with _progress() as progress:
+        bars = {}
+
+        def factory(stage: str, steps: int):
+            bars[stage] = progress.add_task(f"base {stage}", total=steps)
+            return lambda step, loss: progress.update(bars[stage], completed=step)
+
+        result = fleet_demo(settings, profile, work, factory)
+    table = Table("round", "champion", "candidate", "decision", "success", "95% CI", "episodes", title="fleet success per round")
+    for r in result["rounds"]:
+        table.add_row(str(r["round"]), r["champion_version"], str(r["candidate_version"] or "-"), r["decision"],
+                      f"{r['success_rate']:.0%}", f"[{r['success_ci95'][0]:.0%}, {r['success_ci95'][1]:.0%}]", str(r["episodes"]))  # fmt: skip
+    console.print(table)
+    console.print(f"episodes published {result['episodes_published']}, indexed {result['episodes_indexed']}, "
+                  f"lost {result['lost']}, duplicated {result['duplicated']}; rollout propagation p95 "
+                  f"{result['rollout_propagation_s_p95']} s; {result['seconds']:.0f} s in all\n"
+                  f"MLflow UI {settings.mlflow_tracking_uri}, Prefect UI {settings.prefect_api_url.removesuffix('/api')}")  # fmt: skip
+    _write_json(result, out)
+    if result["lost"] or result["duplicated"]:
+        raise typer.Exit(1)
+
+
+@app.command("data-plane-demo")
+def data_plane_demo_cmd(
     episodes: int = typer.Option(200, help="synthetic episodes to stream"),
     robots: int = typer.Option(10, help="simulated robots"),
     rate: float = typer.Option(40.0, help="episodes per second the whole fleet finishes"),

@@ -61,6 +61,25 @@ def tracking(services):
 
 
 @pytest.fixture
+def tracked(tracking, tmp_path) -> Settings:
+    """Like `plane`, with MLflow and Prefect too, and this test's own registered model."""
+    settings = tracking.isolated(f"test-{uuid.uuid4().hex[:8]}", tmp_path)
+    stack.ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory) -> Path:
+    """An untrained tiny policy that knows every task's words: fast to save, load and run."""
+    from fleet_agent.sim.tabletop import ALL_TASKS
+    from worldmodel.policy import WorldModelPolicy
+    from worldmodel.text_encoder import build_vocab
+
+    directory = tmp_path_factory.mktemp("tiny-policy") / "policy"
+    return WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]), "tiny").save(directory)
+
+
+@pytest.fixture
 def plane(services, tmp_path) -> Settings:
     """Settings with this test's own topics, consumer group, spool and index."""
     settings = services.isolated(f"test-{uuid.uuid4().hex[:8]}", tmp_path)

@@ -5,40 +5,20 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 
 import pytest
 
 from fleet_agent.fleet import Fleet, FleetConfig
-from infra import stack
 from infra.clients import kafka_consumer, s3_client
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
 from worldmodel.planner import PlannerConfig
-from worldmodel.policy import WorldModelPolicy
 
 pytestmark = pytest.mark.integration
 
 FAST = PlannerConfig(candidates=2, noise_samples=1)
-
-
-@pytest.fixture
-def fleet_stack(tracking, tmp_path):
-    settings = tracking.isolated(f"fleet-{uuid.uuid4().hex[:8]}", tmp_path)
-    stack.ensure_topics(settings)
-    return settings
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    from fleet_agent.sim.tabletop import ALL_TASKS
-    from worldmodel.text_encoder import build_vocab
-
-    directory = tmp_path_factory.mktemp("fleet-policy") / "policy"
-    WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]), "tiny").save(directory)
-    return directory
 
 
 def _telemetry(settings, kind: str) -> list[dict]:
@@ -55,11 +35,11 @@ def _versions(fleet: Fleet) -> set[str]:
     return {r.version for r in fleet.robots}
 
 
-def test_robots_swap_on_rollout_between_decisions_and_every_episode_reaches_the_index(fleet_stack, policy_dir, tmp_path):
-    store, rollout = ModelStore(fleet_stack), Rollout(fleet_stack)
-    v1, v2 = store.register(policy_dir).version, store.register(policy_dir).version
+def test_robots_swap_on_rollout_between_decisions_and_every_episode_reaches_the_index(tracked, tiny_policy_dir, tmp_path):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
     rollout.crown(v1)
-    fleet = Fleet(fleet_stack, FleetConfig(robots=3, planner=FAST))
+    fleet = Fleet(tracked, FleetConfig(robots=3, planner=FAST))
     fleet.run(episodes=2)
     assert _versions(fleet) == {v1}
 
@@ -75,45 +55,45 @@ def test_robots_swap_on_rollout_between_decisions_and_every_episode_reaches_the_
     fleet.run(episodes=3)  # every robot finishes the episode it was in when the model changed
     assert fleet.close(drain_timeout=60)
 
-    mixed = [c for c in fleet.published if len({d.policy_version for d in c.decisions}) == 2]
+    mixed = [c for c, _ in fleet.finished if len({d.policy_version for d in c.decisions}) == 2]
     assert mixed, "an episode in flight during the swap was kept, with both versions on its decisions"
     index = EpisodeIndex(tmp_path / "index.sqlite")
-    ingestor = EpisodeIngestor(fleet_stack, index)
-    stats = ingestor.run(until_indexed=len(fleet.published), idle_timeout_s=20)
+    ingestor = EpisodeIngestor(tracked, index)
+    stats = ingestor.run(until_indexed=len(fleet.finished), idle_timeout_s=20)
     ingestor.close()
-    assert stats.indexed == len(fleet.published) and stats.dead_lettered == 0
-    assert set(index.episode_ids()) == {str(c.episode_id) for c in fleet.published}
-    assert len(_telemetry(fleet_stack, "episode")) == len(fleet.published)
+    assert stats.indexed == len(fleet.finished) and stats.dead_lettered == 0
+    assert set(index.episode_ids()) == {str(c.episode_id) for c, _ in fleet.finished}
+    assert len(_telemetry(tracked, "episode")) == len(fleet.finished)
     rollout.close()
 
 
-def test_a_tampered_canary_is_refused_and_robots_keep_their_model(fleet_stack, policy_dir):
-    store, rollout = ModelStore(fleet_stack), Rollout(fleet_stack)
-    v1, v2 = store.register(policy_dir).version, store.register(policy_dir).version
+def test_a_tampered_canary_is_refused_and_robots_keep_their_model(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
     rollout.crown(v1)
-    s3 = s3_client(fleet_stack)
-    key = next(o.object_name for o in s3.list_objects(fleet_stack.s3.mlflow_bucket, recursive=True)
+    s3 = s3_client(tracked)
+    key = next(o.object_name for o in s3.list_objects(tracked.s3.mlflow_bucket, recursive=True)
                if store.get(v2).run_id in o.object_name and o.object_name.endswith("video_model.safetensors"))  # fmt: skip
     forged = b"\x00" * 64
-    s3.put_object(fleet_stack.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
+    s3.put_object(tracked.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
 
     rollout.start_canary(v2, fraction=0.5)
-    fleet = Fleet(fleet_stack, FleetConfig(robots=4, planner=FAST))
+    fleet = Fleet(tracked, FleetConfig(robots=4, planner=FAST))
     fleet.tick()
     assert _versions(fleet) == {v1}
     assert fleet.close()
-    refused = _telemetry(fleet_stack, "model_refused")
+    refused = _telemetry(tracked, "model_refused")
     assert refused and refused[0]["version"] == v2 and "video_model.safetensors" in refused[0]["reason"]
     assert refused[0]["kept_version"] == v1
     rollout.close()
 
 
-def test_rollback_restores_the_previous_champion_on_every_robot(fleet_stack, policy_dir):
-    store, rollout = ModelStore(fleet_stack), Rollout(fleet_stack)
-    v1, v2 = store.register(policy_dir).version, store.register(policy_dir).version
+def test_rollback_restores_the_previous_champion_on_every_robot(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
     rollout.crown(v1)
     rollout.start_canary(v2, fraction=0.5)
-    fleet = Fleet(fleet_stack, FleetConfig(robots=4, planner=FAST))
+    fleet = Fleet(tracked, FleetConfig(robots=4, planner=FAST))
     fleet.tick()
     assert _versions(fleet) == {v1, v2}
     assert sum(r.version == v2 for r in fleet.robots) == 2

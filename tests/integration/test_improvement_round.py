@@ -14,8 +14,7 @@ import pytest
 from fleet_agent.fleet import Fleet, FleetConfig
 from fleet_agent.publisher import EpisodePublisher
 from fleet_agent.sim.scripted import run_expert
-from fleet_agent.sim.tabletop import ALL_TASKS, TabletopEnv
-from infra import stack
+from fleet_agent.sim.tabletop import TabletopEnv
 from infra.clients import use_prefect
 from infra.contracts.episode import CandidateRecord, Decision, EpisodeCore, ModelVersions, SuccessSource
 from learner.curation import load_manifest
@@ -24,8 +23,6 @@ from registry.analysis import AnalysisConfig
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
 from worldmodel.planner import PlannerConfig
-from worldmodel.policy import WorldModelPolicy
-from worldmodel.text_encoder import build_vocab
 
 pytestmark = pytest.mark.integration
 F = 4  # imagined frames per decision
@@ -58,14 +55,12 @@ def publish_expert_episodes(settings, n: int) -> list[str]:
     return ids
 
 
-def test_an_improvement_round_trains_registers_and_decides_on_live_canary_results(tracking, tmp_path):
-    settings = tracking.isolated(f"round-{uuid.uuid4().hex[:8]}", tmp_path)
-    stack.ensure_topics(settings)
+def test_an_improvement_round_trains_registers_and_decides_on_live_canary_results(tracked, tiny_policy_dir, tmp_path):
+    settings = tracked
     use_prefect(settings)
     from flows.improvement import RoundConfig, improvement_round
 
-    vocab = build_vocab([t.instruction for t in ALL_TASKS])
-    v1 = ModelStore(settings).register(WorldModelPolicy.create(vocab, "tiny").save(tmp_path / "base")).version
+    v1 = ModelStore(settings).register(tiny_policy_dir).version
     rollout = Rollout(settings)
     rollout.crown(v1)
     expert_ids = publish_expert_episodes(settings, 3)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 
 import pytest
 
@@ -19,22 +18,6 @@ from worldmodel.policy import WorldModelPolicy
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def registry(tracking, tmp_path):
-    from infra import stack
-
-    settings = tracking.isolated(f"reg-{uuid.uuid4().hex[:8]}", tmp_path)
-    stack.ensure_topics(settings)
-    return settings
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("policy") / "policy"
-    WorldModelPolicy.create(["pick up the red block", "reach the blue block"], "tiny").save(directory)
-    return directory
-
-
 def _rollout_events(settings) -> list[RolloutEvent]:
     consumer = kafka_consumer(settings, settings.kafka.rollouts_topic, group_id=None, consumer_timeout_ms=3000)
     try:
@@ -43,48 +26,48 @@ def _rollout_events(settings) -> list[RolloutEvent]:
         consumer.close()
 
 
-def test_a_registered_version_carries_lineage_and_loads_verified(registry, policy_dir):
-    store = ModelStore(registry)
-    v = store.register(policy_dir, lineage={"parent_version": "base", "dataset_manifest": "s3://m/1.json"},
+def test_a_registered_version_carries_lineage_and_loads_verified(tracked, tiny_policy_dir):
+    store = ModelStore(tracked)
+    v = store.register(tiny_policy_dir, lineage={"parent_version": "base", "dataset_manifest": "s3://m/1.json"},
                        metrics={"success_rate": 0.25})  # fmt: skip
 
-    assert v.version == "1" and v.digests == file_digests(policy_dir)
+    assert v.version == "1" and v.digests == file_digests(tiny_policy_dir)
     assert v.tags["parent_version"] == "base" and v.tags["eval.success_rate"] == "0.25"
     assert len(v.tags["code_revision"]) >= 7
     local = store.fetch(v)
-    assert file_digests(local) == file_digests(policy_dir)
-    Rollout(registry, store).crown(v.version)
-    assert resolve_policy(registry, f"models:/{store.name}@champion") == local
+    assert file_digests(local) == file_digests(tiny_policy_dir)
+    Rollout(tracked, store).crown(v.version)
+    assert resolve_policy(tracked, f"models:/{store.name}@champion") == local
     assert isinstance(store.load(v), WorldModelPolicy)
 
 
-def test_weights_tampered_in_storage_are_refused(registry, policy_dir):
-    store = ModelStore(registry)
-    v = store.register(policy_dir)
+def test_weights_tampered_in_storage_are_refused(tracked, tiny_policy_dir):
+    store = ModelStore(tracked)
+    v = store.register(tiny_policy_dir)
     # Someone with write access to the artifact bucket swaps the IDM weights for other bytes.
-    s3 = s3_client(registry)
-    key = next(o.object_name for o in s3.list_objects(registry.s3.mlflow_bucket, recursive=True)
+    s3 = s3_client(tracked)
+    key = next(o.object_name for o in s3.list_objects(tracked.s3.mlflow_bucket, recursive=True)
                if v.run_id in o.object_name and o.object_name.endswith("policy/idm.safetensors"))  # fmt: skip
-    forged = (policy_dir / "idm.safetensors").read_bytes()[:-8] + b"\x00" * 8
-    s3.put_object(registry.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
+    forged = (tiny_policy_dir / "idm.safetensors").read_bytes()[:-8] + b"\x00" * 8
+    s3.put_object(tracked.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
 
     with pytest.raises(TamperedModel, match="idm.safetensors"):
         store.fetch(v)
-    assert not (registry.model_cache_dir / store.name / v.version).exists()
+    assert not (tracked.model_cache_dir / store.name / v.version).exists()
 
 
-def test_a_tampered_local_copy_is_refused_on_the_next_load(registry, policy_dir):
-    store = ModelStore(registry)
-    v = store.register(policy_dir)
+def test_a_tampered_local_copy_is_refused_on_the_next_load(tracked, tiny_policy_dir):
+    store = ModelStore(tracked)
+    v = store.register(tiny_policy_dir)
     local = store.fetch(v)
     (local / "critic.json").write_text(json.dumps({"size": 32, "frames": 5, "channels": [8], "text_dim": 64}))
     with pytest.raises(TamperedModel, match="critic.json"):
         store.load(v)
 
 
-def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on_demand(registry, policy_dir):
-    store, rollout = ModelStore(registry), Rollout(registry)
-    v1, v2, v3 = (store.register(policy_dir).version for _ in range(3))
+def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on_demand(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2, v3 = (store.register(tiny_policy_dir).version for _ in range(3))
     rollout.crown(v1)
     with pytest.raises(RolloutError, match="no canary"):
         rollout.promote()
@@ -107,7 +90,7 @@ def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on
     assert states == {v1: "champion", v2: "rolled_back", v3: "rolled_back"}
     assert "canary_analysis" in store.get(v2).tags
 
-    events = _rollout_events(registry)
+    events = _rollout_events(tracked)
     assert [(e.version, e.state.value) for e in events] == [
         (v1, "champion"), (v2, "canary"), (v2, "rolled_back"), (v3, "canary"),
         (v1, "retired"), (v3, "champion"), (v3, "rolled_back"), (v1, "champion"),

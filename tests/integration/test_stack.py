@@ -31,13 +31,16 @@ def test_status_reports_every_service_and_up_twice_changes_nothing(services):
 
 def test_status_json_from_the_command_line(services):
     env = {f"FLEET_STACK__{k.upper()}": str(v) for k, v in services.stack.model_dump().items()}
+    with socket.socket() as s:  # a port nothing listens on: MLflow there is certainly down
+        s.bind(("127.0.0.1", 0))
+        env["FLEET_STACK__MLFLOW_PORT"] = str(s.getsockname()[1])
     out = subprocess.run(
         [sys.executable, "-m", "infra.cli", "stack", "status", "--json"],
         capture_output=True, text=True, env={**os.environ, **env},
     )  # fmt: skip
     services_json = json.loads(out.stdout)["services"]
     assert services_json["s3"] == {**services_json["s3"], "healthy": True, "url": services.s3_endpoint}
-    assert services_json["mlflow"]["healthy"] is False  # not started in this session
+    assert services_json["mlflow"]["healthy"] is False
     assert out.returncode == 1  # not everything is healthy
 
 

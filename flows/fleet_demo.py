@@ -1,0 +1,131 @@
+"""`fleet demo`: the whole loop from nothing, on the embedded stack.
+
+Base training (all three video stages, IDM, critic), the base policy registered and crowned, a
+fleet of simulated robots running it and publishing every episode, then improvement rounds: each
+curates the fleet's new episodes, fine-tunes the champion with DeepSpeed, evaluates, registers,
+canaries the candidate on half the fleet and promotes or rolls it back on live results. One round
+fine-tunes a deliberately degraded candidate, which the canary analysis must roll back. Fleet
+success per round is measured on the champion's episodes of that round.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from prefect import flow
+
+from fleet_agent.fleet import Fleet, FleetConfig
+from flows.improvement import RoundConfig, improvement_round
+from infra.settings import Settings
+from infra.stats import wilson
+from learner.episode_index import EpisodeIndex
+from learner.finetune import FinetuneJob
+from registry.analysis import AnalysisConfig
+from registry.model_store import ModelStore
+from registry.rollout import Rollout
+from worldmodel.planner import PlannerConfig
+
+
+@dataclass
+class DemoProfile:
+    train: str = "quick"  # the base training profile (worldmodel.train.PROFILES)
+    robots: int = 8
+    candidates: int = 4  # K on the robots: half the default, so the fleet finishes episodes faster
+    rounds: int = 3  # improvement rounds, plus the degraded one
+    degrade_round: int = 2
+    episodes_per_round: int = 40  # champion episodes that measure a round's fleet success
+    round: RoundConfig = field(default_factory=lambda: RoundConfig(
+        finetune=FinetuneJob(steps=150, batch=16, checkpoint_every=50), eval_episodes=5, eval_candidates=4,
+        analysis=AnalysisConfig(min_episodes=15), canary_fraction=0.5, canary_timeout_s=900))  # fmt: skip
+
+
+DEMO_PROFILES = {
+    "quick": DemoProfile(),
+    "ci": DemoProfile(train="ci", robots=4, candidates=2, rounds=1, degrade_round=1, episodes_per_round=4,
+                      round=RoundConfig(finetune=FinetuneJob(steps=3, batch=2), eval_episodes=1, eval_candidates=2,
+                                        analysis=AnalysisConfig(min_episodes=1), canary_timeout_s=600)),  # fmt: skip
+}
+
+
+def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_s: float = 1800) -> tuple[int, int]:
+    """Wait for `n` episodes of `version` finished after `since` (monotonic), then count successes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = [c for c, t in fleet.finished if t >= since and {d.policy_version for d in c.decisions} == {version}]
+        if len(done) >= n:
+            return sum(c.success for c in done[:n]), n
+        time.sleep(0.5)
+    raise TimeoutError(f"the fleet did not finish {n} episodes of version {version} in {timeout_s:.0f} s")
+
+
+@flow(name="fleet-demo", log_prints=True)
+def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".fleet/demo"), progress=None) -> dict:
+    from worldmodel.train import PROFILES, train_all
+
+    demo = DEMO_PROFILES[profile]
+    t0 = time.monotonic()
+    print(f"base training, profile {demo.train}")
+    train_all(PROFILES[demo.train], work / "base", progress)
+    store, rollout = ModelStore(settings), Rollout(settings)
+    base = store.register(work / "base" / "policy", lineage={"parent_version": "none", "dataset_manifest": "scripted robot logs"})
+    rollout.crown(base.version, "the demo's base policy")
+
+    fleet = Fleet(settings, FleetConfig(robots=demo.robots, planner=PlannerConfig(candidates=demo.candidates)))
+    stop = threading.Event()
+    runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True, name="fleet")
+    runner.start()
+    rounds = []
+    try:
+        since = time.monotonic()
+        wins, n = _champion_success(fleet, base.version, since, demo.episodes_per_round)
+        rounds.append({"round": 0, "champion_version": base.version, "candidate_version": None, "decision": "baseline",
+                       "success_rate": round(wins / n, 4), "success_ci95": wilson(wins, n), "episodes": n})  # fmt: skip
+        print(f"round 0: champion {base.version} succeeds {wins}/{n}")
+        last_round_start = None
+        for round_id in range(1, demo.rounds + 2):  # the degraded round is one more
+            degrade = round_id == demo.degrade_round
+            config = demo.round.model_copy(update={"degrade": degrade, "work_dir": work / "rounds"})
+            started_wall = datetime.now(timezone.utc)
+            report = improvement_round(settings, config, round_id, since=last_round_start)
+            last_round_start = started_wall
+            champion = store.by_alias("champion").version
+            wins, n = _champion_success(fleet, champion, time.monotonic(), demo.episodes_per_round)
+            rounds.append({"round": round_id, "champion_version": champion, "candidate_version": report.get("candidate_version"),
+                           "decision": report["decision"], "degraded_on_purpose": degrade,
+                           "success_rate": round(wins / n, 4), "success_ci95": wilson(wins, n), "episodes": n,
+                           "canary": report.get("canary")})  # fmt: skip
+            print(f"round {round_id}: candidate {report.get('candidate_version')} {report['decision']}; "
+                  f"champion {champion} succeeds {wins}/{n}")  # fmt: skip
+    finally:
+        stop.set()
+        runner.join(timeout=300)
+        fleet.close(drain_timeout=120)
+        rollout.close()
+    return rounds_summary(settings, fleet, rounds, time.monotonic() - t0)
+
+
+def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds: float) -> dict:
+    from flows.improvement import ingest_new
+
+    ingest_new.fn(settings, idle_s=10)
+    published = {str(c.episode_id) for c, _ in fleet.finished}
+    index = EpisodeIndex(settings.index_path)
+    indexed = set(index.episode_ids()) & published
+    rows = index.count()
+    index.close()
+    switch = np.array(fleet.propagation_s) if fleet.propagation_s else np.array([np.nan])
+    return {
+        "rounds": rounds,
+        "episodes_published": len(published),
+        "episodes_indexed": len(indexed),
+        "lost": len(published - indexed),
+        "duplicated": len(fleet.finished) - len(published),  # an id published twice
+        "index_rows": rows,
+        "rollout_propagation_s_p95": round(float(np.nanpercentile(switch, 95)), 3),
+        "seconds": round(seconds, 1),
+    }
