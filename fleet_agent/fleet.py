@@ -105,6 +105,9 @@ class Fleet:
         self.first_decision_s: list[float] = []
         self.finished: list[tuple[EpisodeCore, float]] = []  # every episode published, with its monotonic end time
         self._last_heartbeat = 0.0
+        # Set, robots hold between decisions (episodes in flight wait, nothing is dropped) and keep
+        # sending heartbeats: for a learner that shares the robots' cores, as in `fleet demo`.
+        self.paused = threading.Event()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, episodes: int | None = None, duration_s: float | None = None, on_episode=None,
@@ -117,6 +120,10 @@ class Fleet:
             while not stop.is_set() and (episodes is None or finished < episodes) and (
                 duration_s is None or time.monotonic() - started < duration_s
             ):
+                if self.paused.is_set():
+                    self._heartbeats()
+                    stop.wait(0.2)
+                    continue
                 for core in self.tick():
                     finished += 1
                     if on_episode:
@@ -191,7 +198,7 @@ class Fleet:
                 continue
             if robot.version is not None:
                 metrics.SWAPS.inc()
-                robot.swapped_at = self.models.changed_at(wanted)
+                robot.swapped_at = self.models.changed_at(robot.robot_id)
                 if robot.swapped_at is not None:
                     self.propagation_s.append(max(0.0, time.time() - robot.swapped_at))
             robot.version = wanted

@@ -46,7 +46,7 @@ class FleetModels:
         self.on_refused = on_refused or (lambda version, reason, kept: None)
         self._policies: dict[str, WorldModelPolicy] = {}
         self._assignment: dict[str, str] = {}
-        self._changed_at: dict[str, float] = {}  # version -> when its alias changed (event time)
+        self._changed_at: dict[str, float] = {}  # robot -> when its assignment last changed (event time)
         self._refused: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -65,8 +65,8 @@ class FleetModels:
         with self._lock:
             return self._policies[version]
 
-    def changed_at(self, version: str) -> float | None:
-        return self._changed_at.get(version)
+    def changed_at(self, robot_id: str) -> float | None:
+        return self._changed_at.get(robot_id)
 
     # -- keeping current ----------------------------------------------------------------------
     def refresh(self, event_at: float | None = None) -> None:
@@ -84,8 +84,9 @@ class FleetModels:
             target = canary if robot in canaries else champion
             wanted[robot] = target if target in self._policies else current.get(robot)
         when = event_at if event_at is not None else time.time()
-        for version in set(wanted.values()) - set(current.values()):
-            self._changed_at[version] = when
+        for robot, version in wanted.items():
+            if version != current.get(robot):
+                self._changed_at[robot] = when
         with self._lock:
             self._assignment = {r: v for r, v in wanted.items() if v is not None}
             for version in list(self._policies):  # free what no robot runs any more

@@ -6,6 +6,10 @@ curates the fleet's new episodes, fine-tunes the champion with DeepSpeed, evalua
 canaries the candidate on half the fleet and promotes or rolls it back on live results. One round
 fine-tunes a deliberately degraded candidate, which the canary analysis must roll back. Fleet
 success per round is measured on the champion's episodes of that round.
+
+Each fine-tune sees every episode the fleet has produced so far plus the base's robot logs
+(replay). Robots and learner share two cores here, so the robots pause while the learner trains;
+on a real fleet they run on their own computers.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,30 +26,38 @@ from fleet_agent.fleet import Fleet, FleetConfig
 from flows.improvement import RoundConfig, improvement_round
 from infra.settings import Settings
 from infra.stats import wilson
+from learner.dataset import save_clips
 from learner.episode_index import EpisodeIndex
 from learner.finetune import FinetuneJob
 from registry.analysis import AnalysisConfig
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
 from worldmodel.planner import PlannerConfig
+from worldmodel.stage_data import robot_logs
+from worldmodel.train import PROFILES, TrainProfile, train_all
 
 
 @dataclass
 class DemoProfile:
-    train: str = "quick"  # the base training profile (worldmodel.train.PROFILES)
+    # A base that has seen few robot demonstrations and little video fine-tuning: what the fleet's
+    # own successes then teach it is what the rounds measure.
+    train: TrainProfile = field(default_factory=lambda: TrainProfile(
+        robot_clips=200, pretrain_steps=150, midtrain_steps=150, finetune_steps=400, idm_steps=3000,
+        imagined_windows=3000, idm_adapt_steps=1000, critic_steps=300))  # fmt: skip
     robots: int = 8
     candidates: int = 4  # K on the robots: half the default, so the fleet finishes episodes faster
-    rounds: int = 3  # improvement rounds, plus the degraded one
+    rounds: int = 3  # improvement rounds, the degraded one included
     degrade_round: int = 2
-    episodes_per_round: int = 40  # champion episodes that measure a round's fleet success
+    episodes_per_round: int = 50  # champion episodes that measure a round's fleet success
+    # A 5-point margin: at ~20 episodes an arm, a good candidate can trail by chance.
     round: RoundConfig = field(default_factory=lambda: RoundConfig(
-        finetune=FinetuneJob(steps=150, batch=16, checkpoint_every=50), eval_episodes=5, eval_candidates=4,
-        analysis=AnalysisConfig(min_episodes=15), canary_fraction=0.5, canary_timeout_s=900))  # fmt: skip
+        finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100), eval_episodes=2, eval_candidates=4,
+        analysis=AnalysisConfig(min_episodes=20, margin=0.05), canary_fraction=0.5, canary_timeout_s=900))  # fmt: skip
 
 
 DEMO_PROFILES = {
     "quick": DemoProfile(),
-    "ci": DemoProfile(train="ci", robots=4, candidates=2, rounds=1, degrade_round=1, episodes_per_round=4,
+    "ci": DemoProfile(train=PROFILES["ci"], robots=4, candidates=2, rounds=2, degrade_round=2, episodes_per_round=4,
                       round=RoundConfig(finetune=FinetuneJob(steps=3, batch=2), eval_episodes=1, eval_candidates=2,
                                         analysis=AnalysisConfig(min_episodes=1), canary_timeout_s=600)),  # fmt: skip
 }
@@ -65,12 +76,11 @@ def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_
 
 @flow(name="fleet-demo", log_prints=True)
 def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".fleet/demo"), progress=None) -> dict:
-    from worldmodel.train import PROFILES, train_all
-
     demo = DEMO_PROFILES[profile]
     t0 = time.monotonic()
-    print(f"base training, profile {demo.train}")
-    train_all(PROFILES[demo.train], work / "base", progress)
+    print(f"base training: {demo.train}")
+    train_all(demo.train, work / "base", progress)
+    replay = save_clips(robot_logs(demo.train.robot_clips, demo.train.seed, size=64), work / "base" / "robot_logs", "scripted robot logs")
     store, rollout = ModelStore(settings), Rollout(settings)
     base = store.register(work / "base" / "policy", lineage={"parent_version": "none", "dataset_manifest": "scripted robot logs"})
     rollout.crown(base.version, "the demo's base policy")
@@ -79,6 +89,10 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
     stop = threading.Event()
     runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True, name="fleet")
     runner.start()
+
+    def pause(learning: bool) -> None:  # two cores: the robots wait while the learner trains
+        (fleet.paused.set if learning else fleet.paused.clear)()
+
     rounds = []
     try:
         since = time.monotonic()
@@ -86,19 +100,19 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
         rounds.append({"round": 0, "champion_version": base.version, "candidate_version": None, "decision": "baseline",
                        "success_rate": round(wins / n, 4), "success_ci95": wilson(wins, n), "episodes": n})  # fmt: skip
         print(f"round 0: champion {base.version} succeeds {wins}/{n}")
-        last_round_start = None
-        for round_id in range(1, demo.rounds + 2):  # the degraded round is one more
+        for round_id in range(1, demo.rounds + 1):
             degrade = round_id == demo.degrade_round
-            config = demo.round.model_copy(update={"degrade": degrade, "work_dir": work / "rounds"})
-            started_wall = datetime.now(timezone.utc)
-            report = improvement_round(settings, config, round_id, since=last_round_start)
-            last_round_start = started_wall
+            config = demo.round.model_copy(update={"degrade": degrade, "work_dir": work / "rounds", "replay_dir": replay})
+            # since=None: each round learns from every episode the fleet has produced so far
+            started = time.monotonic()
+            report = improvement_round(settings, config, round_id, since=None, learning=pause)
             champion = store.by_alias("champion").version
-            wins, n = _champion_success(fleet, champion, time.monotonic(), demo.episodes_per_round)
+            # the round's champion episodes: a promoted candidate's canary episodes count too
+            wins, n = _champion_success(fleet, champion, started, demo.episodes_per_round)
             rounds.append({"round": round_id, "champion_version": champion, "candidate_version": report.get("candidate_version"),
                            "decision": report["decision"], "degraded_on_purpose": degrade,
                            "success_rate": round(wins / n, 4), "success_ci95": wilson(wins, n), "episodes": n,
-                           "canary": report.get("canary")})  # fmt: skip
+                           "canary": report.get("canary"), "evaluation_same_seeds": _evaluation(report)})  # fmt: skip
             print(f"round {round_id}: candidate {report.get('candidate_version')} {report['decision']}; "
                   f"champion {champion} succeeds {wins}/{n}")  # fmt: skip
     finally:
@@ -107,6 +121,11 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
         fleet.close(drain_timeout=120)
         rollout.close()
     return rounds_summary(settings, fleet, rounds, time.monotonic() - t0)
+
+
+def _evaluation(report: dict) -> dict | None:
+    figures = report.get("evaluation")
+    return figures and {arm: {k: figures[arm][k] for k in ("success_rate", "heldout_success_rate")} for arm in figures}
 
 
 def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds: float) -> dict:
@@ -118,7 +137,6 @@ def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds
     indexed = set(index.episode_ids()) & published
     rows = index.count()
     index.close()
-    switch = np.array(fleet.propagation_s) if fleet.propagation_s else np.array([np.nan])
     return {
         "rounds": rounds,
         "episodes_published": len(published),
@@ -126,6 +144,6 @@ def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds
         "lost": len(published - indexed),
         "duplicated": len(fleet.finished) - len(published),  # an id published twice
         "index_rows": rows,
-        "rollout_propagation_s_p95": round(float(np.nanpercentile(switch, 95)), 3),
+        "rollout_propagation_s_p95": round(float(np.percentile(fleet.propagation_s, 95)), 3) if fleet.propagation_s else None,
         "seconds": round(seconds, 1),
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +40,9 @@ class RoundConfig(BaseModel):
     finetune: FinetuneJob = FinetuneJob()
     world_size: int = 1
     consistency_threshold: float = 0.3
+    # Clips (`learner.dataset.save_clips` layout) mixed into every fine-tune, e.g. the robot logs
+    # the base was trained on: a round's handful of new successes alone would make it forget.
+    replay_dir: Path | None = None
     eval_episodes: int = 20  # per split, the same seeds for candidate and champion
     eval_candidates: int = 8
     canary_fraction: float = 0.5
@@ -89,7 +93,7 @@ def train_candidate(settings: Settings, champion: str, manifest_uri: str, config
     manifest = load_manifest(settings, manifest_uri)
     index = EpisodeIndex(settings.index_path)
     try:
-        data = build_training_set(settings, manifest, index, run_dir / "dataset")
+        data = build_training_set(settings, manifest, index, run_dir / "dataset", config.replay_dir)
     finally:
         index.close()
     run = prepare_run(run_dir / "finetune", parent, data, config.finetune)
@@ -180,25 +184,34 @@ def _add(a: Arm, b: Arm) -> Arm:
 
 
 @flow(name="improvement-round", log_prints=True)
-def improvement_round(settings: Settings, config: RoundConfig, round_id: int, since: datetime | None = None) -> dict:
-    """One round: ingest, curate, train, evaluate, register, canary, analyse, promote or roll back."""
+def improvement_round(settings: Settings, config: RoundConfig, round_id: int, since: datetime | None = None,
+                      learning: Callable[[bool], None] | None = None) -> dict:  # fmt: skip
+    """One round: ingest, curate, train, evaluate, register, canary, analyse, promote or roll back.
+
+    `learning(True)` is called before ingest and `learning(False)` once the candidate is trained and
+    evaluated: a demo whose robots share the learner's cores pauses them in between."""
+    learning = learning or (lambda busy: None)
     started = datetime.now(timezone.utc)
     champion = ModelStore(settings).by_alias("champion")
     if champion is None:
         raise RuntimeError("no champion to improve: register one with `fleet rollout register --policy DIR --crown`")
-    ingested = ingest_new(settings)
-    curated = curate_episodes(settings, since, config.consistency_threshold)
-    report = {"round": round_id, "champion_version": champion.version, "started_at": started.isoformat(),
-              "ingest": ingested, "curation": curated}  # fmt: skip
-    if curated["kept_successes"] == 0:
-        print(f"round {round_id}: no successful episodes consistent with their imagined futures; nothing to learn")
-        return report | {"decision": "skipped", "candidate_version": None}
-    run_dir = config.work_dir / f"{settings.registry.model_name}-round-{round_id}"
-    candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)
-    store = ModelStore(settings)
-    figures = evaluate_pair(candidate_dir, str(store.fetch(champion)), config.eval_episodes, config.eval_candidates)
+    learning(True)
+    try:
+        ingested = ingest_new(settings)
+        curated = curate_episodes(settings, since, config.consistency_threshold)
+        report = {"round": round_id, "champion_version": champion.version, "started_at": started.isoformat(),
+                  "ingest": ingested, "curation": curated}  # fmt: skip
+        if curated["kept_successes"] == 0:
+            print(f"round {round_id}: no successful episodes consistent with their imagined futures; nothing to learn")
+            return report | {"decision": "skipped", "candidate_version": None}
+        run_dir = config.work_dir / f"{settings.registry.model_name}-round-{round_id}"
+        candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)
+        store = ModelStore(settings)
+        figures = evaluate_pair(candidate_dir, str(store.fetch(champion)), config.eval_episodes, config.eval_candidates)
+    finally:
+        learning(False)
     lineage = {"parent_version": champion.version, "dataset_manifest": curated["manifest"], "round": round_id,
-               "degraded_on_purpose": config.degrade,
+               "degraded_on_purpose": config.degrade, "replay": str(config.replay_dir or "none"),
                "champion_success_rate_same_seeds": figures["champion"]["success_rate"]}  # fmt: skip
     metrics = {k: v for k, v in figures["candidate"].items() if isinstance(v, float)}
     version = register_candidate(settings, candidate_dir, lineage, metrics)

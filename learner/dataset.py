@@ -23,8 +23,10 @@ from learner.media import load_media
 from worldmodel.stage_data import Clip
 
 
-def build_training_set(settings: Settings, manifest: DatasetManifest, index: EpisodeIndex, out: Path) -> Path:
-    """Write `out/data.npz` and `out/episodes.json` for every episode of the manifest."""
+def build_training_set(settings: Settings, manifest: DatasetManifest, index: EpisodeIndex, out: Path,
+                       replay: Path | None = None) -> Path:  # fmt: skip
+    """Write `out/data.npz` and `out/episodes.json` for every episode of the manifest, plus the
+    clips of the `replay` training set (in `save_clips`' layout) when one is given."""
     s3 = s3_client(settings)
     by_id = {str(ep.episode_id): ep for ep in index.by_ids([e.episode_id for e in manifest.entries])}
     missing = [e.episode_id for e in manifest.entries if e.episode_id not in by_id]
@@ -41,7 +43,9 @@ def build_training_set(settings: Settings, manifest: DatasetManifest, index: Epi
     episodes = [by_id[e.episode_id] for e in manifest.entries]
     clips = [Clip("fleet", f, ep.instruction, ep.instruction, actions=np.asarray(ep.actions, np.float32),
                   success=ep.success, task_id=ep.task_id) for f, ep in zip(frames, episodes, strict=True)]  # fmt: skip
-    return save_clips(clips, out, manifest.manifest_id)
+    if replay is not None:
+        clips += load_clips(replay)
+    return save_clips(clips, out, manifest.manifest_id + (f" + replay {replay}" if replay else ""))
 
 
 def save_clips(clips: list[Clip], out: Path, source: str) -> Path:

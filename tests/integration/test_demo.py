@@ -17,7 +17,7 @@ def test_the_ci_demo_runs_every_round_and_accounts_for_every_episode(tracked, tm
     result = fleet_demo(settings, "ci", tmp_path / "demo")
 
     profile = DEMO_PROFILES["ci"]
-    assert [r["round"] for r in result["rounds"]] == list(range(profile.rounds + 2))
+    assert [r["round"] for r in result["rounds"]] == list(range(profile.rounds + 1))
     for r in result["rounds"]:
         assert r["episodes"] == profile.episodes_per_round and 0 <= r["success_rate"] <= 1
         assert r["decision"] in ("baseline", "promoted", "rolled_back", "skipped")

@@ -108,3 +108,20 @@ def test_rollback_restores_the_previous_champion_on_every_robot(tracked, tiny_po
     assert _versions(fleet) == {v1}
     assert fleet.close()
     rollout.close()
+
+
+def test_robots_leaving_a_rolled_back_canary_time_their_switch_from_the_rollback(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
+    rollout.crown(v1)
+    rollout.start_canary(v2, fraction=0.5)
+    fleet = Fleet(tracked, FleetConfig(robots=4, planner=FAST))
+    fleet.tick()
+    time.sleep(3)  # the champion's alias is now old; the rollback is what the canary robots follow
+    rollout.rollback(reason="canary worse")
+    fleet.models.refresh()
+    fleet.tick()
+    assert _versions(fleet) == {v1}
+    assert len(fleet.propagation_s) == 2 and max(fleet.propagation_s) < 2.5
+    assert fleet.close()
+    rollout.close()
