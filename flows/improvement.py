@@ -141,17 +141,16 @@ def start_canary(settings: Settings, version: str, fraction: float) -> float:
 def live_arms(settings: Settings, canary: str, champion: str, since: float, consumer) -> tuple[Arm, Arm]:
     """Success of each version on episodes finished since the canary started, from the telemetry topic.
     Episodes that straddled a model swap count for neither."""
-    counts = {canary: [0, 0], champion: [0, 0]}
+    arms = {canary: Arm(0, 0), champion: Arm(0, 0)}
     for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
         for record in batch:
             message = json.loads(record.value)
             if message.get("kind") != "episode":
                 continue
             t = EpisodeTelemetry.model_validate(message)
-            if t.at.timestamp() >= since and t.policy_version in counts:
-                counts[t.policy_version][0] += t.success
-                counts[t.policy_version][1] += 1
-    return Arm(*counts[canary]), Arm(*counts[champion])
+            if t.at.timestamp() >= since and t.policy_version in arms:
+                arms[t.policy_version] += Arm(int(t.success), 1, t.rejections, t.candidates)
+    return arms[canary], arms[champion]
 
 
 @task
@@ -165,10 +164,10 @@ def analyse_canary(settings: Settings, canary: str, champion: str, since: float,
     try:
         while True:
             c, h = live_arms(settings, canary, champion, since, consumer)
-            totals = {canary: _add(totals[canary], c), champion: _add(totals[champion], h)}
+            totals = {canary: totals[canary] + c, champion: totals[champion] + h}
             if time.monotonic() > deadline:
                 rollout.rollback(reason=f"canary analysis timed out after {config.canary_timeout_s:.0f} s")
-                return {"decision": "rollback", "reason": "timeout", "canary": totals[canary].__dict__, "champion": totals[champion].__dict__}
+                return {"decision": "rollback", "reason": "timeout", "canary": vars(totals[canary]), "champion": vars(totals[champion])}
             if analyse(totals[canary], totals[champion], config.analysis).decision == "wait":
                 continue
             verdict = rollout.decide(totals[canary], totals[champion], config.analysis)  # records and acts
@@ -177,10 +176,6 @@ def analyse_canary(settings: Settings, canary: str, champion: str, since: float,
     finally:
         consumer.close()
         rollout.close()
-
-
-def _add(a: Arm, b: Arm) -> Arm:
-    return Arm(a.successes + b.successes, a.episodes + b.episodes)
 
 
 @flow(name="improvement-round", log_prints=True)

@@ -2,7 +2,11 @@
 
 The test is Fisher's exact test, one-sided (H1: the canary succeeds less often), on the 2x2 table
 of successes and failures of each arm; exact, so sound at the small counts of a short canary.
-Rules, once both arms have `min_episodes`:
+A guardrail comes first, once both arms have `guardrail_episodes`: roll back if the canary's
+planner rejects a larger share of its imagined candidates than the champion's, by more than
+`max_rejection_increase`. Rejections come by the dozen per episode, so a broken IDM or world model
+shows there long before success rates, which at a few percent need hundreds of episodes to tell
+apart. Then, once both arms have `min_episodes`:
 - roll back if the canary is worse at level `alpha`;
 - else promote if the canary's rate is at least the champion's minus `margin`;
 - else roll back (not shown worse, but not as good either).
@@ -23,16 +27,28 @@ class AnalysisConfig:
     min_episodes: int = 30
     alpha: float = 0.05
     margin: float = 0.0
+    guardrail_episodes: int = 5
+    max_rejection_increase: float = 0.25  # share of candidates, absolute
 
 
 @dataclass(frozen=True)
 class Arm:
     successes: int
     episodes: int
+    rejected: int = 0  # imagined candidates the planner rejected, over all the arm's episodes
+    candidates: int = 0
 
     @property
     def rate(self) -> float:
         return self.successes / self.episodes if self.episodes else 0.0
+
+    @property
+    def rejection_rate(self) -> float:
+        return self.rejected / self.candidates if self.candidates else 0.0
+
+    def __add__(self, other: Arm) -> Arm:
+        return Arm(self.successes + other.successes, self.episodes + other.episodes,
+                   self.rejected + other.rejected, self.candidates + other.candidates)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,7 +64,8 @@ class Verdict:
                 "test": "Fisher exact, one-sided (canary worse)",
                 **{f"{name}_{k}": v for name, arm in (("canary", self.canary), ("champion", self.champion))
                    for k, v in (("successes", arm.successes), ("episodes", arm.episodes),
-                                ("rate", round(arm.rate, 4)), ("ci95", wilson(arm.successes, arm.episodes)))}}  # fmt: skip
+                                ("rate", round(arm.rate, 4)), ("ci95", wilson(arm.successes, arm.episodes)),
+                                ("rejection_rate", round(arm.rejection_rate, 4)))}}  # fmt: skip
 
 
 def _log_comb(n: int, k: int) -> float:
@@ -67,6 +84,11 @@ def fisher_less(canary: Arm, champion: Arm) -> float:
 
 def analyse(canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig()) -> Verdict:
     p = fisher_less(canary, champion) if canary.episodes and champion.episodes else 1.0
+    excess = canary.rejection_rate - champion.rejection_rate
+    if min(canary.episodes, champion.episodes) >= config.guardrail_episodes and excess > config.max_rejection_increase:
+        return Verdict("rollback", p, canary, champion,
+                       f"guardrail: canary rejects {canary.rejection_rate:.0%} of its candidates, "
+                       f"champion {champion.rejection_rate:.0%}")  # fmt: skip
     if min(canary.episodes, champion.episodes) < config.min_episodes:
         need = config.min_episodes
         return Verdict("wait", p, canary, champion, f"need {need} episodes per arm, have {canary.episodes} and {champion.episodes}")

@@ -38,3 +38,12 @@ def test_wilson_interval_behaves_at_the_edges():
     assert wilson(0, 10)[0] == 0.0 and 0.2 < wilson(0, 10)[1] < 0.35
     lo, hi = wilson(10, 20)
     assert lo < 0.5 < hi and hi - lo < 0.45 and wilson(0, 0) == [0.0, 1.0]
+
+
+def test_a_canary_whose_planner_rejects_most_candidates_is_rolled_back_before_success_can_tell():
+    # 0 of 5 against 0 of 5: success cannot tell them apart, rejections can
+    broken, healthy = Arm(0, 5, rejected=150, candidates=160), Arm(0, 5, rejected=4, candidates=160)
+    verdict = analyse(broken, healthy, AnalysisConfig(min_episodes=30))
+    assert verdict.decision == "rollback" and verdict.reason.startswith("guardrail")
+    assert analyse(broken, healthy, AnalysisConfig(guardrail_episodes=6)).decision == "wait"
+    assert analyse(Arm(0, 5, 40, 160), healthy, AnalysisConfig(min_episodes=30)).decision == "wait"  # within the margin
