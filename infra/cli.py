@@ -382,14 +382,14 @@ def rollout_rollback(
 
 # -- the improvement loop ---------------------------------------------------------------------
 def _round_config(steps: int, world_size: int, zero_stage: int, canary_fraction: float, min_episodes: int,
-                  eval_episodes: int):  # fmt: skip
+                  eval_episodes: int, replay: Path | None):  # fmt: skip
     from flows.improvement import RoundConfig
     from learner.finetune import FinetuneJob
     from registry.analysis import AnalysisConfig
 
     return RoundConfig(finetune=FinetuneJob(steps=steps, zero_stage=zero_stage), world_size=world_size,
                        canary_fraction=canary_fraction, analysis=AnalysisConfig(min_episodes=min_episodes),
-                       eval_episodes=eval_episodes)  # fmt: skip
+                       eval_episodes=eval_episodes, replay_dir=replay)  # fmt: skip
 
 
 _STEPS = typer.Option(200, help="fine-tuning steps per round")
@@ -398,11 +398,13 @@ _ZERO = typer.Option(1, help="DeepSpeed ZeRO stage")
 _FRACTION = typer.Option(0.5, help="share of robots that run the canary")
 _MIN_EPISODES = typer.Option(30, help="episodes per arm before the canary analysis may decide")
 _EVAL = typer.Option(20, help="seeded evaluation episodes per split for candidate and champion")
+_REPLAY = typer.Option(None, help="a training set (learner.dataset.save_clips layout) mixed into every fine-tune, "
+                                  "e.g. the robot logs the champion was trained on")  # fmt: skip
 
 
 @loop_app.command("round")
 def loop_round(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = _ZERO, canary_fraction: float = _FRACTION,
-               min_episodes: int = _MIN_EPISODES, eval_episodes: int = _EVAL,
+               min_episodes: int = _MIN_EPISODES, eval_episodes: int = _EVAL, replay: Path | None = _REPLAY,
                round_id: int = typer.Option(1, help="names the round's run directory (a rerun resumes it)")) -> None:  # fmt: skip
     """Run one improvement round now, on what the fleet has published (agents must be running)."""
     from infra.clients import use_prefect
@@ -410,14 +412,14 @@ def loop_round(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = 
     use_prefect(settings := _settings())  # before Prefect is imported, or it starts a server of its own
     from flows.improvement import improvement_round
 
-    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes)
+    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes, replay)
     report = improvement_round(settings, config, round_id)
     console.print_json(json.dumps({k: v for k, v in report.items() if k != "evaluation"}, default=str))
 
 
 @loop_app.command("serve")
 def loop_serve(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = _ZERO, canary_fraction: float = _FRACTION,
-               min_episodes: int = _MIN_EPISODES, eval_episodes: int = _EVAL,
+               min_episodes: int = _MIN_EPISODES, eval_episodes: int = _EVAL, replay: Path | None = _REPLAY,
                min_new_successes: int = typer.Option(20, help="successful episodes since the last round that trigger one"),
                cron: str | None = typer.Option(None, help="also run on this schedule, e.g. '0 */6 * * *'")) -> None:  # fmt: skip
     """Serve `improvement_loop` as a Prefect deployment (visible in the Prefect UI) until Ctrl-C."""
@@ -426,7 +428,7 @@ def loop_serve(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = 
     use_prefect(settings := _settings())  # before Prefect is imported, or it starts a server of its own
     from flows.improvement import improvement_loop
 
-    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes)
+    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes, replay)
     console.print(f"serving improvement-loop; Prefect UI {settings.prefect_api_url.removesuffix('/api')}")
     improvement_loop.serve(name="fleet-improvement", cron=cron,
                            parameters={"config": config, "rounds": 1, "min_new_successes": min_new_successes})

@@ -88,13 +88,19 @@ def test_a_tampered_canary_is_refused_and_robots_keep_their_model(tracked, tiny_
     rollout.close()
 
 
-def test_rollback_restores_the_previous_champion_on_every_robot(tracked, tiny_policy_dir):
-    store, rollout = ModelStore(tracked), Rollout(tracked)
-    v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
+def _fleet_with_a_canary(settings, policy_dir) -> tuple[Rollout, str, str, Fleet]:
+    """Champion v1, canary v2 on half of 4 robots, which have made one decision each."""
+    store, rollout = ModelStore(settings), Rollout(settings)
+    v1, v2 = store.register(policy_dir).version, store.register(policy_dir).version
     rollout.crown(v1)
     rollout.start_canary(v2, fraction=0.5)
-    fleet = Fleet(tracked, FleetConfig(robots=4, planner=FAST))
+    fleet = Fleet(settings, FleetConfig(robots=4, planner=FAST))
     fleet.tick()
+    return rollout, v1, v2, fleet
+
+
+def test_rollback_restores_the_previous_champion_on_every_robot(tracked, tiny_policy_dir):
+    rollout, v1, v2, fleet = _fleet_with_a_canary(tracked, tiny_policy_dir)
     assert _versions(fleet) == {v1, v2}
     assert sum(r.version == v2 for r in fleet.robots) == 2
 
@@ -111,12 +117,7 @@ def test_rollback_restores_the_previous_champion_on_every_robot(tracked, tiny_po
 
 
 def test_robots_leaving_a_rolled_back_canary_time_their_switch_from_the_rollback(tracked, tiny_policy_dir):
-    store, rollout = ModelStore(tracked), Rollout(tracked)
-    v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
-    rollout.crown(v1)
-    rollout.start_canary(v2, fraction=0.5)
-    fleet = Fleet(tracked, FleetConfig(robots=4, planner=FAST))
-    fleet.tick()
+    rollout, v1, _, fleet = _fleet_with_a_canary(tracked, tiny_policy_dir)
     time.sleep(3)  # the champion's alias is now old; the rollback is what the canary robots follow
     rollout.rollback(reason="canary worse")
     fleet.models.refresh()

@@ -4,6 +4,7 @@ analysed on live telemetry until it is promoted or rolled back."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -18,11 +19,13 @@ from fleet_agent.sim.tabletop import TabletopEnv
 from infra.clients import use_prefect
 from infra.contracts.episode import CandidateRecord, Decision, EpisodeCore, ModelVersions, SuccessSource
 from learner.curation import load_manifest
+from learner.dataset import save_clips
 from learner.finetune import FinetuneJob
 from registry.analysis import AnalysisConfig
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
 from worldmodel.planner import PlannerConfig
+from worldmodel.stage_data import robot_logs
 
 pytestmark = pytest.mark.integration
 F = 4  # imagined frames per decision
@@ -69,10 +72,12 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
     stop = threading.Event()
     runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True)
     runner.start()
-    config = RoundConfig(finetune=FinetuneJob(steps=3, batch=2), eval_episodes=1, eval_candidates=2,
+    replay = save_clips(robot_logs(2, seed=0), tmp_path / "replay", "scripted robot logs")
+    config = RoundConfig(finetune=FinetuneJob(steps=3, batch=2), eval_episodes=1, eval_candidates=2, replay_dir=replay,
                          analysis=AnalysisConfig(min_episodes=1), canary_timeout_s=600, work_dir=tmp_path / "rounds")  # fmt: skip
+    learning = []  # what the round tells a fleet that shares the learner's cores
     try:
-        report = improvement_round(settings, config, round_id=1)
+        report = improvement_round(settings, config, round_id=1, learning=learning.append)
     finally:
         stop.set()
         runner.join(120)
@@ -81,6 +86,9 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
     assert report["decision"] in ("promoted", "rolled_back") and report["champion_version"] == v1
     manifest = load_manifest(settings, report["curation"]["manifest"])
     assert {e.episode_id for e in manifest.of_role("world_model_and_idm")} >= set(expert_ids)
+    trained_on = json.loads((tmp_path / "rounds" / f"{settings.registry.model_name}-round-1" / "dataset" / "episodes.json").read_text())
+    assert len(trained_on["episodes"]) == len(manifest.entries) + 2, "the manifest's episodes and the replay's clips"
+    assert learning == [True, False]
     candidate = ModelStore(settings).get(report["candidate_version"])
     assert candidate.tags["parent_version"] == v1 and candidate.tags["dataset_manifest"] == report["curation"]["manifest"]
     assert "eval.success_rate" in candidate.tags and "canary_analysis" in candidate.tags
