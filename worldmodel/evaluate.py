@@ -57,18 +57,17 @@ def evaluate(policy: WorldModelPolicy | Path, episodes: int, seed: int = 10_000,
         policy = WorldModelPolicy.load(policy)
     planner = Planner(policy.eval(), planner_config or PlannerConfig())
     results, latencies, rejected, candidates = {}, [], 0, 0
-    random_wins = 0
+    random_wins = {}
     for split in ("seen", "heldout"):
         env = TabletopEnv(split=split)
-        wins = 0
+        wins = random_wins[split] = 0
         for i in range(episodes):
             ep = policy_episode(env, planner, seed + i)
             wins += ep["success"]
             latencies += ep["latencies_ms"]
             rejected += sum(c.rejected for d in ep["decisions"] for c in d.candidates)
             candidates += sum(len(d.candidates) for d in ep["decisions"])
-            if split == "seen":
-                random_wins += random_episode(env, seed + i)
+            random_wins[split] += random_episode(env, seed + i)
             if progress:
                 progress()
         results[split] = wins
@@ -77,8 +76,10 @@ def evaluate(policy: WorldModelPolicy | Path, episodes: int, seed: int = 10_000,
         "success_ci95": wilson(results["seen"], episodes),
         "heldout_success_rate": round(results["heldout"] / episodes, 4),
         "heldout_ci95": wilson(results["heldout"], episodes),
-        "random_success_rate": round(random_wins / episodes, 4),
-        "random_ci95": wilson(random_wins, episodes),
+        "random_success_rate": round(random_wins["seen"] / episodes, 4),
+        "random_ci95": wilson(random_wins["seen"], episodes),
+        "random_heldout_success_rate": round(random_wins["heldout"] / episodes, 4),
+        "random_heldout_ci95": wilson(random_wins["heldout"], episodes),
         "decision_latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
         "decision_latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
         "rejection_rate": round(rejected / max(candidates, 1), 4),

@@ -18,7 +18,7 @@ def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
     policy = WorldModelPolicy.load(tmp_path / "policy")
     result = evaluate(policy, episodes=1)
     assert json.loads(json.dumps(result)) == result  # plain JSON, no numpy scalars
-    assert {"success_rate", "success_ci95", "heldout_success_rate", "heldout_ci95", "random_success_rate",
+    assert {"success_rate", "success_ci95", "heldout_success_rate", "heldout_ci95", "random_success_rate", "random_heldout_success_rate",
             "decision_latency_ms_p50", "decision_latency_ms_p95", "rejection_rate"} <= set(result)  # fmt: skip
 
     found = diagnose(policy, episodes=1)
