@@ -5,9 +5,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit lint demo bench stack-up stack-down clean
+.PHONY: install browser test test-unit lint demo bench stack-up stack-down clean
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Headless Chromium and its driver, from Debian, for the dashboard's tests and benchmark.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
 
 # torch first (the CPU build; any other spec pulls GBs of CUDA wheels), then DeepSpeed built
 # against it, then the project with its pinned dependencies.

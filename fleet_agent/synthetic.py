@@ -14,7 +14,17 @@ from typing import Iterator
 
 import numpy as np
 
-from infra.contracts.episode import CandidateRecord, Decision, EpisodeCore, ModelVersions, SuccessSource
+from infra.contracts.episode import (
+    MEDIA_ARRAYS,
+    ArraySpec,
+    CandidateRecord,
+    Decision,
+    Episode,
+    EpisodeCore,
+    MediaRef,
+    ModelVersions,
+    SuccessSource,
+)
 
 TASKS = {
     "reach-red": "reach the red block",
@@ -129,3 +139,21 @@ def episode_stream(
     media = [synthetic_media(rng, shape) for _ in range(min(episodes, pool))]
     for i in range(episodes):
         yield synthetic_core(rng, f"robot-{i % robots:03d}", shape), *media[i % len(media)]
+
+
+def synthetic_history(seed: int, episodes: int, robots: int, versions: int, span_s: float,
+                      shape: EpisodeShape = EpisodeShape(steps=24, decisions=4, candidates=4)) -> Iterator[Episode]:  # fmt: skip
+    """A fleet's indexed past: episodes spread evenly over the last `span_s` seconds, each version in
+    its own stretch of time with its own success rate. Media references are placeholders (nothing
+    is in S3): for the index, the dashboard's tables and their benchmark."""
+    rng = np.random.default_rng(seed)
+    spec = ArraySpec(shape=[1], dtype="uint8")
+    ref = MediaRef(bucket="none", key="none", sha256="0" * 64, nbytes=0, arrays={k: spec for k in MEDIA_ARRAYS})
+    start = datetime.now(timezone.utc) - timedelta(seconds=span_s)
+    rates = rng.uniform(0.2, 0.8, versions)
+    for i in range(episodes):
+        version = i * versions // episodes
+        core = synthetic_core(rng, f"robot-{i % robots:03d}", shape, str(version + 1), float(rates[version]))
+        at = start + timedelta(seconds=span_s * i / episodes)
+        yield Episode(**core.model_dump(exclude={"started_at", "ended_at"}), started_at=at, ended_at=at + timedelta(seconds=4),
+                      media=ref, published_at=at + timedelta(seconds=4))  # fmt: skip

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from infra.clients import kafka_consumer
@@ -207,7 +208,8 @@ def improvement_round(settings: Settings, config: RoundConfig, round_id: int, si
         learning(False)
     lineage = {"parent_version": champion.version, "dataset_manifest": curated["manifest"], "round": round_id,
                "degraded_on_purpose": config.degrade, "replay": str(config.replay_dir or "none"),
-               "champion_success_rate_same_seeds": figures["champion"]["success_rate"]}  # fmt: skip
+               "champion_success_rate_same_seeds": figures["champion"]["success_rate"],
+               "prefect_flow_run_id": str(flow_run.id or "")}  # fmt: skip
     metrics = {k: v for k, v in figures["candidate"].items() if isinstance(v, float)}
     version = register_candidate(settings, candidate_dir, lineage, metrics)
     since_canary = start_canary(settings, version, config.canary_fraction)

@@ -149,6 +149,22 @@ def bench_ingest_cmd(
     _report(result, out, keys)
 
 
+@bench_app.command("dashboard")
+def bench_dashboard_cmd(
+    episodes: int = typer.Option(100_000, help="synthetic episodes in the index"),
+    repeats: int = typer.Option(3, help="loads of each view"),
+    work: Path = typer.Option(Path(".fleet/bench-dashboard"), help="where the index is built"),
+    out: Path = typer.Option(Path("out/bench_dashboard.json"), help="where to write the JSON result"),
+) -> None:
+    """Each dashboard view's load time in headless Chromium, with a large episode index (target: < 2 s)."""
+    from dashboard.bench import bench_dashboard
+
+    with _progress() as progress:
+        bar = progress.add_task("filling the index", total=episodes)
+        result = bench_dashboard(episodes, work, repeats, progress=lambda n: progress.update(bar, completed=n))
+    _report(result, out, ("episodes", "index_fill_s", "view_load_s_max", "view_load_s_median", "server_view_ms_median", "all_under_target"))
+
+
 @bench_app.command("rollout")
 def bench_rollout_cmd(
     policy: Path = typer.Option(..., help="a policy directory from `fleet train all`"),
@@ -504,6 +520,35 @@ def _print_summary(index) -> None:
     console.print(f"{index.count()} episodes in {index.path}")
 
 
+# -- dashboard --------------------------------------------------------------------------------
+@app.command("dashboard")
+def dashboard_cmd(
+    host: str = typer.Option("127.0.0.1", help="interface to bind; it has no login, so loopback unless you mean it"),
+    port: int = typer.Option(8050, help="port to serve on"),
+    run: str | None = typer.Option(None, help="a demo run to look at (its own topics, model and index): "
+                                              "its name, e.g. demo-2aae54, or 'latest'"),  # fmt: skip
+    work: Path = typer.Option(Path(".fleet/demo"), help="the demo's work directory, where --run looks"),
+    refresh_s: float = typer.Option(5.0, help="seconds between live updates"),
+) -> None:
+    """Serve the fleet dashboard: success over time per version with rollout events, canary against
+    champion, robots and tasks, latency and ingest health, and an episode browser with videos."""
+    from dashboard.app import DashboardServer
+
+    settings = _settings()
+    if run is not None:
+        runs = sorted((work / "runs").glob("*"), key=lambda p: p.stat().st_mtime) if (work / "runs").exists() else []
+        if run == "latest" and not runs:
+            raise typer.BadParameter(f"no demo runs in {work / 'runs'}; run `fleet demo` first")
+        run = runs[-1].name if run == "latest" else run
+        settings = settings.isolated(run, work / "runs" / run)
+    server = DashboardServer(settings, host, port, refresh_s)
+    console.print(f"dashboard at {server.url} (reading {settings.index_path}, model {settings.registry.model_name}); Ctrl-C stops it")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+
+
 # -- contracts --------------------------------------------------------------------------------
 @contracts_app.command("export")
 def contracts_export() -> None:
@@ -554,7 +599,8 @@ def demo(
                   f"lost {result['lost']}, duplicated {result['duplicated']}; rollout propagation p95 "
                   f"{result['rollout_propagation_s_p95']} s; {result['seconds']:.0f} s in all\n"
                   f"MLflow UI {settings.mlflow_tracking_uri}, Prefect UI {settings.prefect_api_url.removesuffix('/api')}")  # fmt: skip
-    _write_json(result, out)
+    console.print(f"look at it: fleet dashboard --run {run}")
+    _write_json(result | {"run": run}, out)
     if result["lost"] or result["duplicated"]:
         raise typer.Exit(1)
 

@@ -1,0 +1,101 @@
+"""`fleet dashboard`: the fleet at a glance, live, in the browser.
+
+A Dash app (Plotly charts, sortable tables) on Flask: the views in `dashboard.views` redraw every
+few seconds from the sources in `dashboard.sources`; the episode browser's videos are served by a
+Flask route on the same server. It binds to 127.0.0.1 unless told otherwise: the dashboard shows
+everything the fleet does and has no login of its own.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+
+import dash
+from dash import Input, Output, State, dcc, html
+from flask import abort, send_file
+from werkzeug.serving import make_server
+
+from dashboard import views
+from dashboard.media import EpisodeMedia, MediaMissing
+from dashboard.sources import Sources
+from infra.settings import Settings
+
+TABS = {"fleet": "Fleet success", "rollout": "Rollout", "robots": "Robots & tasks", "health": "Health",
+        "episodes": "Episode browser"}  # fmt: skip
+
+
+def build_app(src: Sources, media: EpisodeMedia, refresh_s: float = 5.0) -> dash.Dash:
+    app = dash.Dash(__name__, title="worldfleet", suppress_callback_exceptions=True, update_title=None)
+    app.layout = html.Div([
+        html.Header([html.H1("worldfleet"),
+                     html.Nav([html.A("MLflow", href=src.mlflow_ui(), target="_blank"),
+                               html.A("Prefect", href=src.prefect_ui(), target="_blank")])]),
+        dcc.Tabs(id="tab", value="fleet", children=[dcc.Tab(label=label, value=key, id=f"tab-{key}") for key, label in TABS.items()]),
+        dcc.Loading(html.Main(id="view"), delay_show=400),
+        dcc.Interval(id="tick", interval=int(refresh_s * 1000)),
+        dcc.Store(id="episode-id")])  # fmt: skip
+
+    @app.callback(Output("view", "children"), Input("tab", "value"), Input("tick", "n_intervals"))
+    def render(tab: str, _):
+        if dash.ctx.triggered_id == "tick" and tab == "episodes":
+            raise dash.exceptions.PreventUpdate  # a redraw would stop the videos someone is watching
+        body = views.VIEWS[tab](src)
+        return body + [html.Div(id="episode-detail")] if tab == "episodes" else body
+
+    @app.callback(Output("episode-id", "data"), Input("episode-table", "selected_rows"), State("episode-table", "data"))
+    def pick(selected, rows):
+        if not selected or not rows:
+            raise dash.exceptions.PreventUpdate
+        return rows[selected[0]]["episode"]
+
+    @app.callback(Output("episode-detail", "children"), Input("episode-id", "data"))
+    def detail(episode_id):
+        if not episode_id:
+            raise dash.exceptions.PreventUpdate
+        return views.episode_detail(src, media, episode_id)
+
+    @app.callback(Output("candidates", "children"), Input("decision-slider", "value"), State("episode-id", "data"),
+                  prevent_initial_call=True)  # fmt: skip
+    def candidates(decision, episode_id):
+        return views.episode_detail(src, media, episode_id, decision or 0)[-1].children
+
+    @app.server.route("/media/<episode_id>/<name>.webm")
+    def video(episode_id: str, name: str):
+        text = src.index.episode_json(episode_id)
+        if text is None:
+            abort(404, f"episode {episode_id} is not in the index")
+        try:
+            data = media.video(text, name)
+        except MediaMissing as e:
+            abort(404, str(e))
+        except (ValueError, IndexError) as e:
+            abort(404, f"no video {name!r} in episode {episode_id}: {e}")
+        return send_file(io.BytesIO(data), mimetype="video/webm", conditional=True, max_age=3600)
+
+    return app
+
+
+class DashboardServer:
+    """The dashboard on a threaded WSGI server; `serve_forever` for the CLI, `start` for tests."""
+
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8050, refresh_s: float = 5.0,
+                 sources: Sources | None = None):  # fmt: skip
+        self.sources = sources or Sources.start(settings)
+        self.media = EpisodeMedia(settings)
+        self.app = build_app(self.sources, self.media, refresh_s)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+        self._server = make_server(host, port, self.app.server, threaded=True)
+        self.url = f"http://{host}:{self._server.server_port}"
+
+    def start(self) -> DashboardServer:
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="dashboard").start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self.sources.stop()

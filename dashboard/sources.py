@@ -1,0 +1,288 @@
+"""What the dashboard reads: the learner's episode index, Kafka's telemetry and dead-letter topics,
+the MLflow registry and Prefect's flow runs.
+
+The index is a local SQLite file, queried per view (aggregates over 100,000 rows take tens of
+milliseconds on its indexes). The services are read by background threads into snapshots, so a
+view never waits on a slow or missing service: it shows the last snapshot, or the error that
+names the service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from infra.contracts.telemetry import EpisodeTelemetry
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SourceMissing(RuntimeError):
+    """A source the view needs has nothing to show yet; the message says what to start."""
+
+
+# -- the episode index ------------------------------------------------------------------------------
+class IndexReader:
+    """Read-only queries over the learner's episode index, one connection per call (SQLite's WAL
+    lets them read while the learner writes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        if not self.path.exists():
+            raise SourceMissing(f"no episode index at {self.path} yet: the learner creates it when it ingests "
+                                "its first episode (`fleet loop serve`, or `fleet agents run` then a round)")  # fmt: skip
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def count(self) -> int:
+        return self._rows("SELECT COUNT(*) FROM episodes")[0][0]
+
+    def success_timeline(self, buckets: int = 60) -> tuple[float, list[tuple[float, str, int, int]]]:
+        """(bucket width s, [(bucket start, policy version, episodes, successes)]) over the whole history."""
+        first, last = self._rows("SELECT MIN(ended_at), MAX(ended_at) FROM episodes")[0]
+        if first is None:
+            return 0.0, []
+        width = _nice_width(max(last - first, 1.0) / buckets)
+        rows = self._rows("SELECT CAST(ended_at / ? AS INTEGER) * ?, policy_version, COUNT(*), SUM(success) "
+                          "FROM episodes GROUP BY 1, 2 ORDER BY 1", (width, width))  # fmt: skip
+        return width, rows
+
+    def per(self, by: str) -> list[tuple[str, int, int, float, str]]:
+        """(key, episodes, successes, last seen, version of the latest episode) per robot or task."""
+        if by not in ("robot_id", "task_id"):
+            raise ValueError(f"cannot group by {by!r}")
+        # SQLite takes the bare column (policy_version) from the row that holds MAX(ended_at).
+        return self._rows(f"SELECT {by}, COUNT(*), SUM(success), MAX(ended_at), policy_version FROM episodes GROUP BY {by}")
+
+    def ingest_lag_s(self, last: int = 2000) -> list[float]:
+        """Publish-to-indexed seconds of the latest episodes."""
+        rows = self._rows("SELECT ingested_at - published_at FROM episodes ORDER BY ingested_at DESC LIMIT ?", (last,))
+        return [r[0] for r in rows]
+
+    def per_version(self) -> list[tuple[str, int, int, int, int]]:
+        """(version, episodes, successes, decisions, rejections) per policy version."""
+        return self._rows("SELECT policy_version, COUNT(*), SUM(success), SUM(n_decisions), SUM(n_rejections) "
+                          "FROM episodes GROUP BY 1")  # fmt: skip
+
+    def between(self, version: str, since: float) -> tuple[int, int]:
+        """(episodes, successes) of a version that ended after `since` (epoch s)."""
+        n, wins = self._rows("SELECT COUNT(*), SUM(success) FROM episodes WHERE policy_version = ? AND ended_at >= ?",
+                             (version, since))[0]  # fmt: skip
+        return n, wins or 0
+
+    def latest(self, limit: int = 200) -> list[tuple]:
+        """The latest episodes: (id, robot, task, version, ended_at, success, steps, decisions, rejections)."""
+        return self._rows("SELECT episode_id, robot_id, task_id, policy_version, ended_at, success, n_steps, n_decisions, "
+                          "n_rejections FROM episodes ORDER BY started_at DESC LIMIT ?", (limit,))  # fmt: skip
+
+    def episode_json(self, episode_id: str) -> str | None:
+        rows = self._rows("SELECT episode_json FROM episodes WHERE episode_id = ?", (episode_id,))
+        return rows[0][0] if rows else None
+
+
+def _nice_width(seconds: float) -> float:
+    for width in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400):
+        if width >= seconds:
+            return float(width)
+    return 86400.0 * round(seconds / 86400 + 0.5)
+
+
+# -- services, read in the background ---------------------------------------------------------------
+@dataclass
+class Snapshot:
+    """The latest reading of one service, or why there is none."""
+
+    value: object = None
+    error: str | None = None
+    at: float = 0.0
+
+
+class Poller:
+    """Calls `read` every `every_s` seconds on a daemon thread and keeps the latest result."""
+
+    def __init__(self, name: str, read: Callable[[], object], every_s: float, close: Callable[[], None] | None = None):
+        self.name, self._read, self.every_s, self._close = name, read, every_s, close
+        self.snapshot = Snapshot(error=f"{name}: still reading (the first poll has not answered yet)")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"dashboard-{name}")
+
+    def start(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.snapshot = Snapshot(self._read(), None, time.time())
+            except Exception as e:  # noqa: BLE001 - any failure is shown, and the next poll retries
+                log.info("%s: %s", self.name, e)
+                self.snapshot = Snapshot(self.snapshot.value, f"{self.name}: {e}", self.snapshot.at)
+            self._stop.wait(self.every_s)
+        if self._close:
+            self._close()  # on this thread: the client it closes is not thread-safe
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class KafkaView:
+    """Recent episode telemetry, the robots' latest heartbeats and dead-letter counts by reason."""
+
+    episodes: deque = field(default_factory=lambda: deque(maxlen=50_000))
+    heartbeats: dict[str, dict] = field(default_factory=dict)
+    refused: deque = field(default_factory=lambda: deque(maxlen=200))
+    dead_letters: Counter = field(default_factory=Counter)
+
+
+class KafkaTail:
+    """Tails the telemetry topic (from `window_s` ago) and the dead-letter topic (from its start)."""
+
+    def __init__(self, settings: Settings, window_s: float = 24 * 3600):
+        self.settings, self.window_s = settings, window_s
+        self.view = KafkaView()
+        self._consumer = None
+
+    def read(self) -> KafkaView:
+        from kafka import TopicPartition
+
+        from infra.clients import kafka_consumer
+
+        k = self.settings.kafka
+        if self._consumer is None:
+            consumer = kafka_consumer(self.settings, group_id=None, enable_auto_commit=False)
+            parts = [TopicPartition(topic, p) for topic in (k.telemetry_topic, k.dead_letter_topic)
+                     for p in sorted(consumer.partitions_for_topic(topic) or ())]  # fmt: skip
+            if not parts:
+                consumer.close()
+                raise SourceMissing(f"kafka at {self.settings.kafka_bootstrap} has no topic {k.telemetry_topic} yet")
+            consumer.assign(parts)
+            telemetry = [tp for tp in parts if tp.topic == k.telemetry_topic]
+            since = consumer.offsets_for_times({tp: int((time.time() - self.window_s) * 1000) for tp in telemetry})
+            for tp in telemetry:
+                if since.get(tp) is None:
+                    consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, since[tp].offset)
+            consumer.seek_to_beginning(*[tp for tp in parts if tp.topic == k.dead_letter_topic])
+            self._consumer = consumer
+        for batch in self._consumer.poll(timeout_ms=200, max_records=20_000).values():
+            for record in batch:
+                self._take(record)
+        return self.view
+
+    def _take(self, record) -> None:
+        if record.topic == self.settings.kafka.dead_letter_topic:
+            reason = dict(record.headers or ()).get("reason", b"unknown").decode(errors="replace")
+            self.view.dead_letters[reason.split(":")[0]] += 1
+            return
+        try:
+            message = json.loads(record.value)
+        except ValueError:
+            return
+        kind = message.get("kind")
+        if kind == "episode":
+            t = EpisodeTelemetry.model_validate(message)
+            self.view.episodes.append((t.at.timestamp(), t.policy_version, t.success, t.decision_ms_p50, t.decision_ms_p95,
+                                       t.rejections, t.candidates))  # fmt: skip
+        elif kind == "heartbeat":
+            self.view.heartbeats[message["robot_id"]] = message
+        elif kind == "model_refused":
+            self.view.refused.append(message)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    state: str
+    aliases: tuple[str, ...]
+    history: list[dict]  # [{"state", "at", "reason"}]
+    tags: dict[str, str]
+
+
+def read_registry(settings: Settings) -> dict:
+    """Every version with its rollout history and tags, and the aliases."""
+    from registry.model_store import ModelStore
+    from registry.rollout import HISTORY_TAG, STATE_TAG
+
+    store = ModelStore(settings)
+    aliases = store.aliases()
+    versions = [VersionInfo(v.version, v.tags.get(STATE_TAG, "registered"),
+                            tuple(a for a, n in aliases.items() if n == v.version),
+                            json.loads(v.tags.get(HISTORY_TAG, "[]")), dict(v.tags))
+                for v in store.versions()]  # fmt: skip
+    return {"aliases": aliases, "versions": versions}
+
+
+def read_flow_runs(settings: Settings, limit: int = 30) -> list[dict]:
+    """The latest Prefect flow runs (id, name, flow, state, start), from Prefect's REST API: its
+    Python client follows process-wide settings, and would start a server of its own if they
+    named none."""
+    import httpx
+
+    from infra.clients import unavailable
+
+    api = settings.prefect_api_url.rstrip("/")
+    try:
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": limit, "sort": "START_TIME_DESC"}, timeout=10)
+        flows = httpx.post(f"{api}/flows/filter", json={"limit": 200}, timeout=10)
+        runs.raise_for_status()
+        flows.raise_for_status()
+    except httpx.HTTPError as e:
+        raise unavailable(settings, "prefect", str(e)) from e
+    names = {f["id"]: f["name"] for f in flows.json()}
+    return [{"id": r["id"], "name": r["name"], "flow": names.get(r["flow_id"], "?"), "state": r.get("state_name") or "",
+             "start": (r.get("start_time") or "")[:19]} for r in runs.json()]  # fmt: skip
+
+
+@dataclass
+class Sources:
+    """Everything the views read, started together and stopped together."""
+
+    settings: Settings
+    index: IndexReader
+    kafka: Poller
+    registry: Poller
+    prefect: Poller
+
+    @classmethod
+    def start(cls, settings: Settings, poll_s: float = 3.0) -> Sources:
+        tail = KafkaTail(settings)
+        return cls(settings, IndexReader(settings.index_path), Poller("kafka", tail.read, poll_s, tail.close).start(),
+                   Poller("mlflow", lambda: read_registry(settings), poll_s * 2).start(),
+                   Poller("prefect", lambda: read_flow_runs(settings), poll_s * 3).start())  # fmt: skip
+
+    def mlflow_ui(self, version: str | None = None) -> str:
+        base = self.settings.mlflow_tracking_uri.rstrip("/")
+        name = self.settings.registry.model_name
+        return f"{base}/#/models/{name}/versions/{version}" if version else f"{base}/#/models/{name}"
+
+    def prefect_ui(self, flow_run_id: str | None = None) -> str:
+        base = self.settings.prefect_api_url.rstrip("/").removesuffix("/api")
+        return f"{base}/runs/flow-run/{flow_run_id}" if flow_run_id else f"{base}/runs"
+
+    def stop(self) -> None:
+        for poller in (self.kafka, self.registry, self.prefect):
+            poller.stop()
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")

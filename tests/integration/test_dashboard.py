@@ -1,0 +1,144 @@
+"""The dashboard on the real stack, driven in headless Chromium: a fleet with a champion and a
+canary has run real episodes, the learner has indexed them (and dead-lettered a malformed one),
+and every view shows that data; the episode browser plays the robot's videos. A screenshot of
+each view is saved in out/dashboard-screenshots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from dashboard.app import DashboardServer
+from dashboard.bench import READY
+from dashboard.browser import chromium, open_view
+from flows.improvement import ingest_new
+from infra.clients import kafka_producer, s3_client
+from infra.contracts.episode import Episode
+from learner.episode_index import EpisodeIndex
+from tests.integration.test_fleet_agents import _fleet_with_a_canary
+from tests.integration.test_improvement_round import publish_expert_episodes
+
+pytestmark = pytest.mark.integration
+SCREENSHOTS = Path("out/dashboard-screenshots")
+
+
+@pytest.fixture
+def fleet_history(tracked, tiny_policy_dir):
+    """Real episodes of a champion and a canary, three expert successes, one malformed message."""
+    rollout, champion, canary, fleet = _fleet_with_a_canary(tracked, tiny_policy_dir)
+    fleet.run(episodes=2)
+    assert fleet.close(drain_timeout=60)
+    rollout.close()
+    publish_expert_episodes(tracked, 3)
+    producer = kafka_producer(tracked)
+    producer.send(tracked.kafka.episodes_topic, key=b"robot-x", value=b"{not an episode")
+    producer.flush(10)
+    producer.close()
+    ingest_new.fn(tracked, idle_s=5)
+    index = EpisodeIndex(tracked.index_path)
+    episodes = index.query()
+    index.close()
+    return tracked, champion, canary, episodes
+
+
+def _plot_data(driver, graph_id: str) -> list[dict]:
+    return driver.execute_script(
+        f"return document.querySelector('#{graph_id} .js-plotly-plot').data.map(t => ({{name: t.name, x: t.x, y: t.y, text: t.text, customdata: t.customdata}}))"
+    )
+
+
+def _rows(driver, table_id: str) -> list[list[str]]:
+    return [[c.text for c in row.find_elements(By.CSS_SELECTOR, "td.dash-cell")]
+            for row in driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tr") if row.find_elements(By.CSS_SELECTOR, "td.dash-cell")]  # fmt: skip
+
+
+def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_history):
+    settings, champion, canary, episodes = fleet_history
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    server = DashboardServer(settings, port=0, refresh_s=2).start()
+    driver = chromium()
+    try:
+        driver.get(server.url)
+        by_version = {v: [e for e in episodes if e.model_versions.policy == v] for v in (champion, canary)}
+
+        open_view(driver, server.url, "fleet", READY["fleet"])
+        traces = {t["name"]: t for t in _plot_data(driver, "success-timeline")}
+        assert {f"version {champion}", f"version {canary}"} <= set(traces)
+        for version, mine in by_version.items():
+            assert sum(n for n, _ in traces[f"version {version}"]["customdata"]) == len(mine)
+        assert driver.find_element(By.CSS_SELECTOR, ".kpi-value").text == str(len(episodes))
+        driver.save_screenshot(str(SCREENSHOTS / "fleet.png"))
+
+        open_view(driver, server.url, "rollout", "#canary-chart .main-svg")
+        bars = {t["name"]: t["text"][0] for t in _plot_data(driver, "canary-chart")}
+        finished = {v: sum(1 for e in mine if {d.policy_version for d in e.decisions} == {v}) for v, mine in by_version.items()}
+        assert bars["canary"].endswith(f"/{finished[canary]}") and bars["champion"].endswith(f"/{finished[champion]}")
+        assert driver.find_element(By.ID, "canary-verdict").text.startswith("verdict: ")
+        versions = {row[0]: row for row in _rows(driver, "versions-table")}
+        assert versions[canary][1] == "canary" and versions[champion][1] == "champion"
+        driver.save_screenshot(str(SCREENSHOTS / "rollout.png"))
+
+        open_view(driver, server.url, "robots", READY["robots"])
+        robots = {row[0]: row for row in _rows(driver, "robot-table")}
+        assert set(robots) == {e.robot_id for e in episodes}
+        assert robots["expert"][1:3] == ["3", "100%"]
+        assert len(_rows(driver, "task-table")) == len({e.task_id for e in episodes})
+        driver.save_screenshot(str(SCREENSHOTS / "robots_and_tasks.png"))
+
+        open_view(driver, server.url, "health", READY["health"])
+        dead = _plot_data(driver, "dead-letter-chart")[0]
+        assert sum(dead["y"]) == 1 and dead["x"][0] == "bad_json"
+        assert {t["name"] for t in _plot_data(driver, "latency-chart")} == {"p50", "p95", "p99"}
+        driver.save_screenshot(str(SCREENSHOTS / "health.png"))
+
+        open_view(driver, server.url, "episodes", "#video-executed")
+        assert len(_rows(driver, "episode-table")) == min(len(episodes), 10)  # the first page
+        playing = driver.execute_script("""
+            const videos = Array.from(document.querySelectorAll('video'));
+            return new Promise(done => setTimeout(() => done(videos.map(v => ({
+                src: v.src, ready: v.readyState, time: v.currentTime, error: v.error && v.error.code}))), 3000));""")
+        assert {v["src"].rsplit("/", 1)[-1] for v in playing} >= {"imagined.webm", "executed.webm", "d0c0.webm"}
+        assert all(v["error"] is None and v["ready"] >= 2 and v["time"] > 0 for v in playing), playing
+        driver.save_screenshot(str(SCREENSHOTS / "episode_browser.png"))
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def test_an_episode_whose_media_are_gone_gets_a_message_not_a_stack_trace(fleet_history):
+    settings, _, _, episodes = fleet_history
+    gone: Episode = episodes[0]
+    s3_client(settings).remove_object(gone.media.bucket, gone.media.key)
+    server = DashboardServer(settings, port=0).start()
+    driver = chromium()
+    try:
+        driver.get(f"{server.url}/media/{gone.episode_id}/executed.webm")
+        assert "missing_object" in driver.page_source and str(gone.episode_id) in driver.page_source
+        from dashboard import views
+
+        page = views.episode_detail(server.sources, server.media, str(gone.episode_id))
+        assert "cannot be shown: missing_object" in page[0].children
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def test_a_missing_service_is_named_on_the_page(tracked, tmp_path):
+    settings = tracked.model_copy(update={"mlflow": tracked.mlflow.model_copy(update={"tracking_uri": "http://127.0.0.1:9"})})
+    EpisodeIndex(settings.index_path).close()
+    server = DashboardServer(settings, port=0, refresh_s=2).start()
+    driver = chromium()
+    try:
+        open_view(driver, server.url, "rollout", ".notice")
+        WebDriverWait(driver, 90).until(lambda d: "did not answer" in d.find_element(By.ID, "view").text)
+        assert "mlflow at http://127.0.0.1:9 did not answer" in driver.find_element(By.ID, "view").text
+        assert "Traceback" not in driver.page_source
+        open_view(driver, server.url, "fleet", ".notice")
+        assert "No episodes in the index yet" in driver.find_element(By.CSS_SELECTOR, ".notice").text
+        driver.save_screenshot(str(SCREENSHOTS / "missing_service_and_empty_fleet.png"))
+    finally:
+        driver.quit()
+        server.stop()

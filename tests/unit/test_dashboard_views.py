@@ -1,0 +1,121 @@
+"""The dashboard's views on a hand-built index: they show what is there, and a clear message
+when there is nothing, or a service does not answer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dashboard import views
+from dashboard.media import chosen_imagined
+from dashboard.sources import IndexReader, KafkaView, Poller, Snapshot, Sources
+from fleet_agent.synthetic import synthetic_history
+from infra.settings import Settings
+from learner.episode_index import EpisodeIndex, Provenance
+from registry.analysis import AnalysisConfig, Arm, analyse
+
+
+def _reading(name: str, value=None, error: str | None = None) -> Poller:
+    poller = Poller(name, lambda: value, every_s=3600)  # never started: the test sets what it read
+    poller.snapshot = Snapshot(value, error, time.time())
+    return poller
+
+
+def _sources(tmp_path, episodes=(), kafka=None, registry=None, registry_error=None) -> Sources:
+    settings = Settings().isolated("dash", tmp_path)
+    if episodes:
+        index = EpisodeIndex(settings.index_path)
+        index.record([(e, Provenance("t", 0, i, e.published_at.timestamp())) for i, e in enumerate(episodes)])
+        index.close()
+    return Sources(settings, IndexReader(settings.index_path), _reading("kafka", kafka or KafkaView()),
+                   _reading("mlflow", registry, registry_error), _reading("prefect", []))  # fmt: skip
+
+
+def _text(component) -> str:
+    """Every piece of text a person would read in these components."""
+    if isinstance(component, str):
+        return component
+    if isinstance(component, list):
+        return " ".join(_text(c) for c in component)
+    return _text(getattr(component, "children", None) or "")
+
+
+def _find(component, component_id: str):
+    if getattr(component, "id", None) == component_id:
+        return component
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, list) else [children] if children is not None else []:
+        if (found := _find(child, component_id)) is not None:
+            return found
+    return None
+
+
+def test_an_empty_fleet_says_how_to_start_one_in_every_view(tmp_path):
+    src = _sources(tmp_path)
+    assert "no episode index at" in _text(views.fleet(src))
+    EpisodeIndex(src.settings.index_path).close()  # the learner has started, nothing has arrived
+    for view in (views.fleet, views.robots_tasks, views.episodes):
+        assert "No episodes in the index yet" in _text(view(src))
+
+
+def test_the_timeline_counts_every_episode_under_its_version(tmp_path):
+    history = list(synthetic_history(0, 900, robots=6, versions=3, span_s=3600))
+    page = views.fleet(_sources(tmp_path, history))
+    figure = _find(page[-1], "success-timeline").figure
+    for trace in figure.data:
+        version = trace.name.removeprefix("version ")
+        mine = [e for e in history if e.model_versions.policy == version]
+        assert sum(n for n, _ in trace.customdata) == len(mine)
+        assert sum(wins for _, wins in trace.customdata) == sum(e.success for e in mine)
+    assert {t.name for t in figure.data} == {"version 1", "version 2", "version 3"}
+
+
+def test_robot_and_task_tables_hold_one_row_per_robot_and_task_with_their_success(tmp_path):
+    history = list(synthetic_history(1, 300, robots=5, versions=2, span_s=600))
+    page = views.robots_tasks(_sources(tmp_path, history))
+    robots = {row["robot"]: row for row in _find(page[1], "robot-table").data}
+    assert set(robots) == {f"robot-{i:03d}" for i in range(5)}
+    mine = [e for e in history if e.robot_id == "robot-002"]
+    assert robots["robot-002"]["episodes"] == len(mine)
+    assert robots["robot-002"]["success"] == round(sum(e.success for e in mine) / len(mine), 3)
+    assert robots["robot-002"]["model version"] == mine[-1].model_versions.policy  # the latest episode's
+    assert len(_find(page[3], "task-table").data) == len({e.task_id for e in history})
+
+
+def test_a_missing_service_is_named_in_the_view_not_raised(tmp_path):
+    down = "mlflow at http://127.0.0.1:9 did not answer (list versions: connection refused); is `fleet stack up` running?"
+    src = _sources(tmp_path, registry_error=down)
+    assert down in _text(views.rollout(src))
+
+
+def test_the_live_canary_verdict_is_the_analysis_of_its_telemetry(tmp_path):
+    from dashboard.sources import VersionInfo
+
+    started = time.time() - 60
+    history = [{"state": "canary", "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(started)), "reason": "test"}]
+    registry = {"aliases": {"champion": "1", "canary": "2"},
+                "versions": [VersionInfo("1", "champion", ("champion",), [], {}), VersionInfo("2", "canary", ("canary",), history, {})]}  # fmt: skip
+    kafka = KafkaView()
+    for i in range(40):  # canary 5/20, champion 15/20; and older episodes that must not count
+        kafka.episodes.append((started + 1 + i, "2" if i % 2 else "1", (i % 2 == 0 and i < 30) or i % 8 == 1, 100.0, 150.0, 0, 8))
+        kafka.episodes.append((started - 100, "2", True, 100.0, 150.0, 0, 8))
+    page = views.rollout(_sources(tmp_path, kafka=kafka, registry=registry))
+    canary, champion = Arm(5, 20), Arm(15, 20)
+    expected = analyse(canary, champion, AnalysisConfig()).decision
+    assert _find(page[0], "canary-verdict").children == f"verdict: {expected}"
+    bars = {t.name: t.text[0] for t in _find(page[0], "canary-chart").figure.data}
+    assert bars == {"canary": "5/20", "champion": "15/20"}
+
+
+def test_the_chosen_imagined_video_lines_up_with_the_executed_steps(tmp_path):
+    episode = next(synthetic_history(2, 1, robots=1, versions=1, span_s=1))  # 24 steps, 4 decisions of 4 candidates
+    imagined = np.zeros((4, 4, 8, 8, 8, 3), np.uint8)
+    for d, decision in enumerate(episode.decisions):
+        if decision.chosen is not None:
+            imagined[d, decision.chosen] = 10 * (d + 1)
+    frames = chosen_imagined(episode, imagined)
+    assert len(frames) == len(episode.actions)
+    for d, decision in enumerate(episode.decisions):
+        if decision.chosen is not None:
+            assert (frames[decision.step] == 10 * (d + 1)).all()
