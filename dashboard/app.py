@@ -35,7 +35,10 @@ def build_app(src: Sources, media: EpisodeMedia, refresh_s: float = 5.0) -> dash
         dcc.Tabs(id="tab", value="fleet", children=[dcc.Tab(label=label, value=key, id=f"tab-{key}") for key, label in TABS.items()]),
         dcc.Loading(html.Main(id="view"), delay_show=400),
         dcc.Interval(id="tick", interval=int(refresh_s * 1000)),
-        dcc.Store(id="episode-id")])  # fmt: skip
+        dcc.Store(id="episode-id"),
+        # An empty chart in the first layout starts loading Plotly.js with the page, instead of after
+        # the first view's callback; Dash's eager_loading would also load MathJax, date pickers...
+        dcc.Graph(id="load-plotly-now", style={"display": "none"})])  # fmt: skip
 
     @app.callback(Output("view", "children"), Input("tab", "value"), Input("tick", "n_intervals"))
     def render(tab: str, _):

@@ -52,12 +52,13 @@ class IndexReader:
         return self._rows("SELECT COUNT(*) FROM episodes")[0][0]
 
     def success_timeline(self, buckets: int = 60) -> tuple[float, list[tuple[float, str, int, int]]]:
-        """(bucket width s, [(bucket start, policy version, episodes, successes)]) over the whole history."""
-        first, last = self._rows("SELECT MIN(ended_at), MAX(ended_at) FROM episodes")[0]
+        """(bucket width s, [(bucket start, policy version, episodes, successes)]) over the whole
+        history; an episode counts in the bucket it started in."""
+        first, last = self._rows("SELECT MIN(started_at), MAX(started_at) FROM episodes")[0]
         if first is None:
             return 0.0, []
         width = _nice_width(max(last - first, 1.0) / buckets)
-        rows = self._rows("SELECT CAST(ended_at / ? AS INTEGER) * ?, policy_version, COUNT(*), SUM(success) "
+        rows = self._rows("SELECT CAST(started_at / ? AS INTEGER) * ?, policy_version, COUNT(*), SUM(success) "
                           "FROM episodes GROUP BY 1, 2 ORDER BY 1", (width, width))  # fmt: skip
         return width, rows
 
@@ -72,17 +73,6 @@ class IndexReader:
         """Publish-to-indexed seconds of the latest episodes."""
         rows = self._rows("SELECT ingested_at - published_at FROM episodes ORDER BY ingested_at DESC LIMIT ?", (last,))
         return [r[0] for r in rows]
-
-    def per_version(self) -> list[tuple[str, int, int, int, int]]:
-        """(version, episodes, successes, decisions, rejections) per policy version."""
-        return self._rows("SELECT policy_version, COUNT(*), SUM(success), SUM(n_decisions), SUM(n_rejections) "
-                          "FROM episodes GROUP BY 1")  # fmt: skip
-
-    def between(self, version: str, since: float) -> tuple[int, int]:
-        """(episodes, successes) of a version that ended after `since` (epoch s)."""
-        n, wins = self._rows("SELECT COUNT(*), SUM(success) FROM episodes WHERE policy_version = ? AND ended_at >= ?",
-                             (version, since))[0]  # fmt: skip
-        return n, wins or 0
 
     def latest(self, limit: int = 200) -> list[tuple]:
         """The latest episodes: (id, robot, task, version, ended_at, success, steps, decisions, rejections)."""
