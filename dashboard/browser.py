@@ -49,7 +49,7 @@ def open_view(driver, url: str, tab: str, ready_css: str, timeout_s: float = 30)
     if not driver.current_url.startswith(url):
         driver.get(url)
         wait.until(ec.presence_of_element_located((By.ID, "tab-fleet")))
-    if tab != "fleet" or driver.find_elements(By.CSS_SELECTOR, "#tab-fleet.tab--selected") == []:
+    if not driver.find_elements(By.CSS_SELECTOR, f"#tab-{tab}.tab--selected"):
         t = time.perf_counter()
         driver.find_element(By.ID, f"tab-{tab}").click()
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ready_css)))

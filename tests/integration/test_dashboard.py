@@ -14,10 +14,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from dashboard.app import DashboardServer
 from dashboard.bench import READY
 from dashboard.browser import chromium, open_view
-from flows.improvement import ingest_new
 from infra.clients import kafka_producer, s3_client
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
+from learner.ingest import EpisodeIngestor
 from tests.integration.test_fleet_agents import _fleet_with_a_canary
 from tests.integration.test_improvement_round import publish_expert_episodes
 
@@ -37,8 +37,11 @@ def fleet_history(tracked, tiny_policy_dir):
     producer.send(tracked.kafka.episodes_topic, key=b"robot-x", value=b"{not an episode")
     producer.flush(10)
     producer.close()
-    ingest_new.fn(tracked, idle_s=5)
     index = EpisodeIndex(tracked.index_path)
+    ingestor = EpisodeIngestor(tracked, index)
+    stats = ingestor.run(idle_timeout_s=5)
+    ingestor.close()
+    assert stats.dead_lettered == 1
     episodes = index.query()
     index.close()
     return tracked, champion, canary, episodes
