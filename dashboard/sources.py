@@ -260,6 +260,9 @@ class Sources:
                    Poller("mlflow", lambda: read_registry(settings), poll_s * 2).start(),
                    Poller("prefect", lambda: read_flow_runs(settings), poll_s * 3).start())  # fmt: skip
 
+    def poller(self, name: str) -> Poller:
+        return {"kafka": self.kafka, "mlflow": self.registry, "prefect": self.prefect}[name]
+
     def mlflow_ui(self, version: str | None = None) -> str:
         base = self.settings.mlflow_tracking_uri.rstrip("/")
         name = self.settings.registry.model_name

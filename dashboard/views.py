@@ -44,7 +44,7 @@ def guarded(view: Callable[..., list]) -> Callable[..., list]:
 
 def _service(src: Sources, name: str):
     """A service's latest snapshot value, or raise its error (`guarded` turns it into a notice)."""
-    snapshot = {"kafka": src.kafka, "mlflow": src.registry, "prefect": src.prefect}[name].snapshot
+    snapshot = src.poller(name).snapshot
     if snapshot.value is None:
         raise ServiceUnavailable(snapshot.error or f"{name}: no reading yet")
     return snapshot.value
@@ -52,9 +52,9 @@ def _service(src: Sources, name: str):
 
 def _stale(src: Sources, *names: str) -> list:
     """Notices for services whose latest reading failed (the view shows their last good one)."""
-    polls = {"kafka": src.kafka, "mlflow": src.registry, "prefect": src.prefect}
-    return [notice(polls[n].snapshot.error + (" (showing the last reading)" if polls[n].snapshot.value is not None else ""), "warning")
-            for n in names if polls[n].snapshot.error]  # fmt: skip
+    snapshots = [src.poller(n).snapshot for n in names]
+    return [notice(s.error + (" (showing the last reading)" if s.value is not None else ""), "warning")
+            for s in snapshots if s.error]  # fmt: skip
 
 
 def _graph(figure: go.Figure, graph_id: str, height: int = 360) -> dcc.Graph:
@@ -62,11 +62,13 @@ def _graph(figure: go.Figure, graph_id: str, height: int = 360) -> dcc.Graph:
     return dcc.Graph(id=graph_id, figure=figure, config={"displaylogo": False})
 
 
-def _table(table_id: str, columns: list[str], rows: list[dict], **options) -> dash_table.DataTable:
+def _table(table_id: str, columns: list[str], rows: list[dict], links: tuple[str, ...] = (), **options) -> dash_table.DataTable:
+    """A sortable, filterable table; `links` are columns of markdown links, opened in a new tab."""
     defaults = dict(sort_action="native", filter_action="native", page_size=15, style_table={"overflowX": "auto"},
                     style_cell={"fontFamily": "inherit", "padding": "4px 8px", "textAlign": "left"},
-                    style_header={"fontWeight": "600"})  # fmt: skip
-    return dash_table.DataTable(id=table_id, columns=[{"name": c, "id": c} for c in columns], data=rows, **(defaults | options))
+                    style_header={"fontWeight": "600"}, markdown_options={"link_target": "_blank"})  # fmt: skip
+    return dash_table.DataTable(id=table_id, data=rows, **(defaults | options),
+                                columns=[{"name": c, "id": c} | ({"presentation": "markdown"} if c in links else {}) for c in columns])  # fmt: skip
 
 
 # -- Fleet: success over time per version, with rollout events ---------------------------------------
@@ -93,7 +95,7 @@ def fleet(src: Sources) -> list:
     fig.update_layout(title=f"fleet success per {_duration(width)}, by model version", showlegend=True,
                       yaxis=dict(tickformat=".0%", range=[-0.02, 1.02]))  # fmt: skip
     wins = sum(r[3] for r in rows)
-    heartbeats = _service(src, "kafka").heartbeats if src.kafka.snapshot.value is not None else {}
+    heartbeats = src.kafka.snapshot.value.heartbeats if src.kafka.snapshot.value is not None else {}
     live = sum(1 for h in heartbeats.values() if _age_s(h["at"]) < 60)
     aliases = src.registry.snapshot.value["aliases"] if src.registry.snapshot.value else {}
     return [*_stale(src, "kafka", "mlflow"), html.Div(className="kpis", children=[
@@ -181,12 +183,8 @@ def _versions_table(src: Sources, versions: dict) -> dash_table.DataTable:
                      "last transition": v.history[-1]["at"] if v.history else "",
                      "MLflow": f"[open]({src.mlflow_ui(v.version)})",
                      "Prefect": f"[{runs.get(run, {}).get('name', 'flow run')}]({src.prefect_ui(run)})" if run else ""})  # fmt: skip
-    columns = list(rows[0]) if rows else ["version"]
-    return dash_table.DataTable(
-        id="versions-table", data=rows, sort_action="native", page_size=10,
-        columns=[{"name": c, "id": c, "presentation": "markdown"} if c in ("MLflow", "Prefect") else {"name": c, "id": c}
-                 for c in columns], markdown_options={"link_target": "_blank"},
-        style_cell={"fontFamily": "inherit", "padding": "4px 8px", "textAlign": "left"})  # fmt: skip
+    columns = ["version", "state", "aliases", "parent", "eval success", "last transition", "MLflow", "Prefect"]
+    return _table("versions-table", columns, rows, links=("MLflow", "Prefect"), page_size=10, filter_action="none")
 
 
 def _flow_runs(src: Sources) -> list:

@@ -5,6 +5,7 @@ each view is saved in out/dashboard-screenshots/."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -54,14 +55,29 @@ def _plot_data(driver, graph_id: str) -> list[dict]:
 
 
 def _rows(driver, table_id: str) -> list[list[str]]:
-    return [[c.text for c in row.find_elements(By.CSS_SELECTOR, "td.dash-cell")]
-            for row in driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tr") if row.find_elements(By.CSS_SELECTOR, "td.dash-cell")]  # fmt: skip
+    """The table's cells as text, read in one script so a redraw cannot interleave."""
+    return driver.execute_script(
+        f"return Array.from(document.querySelectorAll('#{table_id} tr'))"
+        ".map(r => Array.from(r.querySelectorAll('td.dash-cell')).map(c => c.innerText.trim())).filter(r => r.length)"
+    )
+
+
+def _wait_for_readings(server: DashboardServer, telemetry_episodes: int, timeout_s: float = 60) -> None:
+    """Until the background readers have MLflow's registry and all of Kafka's telemetry and dead letters."""
+    src, deadline = server.sources, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        kafka = src.kafka.snapshot.value
+        if src.registry.snapshot.value and kafka and len(kafka.episodes) >= telemetry_episodes and kafka.dead_letters:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no full reading in {timeout_s} s: {src.registry.snapshot.error}; {src.kafka.snapshot.error}")
 
 
 def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_history):
     settings, champion, canary, episodes = fleet_history
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    server = DashboardServer(settings, port=0, refresh_s=2).start()
+    server = DashboardServer(settings, port=0, refresh_s=3600).start()  # no redraw under the test's reads
+    _wait_for_readings(server, sum(e.robot_id != "expert" for e in episodes))  # experts publish no telemetry
     driver = chromium()
     try:
         driver.get(server.url)
