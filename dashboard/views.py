@@ -59,7 +59,7 @@ def _stale(src: Sources, *names: str) -> list:
 
 def _graph(figure: go.Figure, graph_id: str, height: int = 360) -> dcc.Graph:
     figure.update_layout(margin=dict(l=50, r=20, t=40, b=40), height=height, template="plotly_white")
-    return dcc.Graph(id=graph_id, figure=figure, config={"displaylogo": False})
+    return dcc.Graph(id=graph_id, figure=figure, config={"displayModeBar": False})  # drag zooms, double-click resets; the bar covered titles
 
 
 def _table(table_id: str, columns: list[str], rows: list[dict], links: tuple[str, ...] = (), **options) -> dash_table.DataTable:
@@ -139,7 +139,7 @@ def _canary(src: Sources, aliases: dict, versions: dict) -> list:
         arms = _live_arms(src, since)
         c, h = arms.get(canary.version, Arm(0, 0)), arms.get(champion, Arm(0, 0))
         verdict = analyse(c, h, AnalysisConfig()).as_dict()
-        title = f"canary {canary.version} against champion {champion}: live, since {iso(since)}"
+        title = f"canary {canary.version} vs champion {champion}, live since {iso(since)[11:]}"
         source = "the default analysis thresholds, on live telemetry"
     else:
         recorded = [v for v in versions.values() if "canary_analysis" in v.tags]
@@ -149,7 +149,7 @@ def _canary(src: Sources, aliases: dict, versions: dict) -> list:
         verdict = json.loads(last.tags["canary_analysis"])
         c = Arm(verdict["canary_successes"], verdict["canary_episodes"])
         h = Arm(verdict["champion_successes"], verdict["champion_episodes"])
-        title = f"last canary: version {last.version} ({last.state.replace('_', ' ')}), against the champion of its day"
+        title = f"last canary: version {last.version}, now {last.state.replace('_', ' ')}"
         source = "the analysis recorded in MLflow when it decided"
     fig = go.Figure()
     for name, arm, colour in (("canary", c, EVENT_COLOURS["canary"]), ("champion", h, EVENT_COLOURS["champion"])):
@@ -228,10 +228,10 @@ def health(src: Sources) -> list:
         for label, column, q in (("p50", 0, 50), ("p95", 1, 95), ("p99", 1, 99)):
             lat.add_trace(go.Bar(name=label, x=[f"v{v}" for v in versions],
                                  y=[float(np.percentile([r[column] for r in by_version[v]], q)) for v in versions]))  # fmt: skip
-        lat.update_layout(title="decision latency per version (ms; over episodes' p50 and p95)", barmode="group")
+        lat.update_layout(title="decision latency per version (ms)", barmode="group")
         rej = go.Figure(go.Bar(x=[f"v{v}" for v in versions], marker_color="#d55e00",
                                y=[sum(r[2] for r in by_version[v]) / max(sum(r[3] for r in by_version[v]), 1) for v in versions]))  # fmt: skip
-        rej.update_layout(title="share of imagined candidates rejected, per version", yaxis=dict(tickformat=".0%"))
+        rej.update_layout(title="candidates rejected, per version", yaxis=dict(tickformat=".0%", rangemode="tozero"))
         figs += [html.Div(_graph(lat, "latency-chart"), className="col"), html.Div(_graph(rej, "rejection-chart"), className="col")]
     elif telemetry is not None:
         out.append(notice("No episode telemetry in the last 24 h: are agents running (`fleet agents run`)?"))
@@ -242,13 +242,13 @@ def health(src: Sources) -> list:
         out.append(notice(str(e), "warning"))
     if lag:
         fig = go.Figure(go.Histogram(x=lag, nbinsx=40, marker_color="#0072b2"))
-        fig.update_layout(title=f"ingest lag, publish to indexed (s): p50 {np.percentile(lag, 50):.2f}, "
-                                f"p95 {np.percentile(lag, 95):.2f}, last {len(lag)} episodes")  # fmt: skip
+        fig.update_layout(title=f"ingest lag (s): p50 {np.percentile(lag, 50):.2f}, p95 {np.percentile(lag, 95):.2f}",
+                          xaxis_title=f"publish to indexed, the last {len(lag)} episodes")  # fmt: skip
         figs.append(html.Div(_graph(fig, "ingest-lag-chart"), className="col"))
     if telemetry is not None:
         dead = telemetry.dead_letters
         fig = go.Figure(go.Bar(x=list(dead) or ["none"], y=list(dead.values()) or [0], marker_color="#cc79a7"))
-        fig.update_layout(title=f"dead-lettered episodes by reason: {sum(dead.values())} in all")
+        fig.update_layout(title=f"dead letters by reason: {sum(dead.values())}", yaxis=dict(rangemode="tozero"))
         figs.append(html.Div(_graph(fig, "dead-letter-chart"), className="col"))
         if telemetry.refused:
             out.append(notice(f"{len(telemetry.refused)} model loads refused by agents; latest: {telemetry.refused[-1]['reason']}", "warning"))
