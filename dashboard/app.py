@@ -62,7 +62,7 @@ def build_app(src: Sources, media: EpisodeMedia, refresh_s: float = 5.0) -> dash
     @app.callback(Output("candidates", "children"), Input("decision-slider", "value"), State("episode-id", "data"),
                   prevent_initial_call=True)  # fmt: skip
     def candidates(decision, episode_id):
-        return views.episode_detail(src, media, episode_id, decision or 0)[-1].children
+        return views.decision_candidates(src, media, episode_id, decision or 0)
 
     @app.server.route("/media/<episode_id>/<name>.webm")
     def video(episode_id: str, name: str):

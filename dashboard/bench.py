@@ -21,7 +21,7 @@ import plotly
 
 from dashboard import views
 from dashboard.app import TABS, DashboardServer
-from dashboard.sources import IndexReader, KafkaView, Poller, Snapshot, Sources, VersionInfo
+from dashboard.sources import IndexReader, KafkaView, Poller, Sources, VersionInfo
 from fleet_agent.synthetic import synthetic_history
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, Provenance
@@ -64,20 +64,14 @@ def registry_reading() -> dict:
     return {"aliases": {"champion": str(VERSIONS)}, "versions": versions}
 
 
-def fixed(name: str, value) -> Poller:
-    poller = Poller(name, lambda: value, every_s=3600)
-    poller.snapshot = Snapshot(value, None, time.time())
-    return poller
-
-
 def bench_dashboard(episodes: int, work: Path, repeats: int = 3, progress=None) -> dict:
     settings = Settings().isolated("bench-dashboard", work)
     settings.index_path.unlink(missing_ok=True)
     t = time.perf_counter()
     kafka = fill_index(settings.index_path, episodes, progress)
     fill_s = time.perf_counter() - t
-    src = Sources(settings, IndexReader(settings.index_path), fixed("kafka", kafka), fixed("mlflow", registry_reading()),
-                  fixed("prefect", []))  # fmt: skip
+    src = Sources(settings, IndexReader(settings.index_path), Poller.reading("kafka", kafka), Poller.reading("mlflow", registry_reading()),
+                  Poller.reading("prefect", []))  # fmt: skip
     server_ms = {}
     for tab in TABS:
         times = []

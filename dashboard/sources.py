@@ -110,6 +110,13 @@ class Poller:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"dashboard-{name}")
 
+    @classmethod
+    def reading(cls, name: str, value: object = None, error: str | None = None) -> Poller:
+        """A poller that is never started and holds one given reading: for benchmarks and tests."""
+        poller = cls(name, lambda: value, every_s=3600)
+        poller.snapshot = Snapshot(value, error, time.time())
+        return poller
+
     def start(self) -> Poller:
         self._thread.start()
         return self

@@ -269,25 +269,34 @@ def episodes(src: Sources) -> list:
     return [html.P(f"the latest {len(rows)} episodes; pick one to see what the robot imagined and what it did"), table]
 
 
-@guarded
-def episode_detail(src: Sources, media: EpisodeMedia, episode_id: str, decision: int = 0) -> list:
+def _episode(src: Sources, media: EpisodeMedia, episode_id: str) -> tuple[Episode, int]:
+    """The indexed episode and its candidates per decision in the media (loading, and so checking, them)."""
     text = src.index.episode_json(episode_id)
     if text is None:
-        return [notice(f"episode {episode_id} is not in the index")]
-    episode = Episode.model_validate_json(text)
-    arrays = media.arrays(text)  # raises MediaMissing with the reason
-    d = min(max(decision, 0), max(len(episode.decisions) - 1, 0))
+        raise SourceMissing(f"episode {episode_id} is not in the index")
+    return Episode.model_validate_json(text), media.arrays(text)["imagined_videos"].shape[1]  # MediaMissing says why
+
+
+@guarded
+def episode_detail(src: Sources, media: EpisodeMedia, episode_id: str) -> list:
+    episode, k = _episode(src, media, episode_id)
     header = html.P(f"{episode.robot_id}: \"{episode.instruction}\" with version {episode.model_versions.policy}: "
                     f"{'success' if episode.success else 'failure'} in {len(episode.actions)} steps, "
                     f"{len(episode.decisions)} decisions")  # fmt: skip
     videos = html.Div(className="row", children=[
         _video(f"/media/{episode_id}/imagined.webm", "imagined (the chosen future, decision by decision)", "video-imagined"),
         _video(f"/media/{episode_id}/executed.webm", "executed (the camera)", "video-executed")])  # fmt: skip
-    slider = dcc.Slider(id="decision-slider", min=0, max=max(len(episode.decisions) - 1, 0), step=1, value=d,
+    slider = dcc.Slider(id="decision-slider", min=0, max=max(len(episode.decisions) - 1, 0), step=1, value=0,
                         marks=None, tooltip={"placement": "bottom", "always_visible": True})  # fmt: skip
     return [header, videos, html.H3("actions"), _graph(_actions_figure(episode), "actions-chart", 260),
-            html.H3("one decision's candidates"), slider,
-            html.Div(_candidates(episode, arrays["imagined_videos"].shape[1], d, episode_id), id="candidates")]
+            html.H3("one decision's candidates"), slider, html.Div(_candidates(episode, k, 0, episode_id), id="candidates")]
+
+
+@guarded
+def decision_candidates(src: Sources, media: EpisodeMedia, episode_id: str, decision: int) -> list:
+    """What the slider shows: one decision's candidates, without redrawing the rest of the episode."""
+    episode, k = _episode(src, media, episode_id)
+    return _candidates(episode, k, min(max(decision, 0), max(len(episode.decisions) - 1, 0)), episode_id)
 
 
 def _video(src_url: str, caption: str, video_id: str) -> html.Figure:

@@ -47,6 +47,10 @@ CREATE INDEX IF NOT EXISTS episodes_robot_cover ON episodes (robot_id, started_a
 CREATE INDEX IF NOT EXISTS episodes_task_cover ON episodes (task_id, started_at, ended_at, success, policy_version);
 CREATE INDEX IF NOT EXISTS episodes_time_cover ON episodes (started_at, policy_version, success);
 CREATE INDEX IF NOT EXISTS episodes_ingested ON episodes (ingested_at, published_at);
+-- What the covering indexes replaced: an index file from before them would keep updating both.
+DROP INDEX IF EXISTS episodes_robot;
+DROP INDEX IF EXISTS episodes_task;
+DROP INDEX IF EXISTS episodes_time;
 """
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from dashboard.app import DashboardServer
@@ -122,6 +123,9 @@ def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_histo
         assert {v["src"].rsplit("/", 1)[-1] for v in playing} >= {"imagined.webm", "executed.webm", "d0c0.webm"}
         assert all(v["error"] is None and v["ready"] >= 2 and v["time"] > 0 for v in playing), playing
         driver.save_screenshot(str(SCREENSHOTS / "episode_browser.png"))
+
+        driver.find_element(By.CSS_SELECTOR, "#decision-slider [role=slider]").send_keys(Keys.ARROW_RIGHT)
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "candidates").text.startswith("decision 1 at step"))
     finally:
         driver.quit()
         server.stop()

@@ -9,17 +9,11 @@ import numpy as np
 
 from dashboard import views
 from dashboard.media import chosen_imagined
-from dashboard.sources import IndexReader, KafkaView, Poller, Snapshot, Sources
+from dashboard.sources import IndexReader, KafkaView, Poller, Sources
 from fleet_agent.synthetic import synthetic_history
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, Provenance
 from registry.analysis import AnalysisConfig, Arm, analyse
-
-
-def _reading(name: str, value=None, error: str | None = None) -> Poller:
-    poller = Poller(name, lambda: value, every_s=3600)  # never started: the test sets what it read
-    poller.snapshot = Snapshot(value, error, time.time())
-    return poller
 
 
 def _sources(tmp_path, episodes=(), kafka=None, registry=None, registry_error=None) -> Sources:
@@ -28,8 +22,8 @@ def _sources(tmp_path, episodes=(), kafka=None, registry=None, registry_error=No
         index = EpisodeIndex(settings.index_path)
         index.record([(e, Provenance("t", 0, i, e.published_at.timestamp())) for i, e in enumerate(episodes)])
         index.close()
-    return Sources(settings, IndexReader(settings.index_path), _reading("kafka", kafka or KafkaView()),
-                   _reading("mlflow", registry, registry_error), _reading("prefect", []))  # fmt: skip
+    return Sources(settings, IndexReader(settings.index_path), Poller.reading("kafka", kafka or KafkaView()),
+                   Poller.reading("mlflow", registry, registry_error), Poller.reading("prefect", []))  # fmt: skip
 
 
 def _text(component) -> str:
