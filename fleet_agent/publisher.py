@@ -2,7 +2,7 @@
 
 ``publish`` only encodes the arrays and appends the episode to the on-disk spool, so a robot
 never waits on the network. A background shipper drains the spool in order: it uploads each
-batch's media (in parallel), produces the messages (acks=all, idempotent, keyed by robot_id),
+batch's media (in parallel), produces the messages (acks=all, keyed by robot_id),
 and removes an entry only after Kafka has acknowledged it. When S3 or Kafka is unreachable
 entries simply wait, and are replayed in order when the service is back. A replay after a
 partial failure can send a message twice; the learner drops duplicates by episode_id.

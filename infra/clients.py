@@ -64,10 +64,14 @@ def kafka_common(settings: Settings) -> dict[str, Any]:
 
 
 def kafka_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
-    """A durable producer: acks from all in-sync replicas, idempotent, ordered per key."""
+    """A durable producer: acks from all in-sync replicas, ordered per key, idempotent where the
+    broker keeps that promise (KafkaSettings.producer_is_idempotent)."""
+    idempotent = settings.kafka.producer_is_idempotent()
     conf = kafka_common(settings) | {
         "acks": "all",
-        "enable_idempotence": True,
+        "enable_idempotence": idempotent,
+        # Without idempotence only one request in flight keeps a retried batch in key order.
+        "max_in_flight_requests_per_connection": 5 if idempotent else 1,
         "linger_ms": 5,
         "request_timeout_ms": 10_000,
         "delivery_timeout_ms": 30_000,

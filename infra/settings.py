@@ -67,6 +67,19 @@ class KafkaSettings(_Section):
     # Tansu and small clusters rebalance slowly with kafka-python's 45 s default (STACK.md).
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    idempotent_producer: bool | None = Field(
+        None,
+        description="unset = on for an external broker, off for the embedded Tansu broker",
+    )
+
+    def producer_is_idempotent(self) -> bool:
+        # Tansu's object-store engine commits a producer's new sequence number before it writes
+        # the batch (dynostore.rs, produce), so a broker killed in between answers the retry
+        # DuplicateSequenceNumber, which clients count as delivered: the episode is lost. Without
+        # idempotence a retry can only duplicate, and the learner drops duplicates by episode_id.
+        if self.idempotent_producer is not None:
+            return self.idempotent_producer
+        return self.bootstrap_servers is not None
 
 
 class S3Settings(_Section):

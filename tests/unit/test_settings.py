@@ -39,3 +39,11 @@ def test_external_s3_without_keys_says_what_to_set(monkeypatch, tmp_path):
 def test_unknown_settings_are_refused(monkeypatch):
     with pytest.raises(Exception, match="extra"):
         Settings(kafka={"bootstrap": "typo:9092"})
+
+
+def test_producers_are_idempotent_only_where_the_broker_keeps_that_promise(monkeypatch):
+    assert not Settings().kafka.producer_is_idempotent()  # the embedded Tansu: see KafkaSettings
+    monkeypatch.setenv("FLEET_KAFKA__BOOTSTRAP_SERVERS", "kafka-1:9092")
+    assert Settings().kafka.producer_is_idempotent()
+    monkeypatch.setenv("FLEET_KAFKA__IDEMPOTENT_PRODUCER", "false")
+    assert not Settings().kafka.producer_is_idempotent()
