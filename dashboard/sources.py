@@ -230,16 +230,18 @@ def read_registry(settings: Settings) -> dict:
 
 
 def read_flow_runs(settings: Settings, limit: int = 30) -> list[dict]:
-    """The latest Prefect flow runs (id, name, flow, state, start), from Prefect's REST API: its
-    Python client follows process-wide settings, and would start a server of its own if they
-    named none."""
+    """The latest Prefect flow runs about this model (id, name, flow, state, start), by their
+    tag (RegistrySettings.flow_run_tag), from Prefect's REST API: its Python client follows
+    process-wide settings, and would start a server of its own if they named none."""
     import httpx
 
     from infra.clients import unavailable
 
     api = settings.prefect_api_url.rstrip("/")
     try:
-        runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": limit, "sort": "START_TIME_DESC"}, timeout=10)
+        mine = {"tags": {"all_": [settings.registry.flow_run_tag]}}
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": limit, "sort": "START_TIME_DESC", "flow_runs": mine},
+                          timeout=10)  # fmt: skip
         flows = httpx.post(f"{api}/flows/filter", json={"limit": 200}, timeout=10)
         runs.raise_for_status()
         flows.raise_for_status()

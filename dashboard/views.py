@@ -192,7 +192,8 @@ def _flow_runs(src: Sources) -> list:
     if runs is None:
         return [notice(src.prefect.snapshot.error or "prefect: no reading yet", "warning")]
     if not runs:
-        return [notice("No flow runs yet.")]
+        return [notice(f"No flow runs tagged {src.settings.registry.flow_run_tag} yet: "
+                       "`fleet loop` and `fleet demo` tag the rounds they run.")]  # fmt: skip
     return [html.Ul([html.Li([html.A(r["name"], href=src.prefect_ui(r["id"]), target="_blank"),
                               f" {r['flow']}: {r['state']}, started {r['start'] or '-'}"]) for r in runs[:10]]),
             html.A("all flow runs in the Prefect UI", href=src.prefect_ui(), target="_blank")]  # fmt: skip

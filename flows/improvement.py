@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -239,6 +239,7 @@ def improvement_loop(config: RoundConfig, settings: Settings | None = None, roun
             time.sleep(poll_s)
         started = datetime.now(timezone.utc)
         round_config = config.model_copy(update={"degrade": round_id == degrade_round})
-        reports.append(improvement_round(settings, round_config, round_id, since))
+        with tags(settings.registry.flow_run_tag):  # a served run's tags do not reach its subflows
+            reports.append(improvement_round(settings, round_config, round_id, since))
         since = started
     return reports

@@ -426,10 +426,13 @@ def loop_round(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = 
     from infra.clients import use_prefect
 
     use_prefect(settings := _settings())  # before Prefect is imported, or it starts a server of its own
+    from prefect import tags
+
     from flows.improvement import improvement_round
 
     config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes, replay)
-    report = improvement_round(settings, config, round_id)
+    with tags(settings.registry.flow_run_tag):
+        report = improvement_round(settings, config, round_id)
     console.print_json(json.dumps({k: v for k, v in report.items() if k != "evaluation"}, default=str))
 
 
@@ -446,7 +449,7 @@ def loop_serve(steps: int = _STEPS, world_size: int = _WORLD, zero_stage: int = 
 
     config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes, replay)
     console.print(f"serving improvement-loop; Prefect UI {settings.prefect_api_url.removesuffix('/api')}")
-    improvement_loop.serve(name="fleet-improvement", cron=cron,
+    improvement_loop.serve(name="fleet-improvement", cron=cron, tags=[settings.registry.flow_run_tag],
                            parameters={"config": config, "rounds": 1, "min_new_successes": min_new_successes})
 
 
@@ -572,6 +575,8 @@ def demo(
     from infra.clients import use_prefect
 
     use_prefect(settings := _settings())  # before Prefect is imported, or it starts a server of its own
+    from prefect import tags
+
     from flows.fleet_demo import DEMO_PROFILES, fleet_demo
 
     if profile not in DEMO_PROFILES:
@@ -589,7 +594,8 @@ def demo(
             bars[stage] = progress.add_task(f"base {stage}", total=steps)
             return lambda step, loss: progress.update(bars[stage], completed=step)
 
-        result = fleet_demo(settings, profile, work, factory)
+        with tags(settings.registry.flow_run_tag):
+            result = fleet_demo(settings, profile, work, factory)
     table = Table("round", "champion", "candidate", "decision", "success", "95% CI", "episodes", title="fleet success per round")
     for r in result["rounds"]:
         table.add_row(str(r["round"]), r["champion_version"], str(r["candidate_version"] or "-"), r["decision"],

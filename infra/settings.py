@@ -103,6 +103,11 @@ class RegistrySettings(_Section):
     experiment: str = Field("worldfleet", description="the MLflow experiment that holds registration runs")
     cache_dir: Path | None = Field(None, description="downloaded versions; unset = in state_dir")
 
+    @property
+    def flow_run_tag(self) -> str:
+        """The Prefect tag on every flow run about this model, so its runs can be listed apart."""
+        return f"model:{self.model_name}"
+
 
 class PrefectSettings(_Section):
     api_url: str | None = Field(None, description="unset = the embedded Prefect server")

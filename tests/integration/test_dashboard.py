@@ -16,7 +16,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from dashboard.app import DashboardServer
 from dashboard.bench import READY
 from dashboard.browser import chromium, open_view
-from infra.clients import kafka_producer, s3_client
+from dashboard.sources import read_flow_runs
+from infra.clients import kafka_producer, s3_client, use_prefect
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
@@ -165,3 +166,24 @@ def test_a_missing_service_is_named_on_the_page(tracked, tmp_path):
     finally:
         driver.quit()
         server.stop()
+
+
+def test_the_flow_runs_listed_are_this_models_own(tracked):
+    use_prefect(tracked)
+    from prefect import flow, tags
+
+    @flow(name="dashboard-test-round")
+    def a_round() -> None:
+        pass
+
+    @flow(name="dashboard-test-loop")
+    def a_loop() -> None:
+        a_round()
+
+    with tags(tracked.registry.flow_run_tag):
+        mine = a_loop(return_state=True).state_details.flow_run_id
+    with tags("model:another-fleets-policy"):
+        a_loop()
+    runs = read_flow_runs(tracked)
+    assert sorted(run["flow"] for run in runs) == ["dashboard-test-loop", "dashboard-test-round"]  # the subflow too
+    assert str(mine) in {run["id"] for run in runs}
