@@ -34,15 +34,11 @@ class EpisodeMedia:
         self.video = lru_cache(maxsize=cache * 16)(self._video)
 
     def _arrays(self, episode_json: str) -> dict[str, np.ndarray]:
-        from learner.media import Rejected
-
         episode = Episode.model_validate_json(episode_json)
         self._s3 = self._s3 or s3_client(self.settings)
         try:
             return load_media(self._s3, self.settings.s3_endpoint, episode.media)
-        except Rejected as e:
-            raise MediaMissing(f"media of episode {episode.episode_id} cannot be shown: {e}") from e
-        except Exception as e:  # noqa: BLE001 - S3 down: ServiceUnavailable, already naming it
+        except Exception as e:  # noqa: BLE001 - Rejected says what is wrong; ServiceUnavailable names S3
             raise MediaMissing(f"media of episode {episode.episode_id} cannot be shown: {e}") from e
 
     def _video(self, episode_json: str, which: str) -> bytes:

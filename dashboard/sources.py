@@ -241,15 +241,14 @@ def read_flow_runs(settings: Settings, limit: int = 30) -> list[dict]:
     try:
         mine = {"tags": {"all_": [settings.registry.flow_run_tag]}}
         runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": limit, "sort": "START_TIME_DESC", "flow_runs": mine},
-                          timeout=10)  # fmt: skip
-        flows = httpx.post(f"{api}/flows/filter", json={"limit": 200}, timeout=10)
-        runs.raise_for_status()
-        flows.raise_for_status()
+                          timeout=10).raise_for_status().json()  # fmt: skip
+        ids = sorted({r["flow_id"] for r in runs})
+        flows = httpx.post(f"{api}/flows/filter", json={"flows": {"id": {"any_": ids}}}, timeout=10) if ids else None
+        names = {f["id"]: f["name"] for f in flows.raise_for_status().json()} if flows else {}
     except httpx.HTTPError as e:
         raise unavailable(settings, "prefect", str(e)) from e
-    names = {f["id"]: f["name"] for f in flows.json()}
     return [{"id": r["id"], "name": r["name"], "flow": names.get(r["flow_id"], "?"), "state": r.get("state_name") or "",
-             "start": (r.get("start_time") or "")[:19]} for r in runs.json()]  # fmt: skip
+             "start": (r.get("start_time") or "")[:19]} for r in runs]  # fmt: skip
 
 
 @dataclass

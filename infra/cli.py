@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     )
+
+
+def _with_bar(label: str, total: int, run: Callable[[Callable[[int], None]], dict]) -> dict:
+    """`run(done)` under a progress bar; it calls `done(n)` with how many of `total` are done."""
+    with _progress() as progress:
+        bar = progress.add_task(label, total=total)
+        return run(lambda n: progress.update(bar, completed=n))
 
 
 def _report(result: dict, out: Path | None, keys: tuple[str, ...] | None = None) -> None:
@@ -139,12 +147,8 @@ def bench_ingest_cmd(
     """
     from learner.ingest_bench import bench_ingest
 
-    with _progress() as progress:
-        bar = progress.add_task("publishing", total=episodes)
-        result = bench_ingest(
-            _settings(), episodes, robots, camera_noise, rate or None,
-            progress=lambda n: progress.update(bar, completed=n),
-        )  # fmt: skip
+    result = _with_bar("publishing", episodes,
+                       lambda done: bench_ingest(_settings(), episodes, robots, camera_noise, rate or None, progress=done))  # fmt: skip
     keys = ("episodes_sent", "episodes_indexed", "lost", "duplicated", "episodes_per_s", "mb_per_s", "latency_ms_p50", "latency_ms_p99")  # fmt: skip
     _report(result, out, keys)
 
@@ -159,9 +163,7 @@ def bench_dashboard_cmd(
     """Each dashboard view's load time in headless Chromium, with a large episode index (target: < 2 s)."""
     from dashboard.bench import bench_dashboard
 
-    with _progress() as progress:
-        bar = progress.add_task("filling the index", total=episodes)
-        result = bench_dashboard(episodes, work, repeats, progress=lambda n: progress.update(bar, completed=n))
+    result = _with_bar("filling the index", episodes, lambda done: bench_dashboard(episodes, work, repeats, progress=done))
     _report(result, out, ("episodes", "index_fill_s", "view_load_s_max", "view_load_s_median", "server_view_ms_median", "all_under_target"))
 
 
@@ -177,10 +179,8 @@ def bench_rollout_cmd(
     """Alias change to every robot running the new version (p50/p95), and batched decision throughput."""
     from fleet_agent.rollout_bench import bench_rollout
 
-    with _progress() as progress:
-        bar = progress.add_task("swaps", total=swaps)
-        result = bench_rollout(_settings(), policy, robots, swaps, batch_robots, candidates,
-                               progress=lambda n: progress.update(bar, completed=n))  # fmt: skip
+    result = _with_bar("swaps", swaps, lambda done: bench_rollout(_settings(), policy, robots, swaps, batch_robots,
+                                                                  candidates, progress=done))  # fmt: skip
     _report(result, out)
 
 
