@@ -16,13 +16,14 @@ import numpy as np
 
 from infra.clients import s3_client
 from infra.contracts.episode import Episode
+from infra.errors import FleetError
 from infra.settings import Settings
 from learner.media import load_media
 
 FPS = 6  # a simulator step is a sixth of a second of robot time
 
 
-class MediaMissing(RuntimeError):
+class MediaMissing(FleetError):
     """The episode's media cannot be shown; the message says why (gone, corrupt, or S3 down)."""
 
 

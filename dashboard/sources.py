@@ -11,84 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Callable
 
 from infra.contracts.telemetry import EpisodeTelemetry
+from infra.errors import FleetError
 from infra.settings import Settings
+from learner.episode_index import IndexReader
 
 log = logging.getLogger(__name__)
 
 
-class SourceMissing(RuntimeError):
+class SourceMissing(FleetError):
     """A source the view needs has nothing to show yet; the message says what to start."""
-
-
-# -- the episode index ------------------------------------------------------------------------------
-class IndexReader:
-    """Read-only queries over the learner's episode index, one connection per call (SQLite's WAL
-    lets them read while the learner writes)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
-        if not self.path.exists():
-            raise SourceMissing(f"no episode index at {self.path} yet: the learner creates it when it ingests "
-                                "its first episode (`fleet loop serve`, or `fleet agents run` then a round)")  # fmt: skip
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-        try:
-            return db.execute(sql, args).fetchall()
-        finally:
-            db.close()
-
-    def count(self) -> int:
-        return self._rows("SELECT COUNT(*) FROM episodes")[0][0]
-
-    def success_timeline(self, buckets: int = 60) -> tuple[float, list[tuple[float, str, int, int]]]:
-        """(bucket width s, [(bucket start, policy version, episodes, successes)]) over the whole
-        history; an episode counts in the bucket it started in."""
-        first, last = self._rows("SELECT MIN(started_at), MAX(started_at) FROM episodes")[0]
-        if first is None:
-            return 0.0, []
-        width = _nice_width(max(last - first, 1.0) / buckets)
-        rows = self._rows("SELECT CAST(started_at / ? AS INTEGER) * ?, policy_version, COUNT(*), SUM(success) "
-                          "FROM episodes GROUP BY 1, 2 ORDER BY 1", (width, width))  # fmt: skip
-        return width, rows
-
-    def per(self, by: str) -> list[tuple[str, int, int, float, str]]:
-        """(key, episodes, successes, last seen, version of the latest episode) per robot or task."""
-        if by not in ("robot_id", "task_id"):
-            raise ValueError(f"cannot group by {by!r}")
-        # SQLite takes the bare column (policy_version) from the row that holds MAX(ended_at).
-        return self._rows(f"SELECT {by}, COUNT(*), SUM(success), MAX(ended_at), policy_version FROM episodes GROUP BY {by}")
-
-    def ingest_lag_s(self, last: int = 2000) -> list[float]:
-        """Publish-to-indexed seconds of the latest episodes."""
-        rows = self._rows("SELECT ingested_at - published_at FROM episodes ORDER BY ingested_at DESC LIMIT ?", (last,))
-        return [r[0] for r in rows]
-
-    def latest(self, limit: int = 200) -> list[tuple]:
-        """The latest episodes: (id, robot, task, version, ended_at, success, steps, decisions, rejections)."""
-        return self._rows("SELECT episode_id, robot_id, task_id, policy_version, ended_at, success, n_steps, n_decisions, "
-                          "n_rejections FROM episodes ORDER BY started_at DESC LIMIT ?", (limit,))  # fmt: skip
-
-    def episode_json(self, episode_id: str) -> str | None:
-        rows = self._rows("SELECT episode_json FROM episodes WHERE episode_id = ?", (episode_id,))
-        return rows[0][0] if rows else None
-
-
-def _nice_width(seconds: float) -> float:
-    for width in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400):
-        if width >= seconds:
-            return float(width)
-    return 86400.0 * round(seconds / 86400 + 0.5)
 
 
 # -- services, read in the background ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from dashboard.sources import SourceMissing, Sources, iso
 from infra.clients import ServiceUnavailable
 from infra.contracts.episode import Episode
 from infra.stats import wilson
+from learner.episode_index import IndexMissing
 from registry.analysis import AnalysisConfig, Arm, analyse
 
 EVENT_COLOURS = {"canary": "#e69f00", "champion": "#009e73", "rolled_back": "#d55e00", "retired": "#999999"}
@@ -35,7 +36,7 @@ def guarded(view: Callable[..., list]) -> Callable[..., list]:
     def run(*args, **kwargs) -> list:
         try:
             return view(*args, **kwargs)
-        except (SourceMissing, ServiceUnavailable, MediaMissing) as e:
+        except (SourceMissing, IndexMissing, ServiceUnavailable, MediaMissing) as e:
             return [notice(str(e), "warning")]
 
     run.__name__ = view.__name__
@@ -238,7 +239,7 @@ def health(src: Sources) -> list:
         out.append(notice("No episode telemetry in the last 24 h: are agents running (`fleet agents run`)?"))
     try:
         lag = src.index.ingest_lag_s()
-    except SourceMissing as e:
+    except IndexMissing as e:
         lag = []
         out.append(notice(str(e), "warning"))
     if lag:

@@ -21,29 +21,17 @@ import numpy as np
 import torch
 
 from fleet_agent import metrics
+from fleet_agent.config import FleetConfig
 from fleet_agent.models import FleetModels
 from fleet_agent.publisher import EpisodePublisher
-from fleet_agent.sim.tabletop import TabletopEnv
 from infra.clients import kafka_producer
 from infra.contracts.episode import Decision, EpisodeCore, ModelVersions, SuccessSource
 from infra.contracts.telemetry import EpisodeTelemetry, Heartbeat, ModelRefused
 from infra.settings import Settings
-from worldmodel.planner import Planner, PlannerConfig, PlanRequest
+from sim.tabletop import TabletopEnv
+from worldmodel.planner import Planner, PlanRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FleetConfig:
-    robots: int = 4
-    split: str = "seen"  # the task family robots are given
-    seed: int = 0  # first task seed; each episode takes the next one
-    id_prefix: str = "robot"
-    batch_robots: int = 8  # robots per inference batch: larger uses the cores better, smaller swaps sooner
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
-
-    def robot_ids(self) -> list[str]:
-        return [f"{self.id_prefix}-{i:03d}" for i in range(self.robots)]
 
 
 class TaskStream:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from infra.clients import ServiceUnavailable, kafka_consumer
 from infra.contracts.rollout import RolloutEvent
+from infra.errors import FleetError
 from infra.settings import Settings
 from registry.model_store import ModelStore, TamperedModel
 from registry.rollout import FRACTION_TAG
@@ -26,7 +27,7 @@ from worldmodel.policy import WorldModelPolicy
 log = logging.getLogger(__name__)
 
 
-class NoChampion(RuntimeError):
+class NoChampion(FleetError):
     """The registry has no champion for robots to run."""
 
 

@@ -13,10 +13,10 @@ import numpy as np
 from prefect import flow, task
 
 from fleet_agent.publisher import EpisodePublisher
-from fleet_agent.synthetic import episode_stream
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
+from sim.synthetic import episode_stream
 
 
 @task(retries=2, retry_delay_seconds=2)

@@ -16,51 +16,23 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from prefect import flow
 
 from fleet_agent.fleet import Fleet, FleetConfig
-from flows.improvement import RoundConfig, improvement_round
+from flows.config import DEMO_PROFILES
+from flows.improvement import improvement_round
 from infra.settings import Settings
 from infra.stats import wilson
 from learner.dataset import save_clips
 from learner.episode_index import EpisodeIndex
-from learner.finetune import FinetuneJob
-from registry.analysis import AnalysisConfig
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
 from worldmodel.planner import PlannerConfig
 from worldmodel.stage_data import robot_logs
-from worldmodel.train import PROFILES, TrainProfile, train_all
-
-
-@dataclass
-class DemoProfile:
-    # A base that has seen few robot demonstrations and little video fine-tuning: what the fleet's
-    # own successes then teach it is what the rounds measure.
-    train: TrainProfile = field(default_factory=lambda: TrainProfile(
-        robot_clips=200, pretrain_steps=150, midtrain_steps=150, finetune_steps=400, idm_steps=3000,
-        imagined_windows=3000, idm_adapt_steps=1000, critic_steps=300))  # fmt: skip
-    robots: int = 8
-    candidates: int = 4  # K on the robots: half the default, so the fleet finishes episodes faster
-    rounds: int = 3  # improvement rounds, the degraded one included
-    degrade_round: int = 2
-    episodes_per_round: int = 50  # champion episodes that measure a round's fleet success
-    # A 5-point margin: at ~20 episodes an arm, a good candidate can trail by chance.
-    round: RoundConfig = field(default_factory=lambda: RoundConfig(
-        finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100), eval_episodes=2, eval_candidates=4,
-        analysis=AnalysisConfig(min_episodes=20, margin=0.05), canary_fraction=0.5, canary_timeout_s=900))  # fmt: skip
-
-
-DEMO_PROFILES = {
-    "quick": DemoProfile(),
-    "ci": DemoProfile(train=PROFILES["ci"], robots=4, candidates=2, rounds=2, degrade_round=2, episodes_per_round=4,
-                      round=RoundConfig(finetune=FinetuneJob(steps=3, batch=2), eval_episodes=1, eval_candidates=2,
-                                        analysis=AnalysisConfig(min_episodes=1), canary_timeout_s=600)),  # fmt: skip
-}
+from worldmodel.train import train_all
 
 
 def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_s: float = 1800) -> tuple[int, int]:
@@ -76,11 +48,12 @@ def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_
 
 @flow(name="fleet-demo", log_prints=True)
 def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".fleet/demo"), progress=None) -> dict:
-    demo = DEMO_PROFILES[profile]
+    demo, base_profile = DEMO_PROFILES[profile], DEMO_PROFILES[profile].train_profile()
     t0 = time.monotonic()
-    print(f"base training: {demo.train}")
-    train_all(demo.train, work / "base", progress)
-    replay = save_clips(robot_logs(demo.train.robot_clips, demo.train.seed, size=64), work / "base" / "robot_logs", "scripted robot logs")
+    print(f"base training: {base_profile}")
+    train_all(base_profile, work / "base", progress)
+    logs = robot_logs(base_profile.robot_clips, base_profile.seed, size=64)
+    replay = save_clips(logs, work / "base" / "robot_logs", "scripted robot logs")
     store, rollout = ModelStore(settings), Rollout(settings)
     base = store.register(work / "base" / "policy", lineage={"parent_version": "none", "dataset_manifest": "scripted robot logs"})
     rollout.crown(base.version, "the demo's base policy")

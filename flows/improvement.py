@@ -22,37 +22,19 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, tags, task
 from prefect.runtime import flow_run
-from pydantic import BaseModel
 
+from flows.config import RoundConfig
 from infra.clients import kafka_consumer
 from infra.contracts.telemetry import EpisodeTelemetry
 from infra.settings import Settings
 from learner.curation import CurationConfig, curate, load_manifest, save_manifest
 from learner.dataset import build_training_set
 from learner.episode_index import EpisodeIndex
-from learner.finetune import FinetuneJob, prepare_run, run_finetune
+from learner.finetune import prepare_run, run_finetune
 from learner.ingest import EpisodeIngestor
-from registry.analysis import AnalysisConfig, Arm, analyse
+from registry.analysis import Arm, analyse
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
-
-
-class RoundConfig(BaseModel):
-    finetune: FinetuneJob = FinetuneJob()
-    world_size: int = 1
-    consistency_threshold: float = 0.3
-    # Clips (`learner.dataset.save_clips` layout) mixed into every fine-tune, e.g. the robot logs
-    # the base was trained on: a round's handful of new successes alone would make it forget.
-    replay_dir: Path | None = None
-    eval_episodes: int = 20  # per split, the same seeds for candidate and champion
-    eval_candidates: int = 8
-    canary_fraction: float = 0.5
-    analysis: AnalysisConfig = AnalysisConfig()
-    canary_timeout_s: float = 1800.0
-    degrade: bool = False  # a deliberately broken candidate: a drill for the canary analysis
-    work_dir: Path = Path(".fleet/rounds")
-
-    model_config = {"arbitrary_types_allowed": True}
 
 
 @task(retries=3, retry_delay_seconds=5)

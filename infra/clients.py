@@ -15,10 +15,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from minio import Minio
 
+from infra.errors import FleetError
 from infra.settings import Service, Settings
 
 
-class ServiceUnavailable(RuntimeError):
+class ServiceUnavailable(FleetError):
     """A platform service did not answer; the message names it and says what to check."""
 
 

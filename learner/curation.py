@@ -19,11 +19,11 @@ import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+import pydantic.dataclasses
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.clients import s3_client
@@ -34,9 +34,9 @@ from learner.media import load_media
 SCORE = "mean over decisions of cos(imagined change, executed change) of the chosen candidate"
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True)
 class CurationConfig:
-    consistency_threshold: float = 0.3
+    consistency_threshold: Annotated[float, Field(ge=-1, le=1)] = 0.3  # a cosine
     keep_failures: bool = True
 
 

@@ -5,6 +5,9 @@ dedupe key commit together, before the Kafka offset does), indexed for the quest
 the curation step ask (by robot, task, model version, time, success), and able to serve
 hundreds of thousands of rows to a dashboard without a server to run. One learner writes; any
 number of readers may read while it does.
+
+The read queries are one layer (`EpisodeQueries`) shared by the learner's `EpisodeIndex` (which
+writes) and the dashboard's `IndexReader` (read-only, a connection per query).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 from infra.contracts.episode import Episode
+from infra.errors import FleetError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -64,7 +68,89 @@ class Provenance:
     ingested_at: float
 
 
-class EpisodeIndex:
+class IndexMissing(FleetError):
+    """No episode index yet: the learner creates it when it ingests its first episode."""
+
+
+class EpisodeQueries:
+    """The questions asked of the index, over `_rows(sql, args)`, which each reader provides."""
+
+    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def count(self, **filters) -> int:
+        where, args = _where(**filters)
+        return self._rows(f"SELECT COUNT(*) FROM episodes {where}", args)[0][0]
+
+    def episode_ids(self, **filters) -> list[str]:
+        where, args = _where(**filters)
+        return [r[0] for r in self._rows(f"SELECT episode_id FROM episodes {where}", args)]
+
+    def query(self, limit: int | None = None, **filters) -> list[Episode]:
+        where, args = _where(**filters)
+        sql = f"SELECT episode_json FROM episodes {where} ORDER BY started_at"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [Episode.model_validate_json(r[0]) for r in self._rows(sql, args)]
+
+    def by_ids(self, episode_ids: list[str]) -> list[Episode]:
+        """The episodes with these ids (those the index has), in chunks SQLite accepts."""
+        out = []
+        for i in range(0, len(episode_ids), 900):
+            chunk = episode_ids[i : i + 900]
+            sql = f"SELECT episode_json FROM episodes WHERE episode_id IN ({','.join('?' * len(chunk))})"
+            out += [Episode.model_validate_json(r[0]) for r in self._rows(sql, chunk)]
+        return out
+
+    def episode_json(self, episode_id: str) -> str | None:
+        rows = self._rows("SELECT episode_json FROM episodes WHERE episode_id = ?", (episode_id,))
+        return rows[0][0] if rows else None
+
+    def latencies_s(self, **filters) -> list[float]:
+        """Time from publish to indexed, per episode: the data plane's end-to-end latency."""
+        where, args = _where(**filters)
+        return [r[0] for r in self._rows(f"SELECT ingested_at - published_at FROM episodes {where}", args)]
+
+    def ingest_lag_s(self, last: int = 2000) -> list[float]:
+        """Publish-to-indexed seconds of the latest episodes."""
+        rows = self._rows("SELECT ingested_at - published_at FROM episodes ORDER BY ingested_at DESC LIMIT ?", (last,))
+        return [r[0] for r in rows]
+
+    def per(self, by: Literal["robot_id", "task_id", "policy_version"]) -> list[tuple[str, int, int, float, str]]:
+        """(key, episodes, successes, last seen, version of the latest episode) per robot, task or version."""
+        if by not in ("robot_id", "task_id", "policy_version"):
+            raise ValueError(f"cannot group by {by!r}")
+        # SQLite takes the bare column (policy_version) from the row that holds MAX(ended_at).
+        return self._rows(
+            f"SELECT {by}, COUNT(*), SUM(success), MAX(ended_at), policy_version FROM episodes GROUP BY {by} ORDER BY {by}"
+        )
+
+    def success_timeline(self, buckets: int = 60) -> tuple[float, list[tuple[float, str, int, int]]]:
+        """(bucket width s, [(bucket start, policy version, episodes, successes)]) over the whole
+        history; an episode counts in the bucket it started in."""
+        first, last = self._rows("SELECT MIN(started_at), MAX(started_at) FROM episodes")[0]
+        if first is None:
+            return 0.0, []
+        width = _nice_width(max(last - first, 1.0) / buckets)
+        rows = self._rows(
+            "SELECT CAST(started_at / ? AS INTEGER) * ?, policy_version, COUNT(*), SUM(success) "
+            "FROM episodes GROUP BY 1, 2 ORDER BY 1",
+            (width, width),
+        )
+        return width, rows
+
+    def latest(self, limit: int = 200) -> list[tuple]:
+        """The latest episodes: (id, robot, task, version, ended_at, success, steps, decisions, rejections)."""
+        return self._rows(
+            "SELECT episode_id, robot_id, task_id, policy_version, ended_at, success, n_steps, n_decisions, "
+            "n_rejections FROM episodes ORDER BY started_at DESC LIMIT ?",
+            (limit,),
+        )
+
+
+class EpisodeIndex(EpisodeQueries):
+    """The learner's index: the one writer. A context manager, so that it is closed on every path."""
+
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +160,15 @@ class EpisodeIndex:
         # last transactions, and those offsets were not committed either, so Kafka redelivers.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+
+    def __enter__(self) -> EpisodeIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        return self._db.execute(sql, args).fetchall()
 
     def record(self, batch: Iterable[tuple[Episode, Provenance]]) -> tuple[int, int]:
         """Insert a batch in one transaction; returns (inserted, duplicates dropped)."""
@@ -91,46 +186,34 @@ class EpisodeIndex:
         inserted = self._db.total_changes - before
         return inserted, len(rows) - inserted
 
-    def count(self, **filters) -> int:
-        where, args = _where(**filters)
-        return self._db.execute(f"SELECT COUNT(*) FROM episodes {where}", args).fetchone()[0]
-
-    def episode_ids(self, **filters) -> list[str]:
-        where, args = _where(**filters)
-        return [r[0] for r in self._db.execute(f"SELECT episode_id FROM episodes {where}", args)]
-
-    def query(self, limit: int | None = None, **filters) -> list[Episode]:
-        where, args = _where(**filters)
-        sql = f"SELECT episode_json FROM episodes {where} ORDER BY started_at"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [Episode.model_validate_json(r[0]) for r in self._db.execute(sql, args)]
-
-    def by_ids(self, episode_ids: list[str]) -> list[Episode]:
-        """The episodes with these ids (those the index has), in chunks SQLite accepts."""
-        out = []
-        for i in range(0, len(episode_ids), 900):
-            chunk = episode_ids[i : i + 900]
-            sql = f"SELECT episode_json FROM episodes WHERE episode_id IN ({','.join('?' * len(chunk))})"
-            out += [Episode.model_validate_json(r[0]) for r in self._db.execute(sql, chunk)]
-        return out
-
-    def latencies_s(self, **filters) -> list[float]:
-        """Time from publish to indexed, per episode: the data plane's end-to-end latency."""
-        where, args = _where(**filters)
-        sql = f"SELECT ingested_at - published_at FROM episodes {where}"
-        return [r[0] for r in self._db.execute(sql, args)]
-
-    def summary(self, by: Literal["robot_id", "task_id", "policy_version"]) -> list[tuple[str, int, int, float]]:
-        """(key, episodes, successes, last started_at) per robot, task or policy version."""
-        if by not in ("robot_id", "task_id", "policy_version"):
-            raise ValueError(f"cannot summarise by {by!r}")
-        return self._db.execute(
-            f"SELECT {by}, COUNT(*), SUM(success), MAX(started_at) FROM episodes GROUP BY {by} ORDER BY {by}"
-        ).fetchall()
-
     def close(self) -> None:
         self._db.close()
+
+
+class IndexReader(EpisodeQueries):
+    """Read-only, one connection per query: SQLite's WAL lets it read while the learner writes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        if not self.path.exists():
+            raise IndexMissing(
+                f"no episode index at {self.path} yet: the learner creates it when it ingests its first episode",
+                hint="`fleet loop serve`, or `fleet agents run` then a round",
+            )
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+
+def _nice_width(seconds: float) -> float:
+    for width in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400):
+        if width >= seconds:
+            return float(width)
+    return 86400.0 * round(seconds / 86400 + 0.5)
 
 
 def _row(ep: Episode, prov: Provenance) -> tuple:

@@ -1,18 +1,15 @@
-"""Fine-tuning the champion on a curated training set with DeepSpeed, one process per rank.
+"""Fine-tuning the champion on a curated training set with DeepSpeed: the job and its launcher.
 
 `run_finetune` launches `python -m torch.distributed.run --standalone --nproc_per_node N -m
-learner.finetune RUN_DIR` (gloo on CPU, NCCL on a GPU). RUN_DIR holds `job.json`, `parent/` (the
-champion's policy directory, verified by the launcher) and `data/` (the training set); the run
-writes `checkpoints/` (DeepSpeed's, every `checkpoint_every` steps), `progress.json`, and at the
-end `policy/` and `result.json`. A run started again on the same RUN_DIR resumes from the latest
-checkpoint, so a learner killed mid-training loses at most `checkpoint_every` steps. A
-non-finite loss on any rank aborts every rank without writing a policy, so nothing is registered.
+learner.finetune_worker RUN_DIR` (gloo on CPU, NCCL on a GPU). RUN_DIR holds `job.json`,
+`parent/` (the champion's policy directory, verified by the launcher) and `data/` (the training
+set); the run writes `checkpoints/state.safetensors` every `checkpoint_every` steps (the same
+format as the base stages' checkpoints), `progress.json`, and at the end `policy/` and
+`result.json`. A run started again on the same RUN_DIR resumes from the latest checkpoint, so a
+learner killed mid-training loses at most `checkpoint_every` steps. A non-finite loss on any
+rank aborts every rank without writing a policy, so nothing is registered.
 
-One step trains the world model (flow matching on the executed futures of kept successes), the
-IDM (on their transitions) and the critic (kept successes against failures and wrong
-instructions) together; the text encoder stays frozen so the three keep reading the same text.
-DeepSpeed checkpoints are torch pickles: they live on the learner's own disk and are never read
-from shared storage; what leaves the learner is safetensors.
+This module imports no torch: the CLI and the flows read `FinetuneJob` without paying for it.
 """
 
 from __future__ import annotations
@@ -23,23 +20,25 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-import numpy as np
-import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
-CHECKPOINTS, RESULT, PROGRESS, JOB = "checkpoints", "result.json", "progress.json", "job.json"
+from infra.errors import FleetError
+
+CHECKPOINT, RESULT, PROGRESS, JOB = "checkpoints/state.safetensors", "result.json", "progress.json", "job.json"
 
 
 @dataclass
 class FinetuneJob:
-    steps: int = 200
-    batch: int = 16  # windows per loss, per rank
-    lr: float = 3e-4
-    zero_stage: int = 1
-    checkpoint_every: int = 25
+    steps: Annotated[int, Field(ge=1)] = 200
+    batch: Annotated[int, Field(ge=1)] = 16  # windows per loss, per rank
+    lr: Annotated[float, Field(gt=0, lt=1)] = 3e-4
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    checkpoint_every: Annotated[int, Field(ge=1)] = 25
     engine: Literal["deepspeed", "torch"] = "deepspeed"  # torch: the plain baseline `fleet bench train` compares with
     seed: int = 0
     loss_weights: dict[str, float] = field(default_factory=lambda: {"video": 1.0, "idm": 1.0, "critic": 1.0})
@@ -55,125 +54,8 @@ class FinetuneJob:
         }
 
 
-class FinetuneFailed(RuntimeError):
+class FinetuneFailed(FleetError):
     """The run ended without a policy: non-finite loss, a crashed rank, or a timeout."""
-
-
-class Objective(torch.nn.Module):
-    """The three fine-tuning losses of one step, as one module for the engine to wrap."""
-
-    def __init__(self, policy, clips, job: FinetuneJob):
-        super().__init__()
-        from worldmodel.train import StageData, critic_instructions
-
-        self.policy, self.job = policy, job
-        self.video_model, self.idm, self.critic = policy.video_model, policy.idm, policy.critic
-        policy.text_encoder.requires_grad_(False)
-        self.successes = StageData.build([c for c in clips if c.success], policy)
-        self.everything = StageData.build(clips, policy)
-        self.instructions = critic_instructions(self.everything)
-
-    def forward(self, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from worldmodel.train import critic_loss, idm_loss, video_loss
-
-        rng, b, p = np.random.default_rng(seed), self.job.batch, self.policy
-        parts = {"video": video_loss(p, self.successes, b, rng), "idm": idm_loss(p, self.successes, b, rng),
-                 "critic": critic_loss(p, self.everything, b, rng, self.instructions)}  # fmt: skip
-        return sum(self.job.loss_weights[k] * v for k, v in parts.items()), parts
-
-
-# -- the worker (one per rank) ----------------------------------------------------------------------
-def _worker(run_dir: Path) -> int:
-
-    from learner.dataset import load_clips
-    from worldmodel.policy import WorldModelPolicy
-
-    job = FinetuneJob(**json.loads((run_dir / JOB).read_text()))
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    torch.manual_seed(job.seed + rank)
-    policy = WorldModelPolicy.load(run_dir / "parent")
-    objective = Objective(policy, load_clips(run_dir / "data"), job).train()
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=job.lr, weight_decay=1e-4)
-    if job.engine == "deepspeed":
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        engine, optimizer, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, config=job.deepspeed_config())
-    elif world > 1:
-        raise SystemExit("the plain torch engine runs one process; use deepspeed for several")
-
-    start = 0
-    if job.engine == "deepspeed" and (run_dir / CHECKPOINTS / "latest").exists():
-        _, client = engine.load_checkpoint(str(run_dir / CHECKPOINTS))
-        start = int(client["step"])
-    t0, last = time.perf_counter(), {}
-    for step in range(start, job.steps):
-        loss, parts = (engine if job.engine == "deepspeed" else objective)(job.seed * 1_000_003 + step * world + rank)
-        if not _finite_everywhere(loss, world):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)] or ["another rank's"]
-            return _finish(run_dir, rank, {"status": "aborted", "reason": f"non-finite {', '.join(bad)} loss at step {step}",
-                                           "step": step}, code=3)  # fmt: skip
-        if job.engine == "deepspeed":
-            engine.backward(loss)
-            engine.step()
-        else:
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-        last = {k: round(float(v), 5) for k, v in parts.items()}
-        if job.engine == "deepspeed" and (step + 1) % job.checkpoint_every == 0 and step + 1 < job.steps:
-            engine.save_checkpoint(str(run_dir / CHECKPOINTS), tag=f"step{step + 1}", client_state={"step": step + 1})
-            if rank == 0:
-                _prune_checkpoints(run_dir / CHECKPOINTS, keep=f"step{step + 1}")
-        if rank == 0:
-            (run_dir / PROGRESS).write_text(json.dumps({"step": step + 1, "steps": job.steps, "losses": last}))
-    elapsed = time.perf_counter() - t0
-    trained = job.steps - start
-    if job.engine == "deepspeed" and job.zero_stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(objective.parameters()), modifier_rank=None):
-            _save_policy(run_dir, rank, policy)
-    else:
-        _save_policy(run_dir, rank, policy)
-    return _finish(run_dir, rank, {
-        "status": "finished", "engine": job.engine, "world_size": world, "zero_stage": job.zero_stage,
-        "resumed_from_step": start, "steps": job.steps, "losses": last, "seconds": round(elapsed, 2),
-        # a window is one training example of one loss: video, IDM and critic each take `batch` per rank
-        "windows_per_s": round(3 * job.batch * world * trained / elapsed, 1) if trained else None,
-    })  # fmt: skip
-
-
-def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
-    flag = torch.tensor([1.0 if torch.isfinite(loss).item() else 0.0])
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def _save_policy(run_dir: Path, rank: int, policy) -> None:
-    if rank == 0:
-        tmp = run_dir / "policy.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.save(tmp)
-        shutil.rmtree(run_dir / "policy", ignore_errors=True)
-        tmp.rename(run_dir / "policy")
-
-
-def _prune_checkpoints(directory: Path, keep: str) -> None:
-    for tag in directory.iterdir():
-        if tag.is_dir() and tag.name.startswith("step") and tag.name != keep:
-            shutil.rmtree(tag, ignore_errors=True)
-
-
-def _finish(run_dir: Path, rank: int, result: dict, code: int = 0) -> int:
-    if rank == 0:
-        (run_dir / RESULT).write_text(json.dumps(result, indent=1))
-    return code
 
 
 # -- the launcher -----------------------------------------------------------------------------------
@@ -192,7 +74,7 @@ def launch(run_dir: Path, world_size: int = 1) -> subprocess.Popen:
     threads = max(1, (os.cpu_count() or 1) // world_size)  # ranks share the cores rather than fight for them
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
-           "-m", "learner.finetune", str(run_dir)]  # fmt: skip
+           "-m", "learner.finetune_worker", str(run_dir)]  # fmt: skip
     log = open(run_dir / "train.log", "a")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -218,6 +100,3 @@ def run_finetune(run_dir: Path, world_size: int = 1, timeout_s: float = 3600, pr
         raise FinetuneFailed(f"fine-tuning in {run_dir} did not finish: {reason}")
     return result
 
-
-if __name__ == "__main__":
-    sys.exit(_worker(Path(sys.argv[1])))

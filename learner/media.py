@@ -14,11 +14,12 @@ from minio.error import S3Error
 from infra.clients import ServiceUnavailable
 from infra.contracts import arrays
 from infra.contracts.episode import MediaRef
+from infra.errors import FleetError
 
 PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "InvalidObjectName"}
 
 
-class Rejected(Exception):
+class Rejected(FleetError):
     """Media (or a message) that can never be accepted; its text is the reason."""
 
 

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+import pydantic.dataclasses
+from pydantic import Field
 
 from infra.stats import wilson
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
-    min_episodes: int = 30
-    alpha: float = 0.05
-    margin: float = 0.0
-    guardrail_episodes: int = 5
-    max_rejection_increase: float = 0.25  # share of candidates, absolute
+    min_episodes: Annotated[int, Field(ge=1)] = 30
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    margin: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    guardrail_episodes: Annotated[int, Field(ge=1)] = 5
+    max_rejection_increase: Annotated[float, Field(ge=0, le=1)] = 0.25  # share of candidates, absolute
 
 
 @dataclass(frozen=True)

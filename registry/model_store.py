@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.clients import mlflow_client, unavailable
+from infra.errors import FleetError, UsageError
 from infra.settings import Settings
 
 ALIASES = ("champion", "canary", "previous")
@@ -25,7 +26,7 @@ DIGESTS_TAG = "weights_sha256"  # JSON {file name: sha256} of the policy directo
 MODEL_URI_PREFIX = "models:/"
 
 
-class TamperedModel(RuntimeError):
+class TamperedModel(FleetError):
     """Downloaded weights do not match the digests the registry recorded for them."""
 
 
@@ -197,7 +198,9 @@ def resolve_policy(settings: Settings, policy: str) -> Path:
     """A policy directory, or a registry URI (models:/NAME/VERSION or models:/NAME@ALIAS) fetched
     and verified into the local cache."""
     if not policy.startswith(MODEL_URI_PREFIX):
-        return Path(policy)
+        from worldmodel.policy import WorldModelPolicy
+
+        return WorldModelPolicy.locate(Path(policy))
     ref = policy[len(MODEL_URI_PREFIX) :]
     name, sep, alias = ref.partition("@")
     if not sep:
@@ -205,5 +208,5 @@ def resolve_policy(settings: Settings, policy: str) -> Path:
     store = ModelStore(settings.model_copy(update={"registry": settings.registry.model_copy(update={"model_name": name})}))
     found = store.by_alias(alias) if sep else store.get(version)
     if found is None:
-        raise ValueError(f"{policy}: the registry has no alias {alias!r} on {name}")
+        raise UsageError(f"{policy}: the registry has no {'alias ' + repr(alias) if sep else 'version ' + version} on {name}")
     return store.fetch(found)

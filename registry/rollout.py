@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from infra.clients import ServiceUnavailable, kafka_producer
 from infra.contracts.rollout import RolloutEvent, RolloutState
+from infra.errors import FleetError
 from infra.settings import Settings
 from registry.analysis import AnalysisConfig, Arm, Verdict, analyse
 from registry.model_store import ModelStore, PolicyVersion
@@ -23,7 +24,7 @@ from registry.model_store import ModelStore, PolicyVersion
 STATE_TAG, HISTORY_TAG, FRACTION_TAG = "rollout_state", "rollout_history", "canary_fraction"
 
 
-class RolloutError(RuntimeError):
+class RolloutError(FleetError):
     """A transition the state machine does not allow; the message says why."""
 
 

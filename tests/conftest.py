@@ -71,7 +71,7 @@ def tracked(tracking, tmp_path) -> Settings:
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory) -> Path:
     """An untrained tiny policy that knows every task's words: fast to save, load and run."""
-    from fleet_agent.sim.tabletop import ALL_TASKS
+    from sim.tabletop import ALL_TASKS
     from worldmodel.policy import WorldModelPolicy
     from worldmodel.text_encoder import build_vocab
 

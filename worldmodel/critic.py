@@ -7,15 +7,14 @@ futures; a VLM or a person can stand in through the same `score` signature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import pydantic.dataclasses
 import torch
 from torch import nn
 
 from worldmodel.layers import FiLMBlock
 
 
-@dataclass
+@pydantic.dataclasses.dataclass
 class CriticConfig:
     size: int = 32
     frames: int = 5  # the first frame and the imagined future frames

@@ -18,8 +18,8 @@ import copy
 import numpy as np
 import torch
 
-from fleet_agent.sim.scripted import expert_action, run_expert
-from fleet_agent.sim.tabletop import SEEN_TASKS, TabletopEnv, Task
+from sim.scripted import expert_action, run_expert
+from sim.tabletop import SEEN_TASKS, TabletopEnv, Task
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import task_points
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fleet_agent.sim.tabletop import TabletopEnv
 from infra.stats import wilson
+from sim.tabletop import TabletopEnv
 from worldmodel.planner import Planner, PlannerConfig
 from worldmodel.policy import WorldModelPolicy
 

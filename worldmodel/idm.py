@@ -9,13 +9,12 @@ and the planner can reject it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import pydantic.dataclasses
 import torch
 from torch import nn
 
 
-@dataclass
+@pydantic.dataclasses.dataclass
 class IdmConfig:
     size: int = 32
     action_dim: int = 3

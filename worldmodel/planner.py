@@ -22,24 +22,10 @@ import torch
 
 from infra.contracts.episode import CandidateRecord, Decision
 from worldmodel.layers import tensor_to_frames
+from worldmodel.planner_config import PlannerConfig
 from worldmodel.policy import WorldModelPolicy
 
 SPEED_LIMIT, UNTRUSTED = "exceeds_speed_limit", "idm_low_confidence"
-
-
-@dataclass
-class PlannerConfig:
-    candidates: int = 8
-    resample_budget: int = 1  # extra rounds of K candidates when every one is rejected
-    speed_limit: float = 1.0  # |dx|, |dy| in units of the embodiment's maximum step
-    speed_tolerance: float = 0.25
-    min_confidence: float = 0.2
-    use_rejection: bool = True
-    use_critic: bool = True  # False: take the first surviving candidate (no best-of-K)
-    noise_samples: int = 4
-    noise_std: float = 0.03
-    smooth_window: int = 3  # 1 = no sliding-window averaging
-    execute_steps: int = 2
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infra.errors import UsageError
 from worldmodel import checkpoint
 from worldmodel.critic import CRITIC_PRESETS, CriticConfig, SuccessCritic
 from worldmodel.idm import IDM_PRESETS, IdmConfig, InverseDynamics
@@ -63,11 +64,23 @@ class WorldModelPolicy:
         (directory / "policy.json").write_text(json.dumps({"format": 1, "parts": list(PARTS)}, indent=1))
         return directory
 
+    @staticmethod
+    def locate(directory: Path) -> Path:
+        """The policy directory itself, or the `policy/` that `fleet train all --out DIR` wrote in DIR."""
+        for candidate in (directory, directory / "policy"):
+            if (candidate / "policy.json").is_file():
+                return candidate
+        raise UsageError(
+            f"{directory} holds no policy (no policy.json there or in {directory / 'policy'})",
+            hint="pass a policy directory, or the run directory of `fleet train all --out DIR`",
+        )
+
     @classmethod
     def load(cls, directory: Path) -> WorldModelPolicy:
+        directory = cls.locate(directory)
         manifest = json.loads((directory / "policy.json").read_text())
         if manifest.get("format") != 1:
-            raise ValueError(f"{directory} holds policy format {manifest.get('format')}, this code reads 1")
+            raise UsageError(f"{directory} holds policy format {manifest.get('format')}, this code reads 1")
         return cls(**{name: checkpoint.load(m, c, directory, name) for name, (m, c) in PARTS.items()})
 
     def eval(self) -> WorldModelPolicy:

@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
-from fleet_agent.sim.scripted import run_expert
-from fleet_agent.sim.tabletop import COLOURS, REGIONS, TabletopConfig, TabletopEnv, Task, _table, state_slot
+from sim.scripted import run_expert
+from sim.tabletop import COLOURS, REGIONS, TabletopConfig, TabletopEnv, Task, state_slot, table_texture
 from worldmodel.captions import Captioner, ObjectTrack, SceneDescription, TemplateCaptioner
+
+if TYPE_CHECKING:
+    from worldmodel.policy import WorldModelPolicy
 
 DISTRACTOR_COLOURS = {"purple": (140, 60, 170), "orange": (240, 140, 40), "white": (235, 235, 235)}
 
@@ -40,7 +45,7 @@ def internet_clips(n: int, seed: int, size: int = 64, frames: int = 16, captione
     rng = np.random.default_rng(seed)
     palette = {**COLOURS, **DISTRACTOR_COLOURS}
     names = list(palette)
-    table = _table(size).astype(np.float32)
+    table = table_texture(size).astype(np.float32)
     clips = []
     for _ in range(n):
         k = int(rng.integers(2, 6))
@@ -141,6 +146,43 @@ def task_points(task: Task, states: np.ndarray) -> np.ndarray:
     else:
         goal = block(task.target) if task.kind == "stack" else obj
     return np.stack([obj, goal], axis=1).astype(np.float32)
+
+
+# -- as training windows ------------------------------------------------------------------------
+@dataclass
+class StageData:
+    """Windows of (first frame, next F frames, caption) drawn from clips, as model tensors."""
+
+    clips: list[Clip]
+    frames: list[torch.Tensor]  # per clip (T, 3, S, S)
+
+    @classmethod
+    def build(cls, clips: list[Clip], policy: WorldModelPolicy) -> StageData:
+        return cls(clips, [policy.prepare(c.frames) for c in clips])
+
+    def video_batch(self, rng: np.random.Generator, n: int, future: int) -> VideoBatch:
+        firsts, futures, texts, succeeded, points = [], [], [], [], []
+        for i in rng.integers(len(self.clips), size=n):
+            frames, clip = self.frames[i], self.clips[i]
+            t = int(rng.integers(0, max(len(frames) - future, 1)))
+            window = frames[t : t + future + 1]
+            if len(window) < future + 1:  # a short clip: hold its last frame
+                window = torch.cat([window, window[-1:].expand(future + 1 - len(window), -1, -1, -1)])
+            firsts.append(window[0])
+            futures.append(window[1:])
+            texts.append(clip.detailed_caption if rng.uniform() < 0.5 else clip.caption)
+            succeeded.append(clip.success is not False)  # action-free clips carry no label
+            points.append(torch.as_tensor(clip.points[t]) if clip.points is not None else torch.full((2, 2), torch.nan))
+        return VideoBatch(torch.stack(firsts), torch.stack(futures), texts, torch.tensor(succeeded), torch.stack(points))
+
+
+@dataclass
+class VideoBatch:
+    first: torch.Tensor  # (B, 3, S, S)
+    future: torch.Tensor  # (B, F, 3, S, S)
+    texts: list[str]
+    succeeded: torch.Tensor  # (B,) bool
+    points: torch.Tensor  # (B, 2, 2) the instruction's object and goal; NaN where not known
 
 
 # -- storage: arrays in .npz, text in JSON; no pickle --------------------------------------------

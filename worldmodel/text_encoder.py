@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import pydantic.dataclasses
 import torch
 from torch import nn
 
@@ -28,7 +29,7 @@ class TextFeatures:
         return TextFeatures(*(x.repeat_interleave(k, 0) for x in (self.tokens, self.pad, self.pooled)))
 
 
-@dataclass
+@pydantic.dataclasses.dataclass
 class TextEncoderConfig:
     vocab: list[str] = field(default_factory=lambda: [PAD, UNK])
     dim: int = 64

@@ -23,8 +23,7 @@ generator's futures hardly changed when the points moved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import pydantic.dataclasses
 import torch
 from torch import nn
 
@@ -32,7 +31,7 @@ from worldmodel.layers import CrossAttention, FiLMBlock, timestep_embedding
 from worldmodel.text_encoder import TextFeatures
 
 
-@dataclass
+@pydantic.dataclasses.dataclass
 class VideoModelConfig:
     size: int = 32
     future_frames: int = 4

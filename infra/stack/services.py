@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from infra.clients import kafka_admin, port_open, s3_client, s3_env
+from infra.errors import FleetError
 from infra.settings import Service, Settings
 
 
-class StackError(RuntimeError):
+class StackError(FleetError):
     pass
 
 

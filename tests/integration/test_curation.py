@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from fleet_agent.synthetic import EpisodeShape, render_clip, synthetic_core
 from infra.clients import s3_client
 from infra.contracts import arrays
 from infra.contracts.episode import ArraySpec, CandidateRecord, Decision, Episode, MediaRef
 from learner.curation import CurationConfig, curate, load_manifest, save_manifest
+from sim.synthetic import EpisodeShape, render_clip, synthetic_core
 
 pytestmark = pytest.mark.integration
 

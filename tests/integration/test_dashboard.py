@@ -13,9 +13,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from benchmarks.browser import chromium, open_view
+from benchmarks.dashboard import READY
 from dashboard.app import DashboardServer
-from dashboard.bench import READY
-from dashboard.browser import chromium, open_view
 from dashboard.sources import read_flow_runs
 from infra.clients import kafka_producer, s3_client, use_prefect
 from infra.contracts.episode import Episode

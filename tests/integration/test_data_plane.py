@@ -10,12 +10,12 @@ import uuid
 import pytest
 
 from fleet_agent.publisher import EpisodePublisher
-from fleet_agent.synthetic import EpisodeShape, episode_stream
 from infra import stack
 from infra.clients import kafka_consumer, kafka_producer, s3_client
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
+from sim.synthetic import EpisodeShape, episode_stream
 
 pytestmark = pytest.mark.integration
 SMALL = EpisodeShape(steps=8, size=32, candidates=4, imagined_frames=4)

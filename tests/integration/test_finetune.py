@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fleet_agent.sim.tabletop import ALL_TASKS
 from learner.dataset import save_clips
-from learner.finetune import CHECKPOINTS, PROGRESS, FinetuneFailed, FinetuneJob, launch, prepare_run, run_finetune
+from learner.finetune import CHECKPOINT, PROGRESS, FinetuneFailed, FinetuneJob, launch, prepare_run, run_finetune
+from sim.tabletop import ALL_TASKS
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import robot_logs
 from worldmodel.text_encoder import build_vocab
@@ -38,7 +38,7 @@ def test_a_learner_killed_mid_training_resumes_from_its_checkpoint_and_finishes(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         progress = json.loads((run / PROGRESS).read_text()) if (run / PROGRESS).exists() else {"step": 0}
-        if (run / CHECKPOINTS / "latest").exists() and progress["step"] >= 5:
+        if (run / CHECKPOINT).exists() and progress["step"] >= 5:
             break
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole launcher and its ranks, as a crash would

@@ -14,8 +14,6 @@ import pytest
 
 from fleet_agent.fleet import Fleet, FleetConfig
 from fleet_agent.publisher import EpisodePublisher
-from fleet_agent.sim.scripted import run_expert
-from fleet_agent.sim.tabletop import TabletopEnv
 from infra.clients import use_prefect
 from infra.contracts.episode import CandidateRecord, Decision, EpisodeCore, ModelVersions, SuccessSource
 from learner.curation import load_manifest
@@ -24,6 +22,8 @@ from learner.finetune import FinetuneJob
 from registry.analysis import AnalysisConfig
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
+from sim.scripted import run_expert
+from sim.tabletop import TabletopEnv
 from worldmodel.planner import PlannerConfig
 from worldmodel.stage_data import robot_logs
 

@@ -9,11 +9,11 @@ import numpy as np
 
 from dashboard import views
 from dashboard.media import chosen_imagined
-from dashboard.sources import IndexReader, KafkaView, Poller, Sources
-from fleet_agent.synthetic import synthetic_history
+from dashboard.sources import KafkaView, Poller, Sources
 from infra.settings import Settings
-from learner.episode_index import EpisodeIndex, Provenance
+from learner.episode_index import EpisodeIndex, IndexReader, Provenance
 from registry.analysis import AnalysisConfig, Arm, analyse
+from sim.synthetic import synthetic_history
 
 
 def _sources(tmp_path, episodes=(), kafka=None, registry=None, registry_error=None) -> Sources:

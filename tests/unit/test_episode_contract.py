@@ -7,9 +7,9 @@ import pytest
 import zstandard
 from pydantic import ValidationError
 
-from fleet_agent.synthetic import synthetic_core
 from infra.contracts import arrays
 from infra.contracts.episode import SCHEMA_PATH, Decision, Episode, json_schema
+from sim.synthetic import synthetic_core
 
 
 def an_episode() -> Episode:

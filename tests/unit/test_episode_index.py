@@ -2,9 +2,9 @@ from datetime import timedelta
 
 import numpy as np
 
-from fleet_agent.synthetic import synthetic_core
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex, Provenance
+from sim.synthetic import synthetic_core
 
 
 def episodes(n: int, seed: int = 0) -> list[Episode]:

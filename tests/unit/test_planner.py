@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fleet_agent.sim.tabletop import ALL_TASKS, TabletopEnv
 from infra.contracts.episode import Decision
+from sim.tabletop import ALL_TASKS, TabletopEnv
 from worldmodel.planner import SPEED_LIMIT, UNTRUSTED, Planner, PlannerConfig, PlanRequest
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.text_encoder import build_vocab

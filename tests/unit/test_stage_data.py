@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fleet_agent.sim.tabletop import TabletopEnv, Task
+from sim.tabletop import TabletopEnv, Task
 from worldmodel.captions import ObjectTrack, SceneDescription, TemplateCaptioner
 from worldmodel.stage_data import human_pov_clips, internet_clips, load_clips, robot_logs, save_clips, task_points
 

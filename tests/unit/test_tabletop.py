@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from fleet_agent.sim.scripted import run_expert
-from fleet_agent.sim.tabletop import ALL_TASKS, HELD_OUT, SEEN_TASKS, TabletopConfig, TabletopEnv
+from sim.scripted import run_expert
+from sim.tabletop import ALL_TASKS, HELD_OUT, SEEN_TASKS, TabletopConfig, TabletopEnv
 
 OPEN, CLOSE = -1.0, 1.0
 

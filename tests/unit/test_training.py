@@ -3,18 +3,26 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from worldmodel.diagnose import diagnose
 from worldmodel.evaluate import evaluate
+from worldmodel.objectives import idm_loss, imagine_windows
 from worldmodel.policy import WorldModelPolicy
-from worldmodel.stage_data import robot_logs
-from worldmodel.train import PROFILES, StageData, imagine_windows, train_all, train_idm
+from worldmodel.stage_data import StageData, robot_logs
+from worldmodel.train import PROFILES, train_all
+from worldmodel.trainer import NonFiniteLoss, StageObjective, TorchEngine, fit
+
+
+def train_idm(policy, data, steps, profile, rng, imagined=None) -> list[float]:
+    objective = StageObjective("idm", [policy.idm], lambda: idm_loss(policy, data, profile.batch, rng, imagined))
+    return fit(TorchEngine(objective, profile.lr), steps)
 
 
 def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
     report = train_all(PROFILES["ci"], tmp_path)
-    assert set(report["timings_s"]) >= {"pretrain_s", "midtrain_s", "finetune_s", "idm_s", "idm_adapt_s", "critic_s"}
+    assert set(report["timings_s"]) >= {"pretrain_s", "midtrain_s", "posttrain_s", "idm_s", "idm_adapt_s", "critic_s"}
     policy = WorldModelPolicy.load(tmp_path / "policy")
     result = evaluate(policy, episodes=1)
     assert json.loads(json.dumps(result)) == result  # plain JSON, no numpy scalars
@@ -58,3 +66,15 @@ def test_imagined_windows_start_from_real_frames_and_carry_the_robots_actions():
     losses = train_idm(policy, data, 5, PROFILES["ci"], np.random.default_rng(0), imagined=windows)
     assert np.isfinite(losses).all()
 
+
+
+def test_a_non_finite_loss_stops_training_and_names_the_loss():
+    policy = WorldModelPolicy.create(["<pad>", "<unk>"])
+    nan = StageObjective("idm", [policy.idm], lambda: policy.idm.head[-1].weight.sum() * float("nan"))
+    with pytest.raises(NonFiniteLoss, match="non-finite idm loss at step 0"):
+        fit(TorchEngine(nan, 1e-3), 3)
+
+
+def test_a_profile_out_of_range_is_refused_when_it_is_made():
+    with pytest.raises(ValueError, match="batch"):
+        PROFILES["ci"].__class__(batch=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fleet_agent.sim.tabletop import TabletopEnv
+from sim.tabletop import TabletopEnv
 from worldmodel.planner import Planner, PlannerConfig
 from worldmodel.policy import WorldModelPolicy
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from fleet_agent.sim.tabletop import TabletopConfig, TabletopEnv
+from sim.tabletop import TabletopConfig, TabletopEnv
 
 
 def bench_sim(steps: int = 20_000, size: int = 64, seed: int = 0) -> dict:

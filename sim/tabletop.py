@@ -19,6 +19,7 @@ from typing import Literal
 
 import gymnasium as gym
 import numpy as np
+import pydantic.dataclasses
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 50, 50),
@@ -77,7 +78,7 @@ SEEN_TASKS = [t for t in ALL_TASKS if t.id not in HELD_OUT]
 HELD_OUT_TASKS = [t for t in ALL_TASKS if t.id in HELD_OUT]
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True)
 class TabletopConfig:
     size: Literal[32, 64, 128] = 64
     max_speed: float = 0.05  # workspace units per step
@@ -126,7 +127,7 @@ class TabletopEnv(gym.Env):
                 "state": gym.spaces.Box(-1.0, 2.0, (STATE_DIM,), np.float32),
             }
         )
-        self._background = _table(s)
+        self._background = table_texture(s)
         self.task: Task | None = None
         self.scene: Scene | None = None
         self.steps = 0
@@ -325,7 +326,7 @@ def state_slot(colour: str) -> int:
     return 3 + 5 * COLOUR_NAMES.index(colour)
 
 
-def _table(size: int) -> np.ndarray:
+def table_texture(size: int) -> np.ndarray:
     """A wooden-looking table top: smooth shading so frames are not flat colour."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     shade = 150 + 20 * np.sin(5 * xx + 2 * yy) + 10 * yy

@@ -21,10 +21,10 @@ import plotly
 
 from dashboard import views
 from dashboard.app import TABS, DashboardServer
-from dashboard.sources import IndexReader, KafkaView, Poller, Sources, VersionInfo
-from fleet_agent.synthetic import synthetic_history
+from dashboard.sources import KafkaView, Poller, Sources, VersionInfo
 from infra.settings import Settings
-from learner.episode_index import EpisodeIndex, Provenance
+from learner.episode_index import EpisodeIndex, IndexReader, Provenance
+from sim.synthetic import synthetic_history
 
 READY = {"fleet": "#success-timeline .main-svg", "rollout": "#versions-table", "robots": "#task-table",
          "health": "#dead-letter-chart .main-svg", "episodes": "#episode-table"}  # fmt: skip
@@ -81,7 +81,7 @@ def bench_dashboard(episodes: int, work: Path, repeats: int = 3, progress=None) 
             times.append((time.perf_counter() - t) * 1000)
         server_ms[tab] = round(float(np.median(times)), 1)
 
-    from dashboard.browser import chromium, open_view
+    from benchmarks.browser import chromium, open_view
 
     server = DashboardServer(settings, port=0, refresh_s=3600, sources=src).start()
     driver = chromium()

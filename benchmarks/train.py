@@ -12,9 +12,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fleet_agent.sim.tabletop import ALL_TASKS
 from learner.dataset import save_clips
 from learner.finetune import FinetuneJob, prepare_run, run_finetune
+from sim.tabletop import ALL_TASKS
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import robot_logs
 from worldmodel.text_encoder import build_vocab

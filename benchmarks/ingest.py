@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from fleet_agent.publisher import EpisodePublisher
-from fleet_agent.synthetic import EpisodeShape, episode_stream
 from infra import stack
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
+from sim.synthetic import EpisodeShape, episode_stream
 
 
 def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 from dashboard.app import TABS
+from infra.errors import FleetError
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-class NoChromium(RuntimeError):
+class NoChromium(FleetError):
     """Chromium or its driver is not installed."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleet_agent.sim.tabletop import REGIONS, TabletopEnv
+from sim.tabletop import REGIONS, TabletopEnv
 
 PUSH_DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "top": (0.0, -1.0), "bottom": (0.0, 1.0)}
 

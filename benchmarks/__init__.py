@@ -1,0 +1,1 @@
+"""Benchmarks: each `fleet bench ...` measures the real path and writes JSON."""

@@ -1,0 +1,141 @@
+"""`fleet bench`: each benchmark measures the real path and writes JSON (implementations in `benchmarks/`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli.app import console, group, progress, report, settings, with_bar, write_json
+
+bench_app = group("bench", "Benchmarks: each measures the real path and writes JSON.")
+
+
+@bench_app.command("ingest")
+def ingest(
+    episodes: int = typer.Option(1000, help="episodes to send"),
+    robots: int = typer.Option(20, help="robot ids to spread them over (the Kafka key)"),
+    camera_noise: float = typer.Option(2.0, help="sensor noise std; 0 = noise-free simulator frames"),
+    rate: float = typer.Option(0.0, help="episodes/s to offer; 0 = as fast as possible"),
+    out: Path = typer.Option(Path("out/bench_ingest.json"), help="where to write the JSON result"),
+) -> None:
+    """Publisher -> S3 + Kafka -> validating ingestor -> index, with realistic episodes.
+
+    Unpaced it measures capacity (latency then includes queueing); with --rate below capacity
+    it measures the latency a robot's episode sees.
+    """
+    from benchmarks.ingest import bench_ingest
+
+    result = with_bar(
+        "publishing",
+        episodes,
+        lambda done: bench_ingest(settings(), episodes, robots, camera_noise, rate or None, progress=done),
+    )
+    keys = (
+        "episodes_sent",
+        "episodes_indexed",
+        "lost",
+        "duplicated",
+        "episodes_per_s",
+        "mb_per_s",
+        "latency_ms_p50",
+        "latency_ms_p99",
+    )
+    report(result, out, keys)
+
+
+@bench_app.command("dashboard")
+def dashboard(
+    episodes: int = typer.Option(100_000, help="synthetic episodes in the index"),
+    repeats: int = typer.Option(3, help="loads of each view"),
+    work: Path = typer.Option(Path(".fleet/bench-dashboard"), help="where the index is built"),
+    out: Path = typer.Option(Path("out/bench_dashboard.json"), help="where to write the JSON result"),
+) -> None:
+    """Each dashboard view's load time in headless Chromium, with a large episode index (target: < 2 s)."""
+    from benchmarks.dashboard import bench_dashboard
+
+    result = with_bar("filling the index", episodes, lambda done: bench_dashboard(episodes, work, repeats, progress=done))
+    keys = (
+        "episodes",
+        "index_fill_s",
+        "view_load_s_max",
+        "view_load_s_median",
+        "server_view_ms_median",
+        "all_under_target",
+    )
+    report(result, out, keys)
+
+
+@bench_app.command("rollout")
+def rollout(
+    policy: Path = typer.Option(..., help="a policy directory from `fleet train all`"),
+    robots: int = typer.Option(20, help="simulated robots in the agent process"),
+    swaps: int = typer.Option(6, help="champion alias changes to time"),
+    batch_robots: int = typer.Option(4, help="robots per inference batch"),
+    candidates: int = typer.Option(8, help="imagined futures per decision (K)"),
+    out: Path = typer.Option(Path("out/bench_rollout.json"), help="where to write the JSON result"),
+) -> None:
+    """Alias change to every robot running the new version (p50/p95), and batched decision throughput."""
+    from benchmarks.rollout import bench_rollout
+
+    result = with_bar(
+        "swaps",
+        swaps,
+        lambda done: bench_rollout(settings(), policy, robots, swaps, batch_robots, candidates, progress=done),
+    )
+    report(result, out)
+
+
+@bench_app.command("train")
+def train(
+    policy: Path | None = typer.Option(None, help="a policy directory to fine-tune; unset = a fresh tiny one"),
+    steps: int = typer.Option(30, help="training steps per variant"),
+    batch: int = typer.Option(8, help="windows per loss per rank"),
+    zero_stage: int = typer.Option(1, help="DeepSpeed ZeRO stage (0-3)"),
+    work: Path = typer.Option(Path("out/bench_train"), help="scratch directory for the runs"),
+    out: Path = typer.Option(Path("out/bench_train.json"), help="where to write the JSON result"),
+) -> None:
+    """Fine-tuning windows/s: DeepSpeed at world size 1 and 2 against plain PyTorch, same model and data."""
+    from benchmarks.train import VARIANTS, bench_train
+
+    with progress() as bars:
+        bar = bars.add_task("variants", total=len(VARIANTS))
+        result = bench_train(
+            work, policy, steps=steps, batch=batch, zero_stage=zero_stage, progress=lambda name: bars.advance(bar)
+        )
+    keys = ("windows_per_s", "speedup_vs_torch", "steps", "batch_per_rank", "zero_stage", "trainable_parameters")
+    report(result, out, keys)
+
+
+@bench_app.command("sim")
+def sim(
+    steps: int = typer.Option(20_000, help="environment steps, random actions, rendering every one"),
+    size: int = typer.Option(64, help="frame size: 32, 64 or 128"),
+    out: Path = typer.Option(Path("out/bench_sim.json"), help="where to write the JSON result"),
+) -> None:
+    """Tabletop simulator speed with rendering, in this one process (one core)."""
+    from benchmarks.sim import bench_sim
+
+    result = bench_sim(steps, size)
+    console.print(f"{result['steps_per_s']} steps/s ({result['us_per_step']} us/step) at {size}x{size}")
+    write_json(result, out)
+
+
+@bench_app.command("policy")
+def policy(
+    policy: Path = typer.Option(..., help="a policy directory from `fleet train all`"),
+    decisions: int = typer.Option(30, help="decisions to time"),
+    candidates: int = typer.Option(8, help="K imagined futures per decision"),
+    out: Path = typer.Option(Path("out/bench_policy.json"), help="where to write the JSON result"),
+) -> None:
+    """Decision latency of plan-and-act (sampling, IDM, rejection, scoring) with per-stage timings."""
+    from benchmarks.policy import bench_policy
+
+    result = bench_policy(policy, decisions, candidates)
+    table = Table("stage", "ms (median)")
+    for stage, ms in result["stages_ms"].items():
+        table.add_row(stage, f"{ms:.1f}")
+    console.print(table)
+    console.print(f"decision p50 {result['decision_ms_p50']} ms, p95 {result['decision_ms_p95']} ms")
+    write_json(result, out)

@@ -1,0 +1,69 @@
+"""`fleet train`: the base policy's stages, from generic video to the critic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cli.app import console, group, progress
+from infra.errors import UsageError
+
+train_app = group("train", "Train the world-model policy: three video stages, IDM, IDM adaptation, critic.")
+
+PROFILE = typer.Option("quick", help="quick (minutes on 2 cores), full, or ci (seconds)")
+OUT = typer.Option(Path("out/train"), help="run directory: checkpoints, report, policy/")
+
+
+def _train(profile: str, out: Path, only: str | None, skip: tuple[str, ...] = ()) -> None:
+    from worldmodel.train import PROFILES, STAGES, train_all
+
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(PROFILES)}")
+    if unknown := set(skip) - set(STAGES):
+        raise UsageError(f"unknown stage {', '.join(sorted(unknown))}", hint=f"stages: {', '.join(STAGES)}")
+    skip = tuple(s for s in STAGES if (only and s != only) or s in skip)
+    with progress() as bars:
+        ids = {}
+
+        def bar(stage: str, steps: int):
+            ids[stage] = bars.add_task(stage, total=steps)
+            return lambda step, loss: bars.update(ids[stage], completed=step, description=f"{stage} loss {loss:.3f}")
+
+        result = train_all(PROFILES[profile], out, bar, skip_stages=skip)
+    console.print_json(json.dumps(result["timings_s"]))
+    console.print(f"policy written to {out / 'policy'}")
+
+
+@train_app.command("all")
+def all_stages(
+    profile: str = PROFILE,
+    out: Path = OUT,
+    skip: list[str] = typer.Option(
+        [], help="a stage to leave out, for ablations (repeatable): --skip pretrain --skip midtrain"
+    ),
+) -> None:
+    """Every stage in order; resumes from the run directory's checkpoint."""
+    _train(profile, out, None, tuple(skip))
+
+
+def _stage_command(stage: str, doc: str, name: str | None = None, hidden: bool = False) -> None:
+    def command(profile: str = PROFILE, out: Path = OUT) -> None:
+        _train(profile, out, stage)
+
+    command.__doc__ = doc
+    train_app.command(name or stage.replace("_", "-"), hidden=hidden)(command)
+
+
+for _stage, _doc in {
+    "pretrain": "Stage (a): generic 'internet' video with captions.",
+    "midtrain": "Stage (b): human point-of-view video of the tasks.",
+    "posttrain": "Stage (c): the robot's own logs.",
+    "idm": "The inverse dynamics model, on the robot's logs.",
+    "idm_adapt": "The IDM again, half on futures the world model imagines from the logs' frames.",
+    "critic": "The success critic, on the robot's logs.",
+}.items():
+    _stage_command(_stage, _doc)
+# Stage (c)'s old name: "fine-tune" now means only the learner's DeepSpeed job on fleet data.
+_stage_command("posttrain", "Stage (c) under its old name; use `fleet train posttrain`.", name="finetune", hidden=True)

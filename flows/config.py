@@ -1,0 +1,104 @@
+"""The improvement loop's configuration: one round, and the demo's profiles, validated on construction.
+
+Kept apart from the flows so that the CLI reads the defaults without importing Prefect (which
+must be pointed at its server before it is imported) or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from learner.finetune import FinetuneJob
+from registry.analysis import AnalysisConfig
+
+Share = Annotated[float, Field(gt=0, le=1)]
+
+
+class RoundConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    finetune: FinetuneJob = FinetuneJob()
+    world_size: Annotated[int, Field(ge=1)] = 1
+    consistency_threshold: Annotated[float, Field(ge=-1, le=1)] = 0.3
+    # Clips (`learner.dataset.save_clips` layout) mixed into every fine-tune, e.g. the robot logs
+    # the base was trained on: a round's handful of new successes alone would make it forget.
+    replay_dir: Path | None = None
+    eval_episodes: Annotated[int, Field(ge=1)] = 20  # per split, the same seeds for candidate and champion
+    eval_candidates: Annotated[int, Field(ge=1)] = 8
+    canary_fraction: Share = 0.5
+    analysis: AnalysisConfig = AnalysisConfig()
+    canary_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
+    degrade: bool = False  # a deliberately broken candidate: a drill for the canary analysis
+    work_dir: Path = Path(".fleet/rounds")
+
+
+def _demo_base():
+    # Imported here: the training module needs torch, which the CLI's option defaults do not.
+    from worldmodel.train import TrainProfile
+
+    # A base that has seen few robot demonstrations and little video training: what the fleet's
+    # own successes then teach it is what the rounds measure.
+    return TrainProfile(
+        robot_clips=200,
+        pretrain_steps=150,
+        midtrain_steps=150,
+        posttrain_steps=400,
+        idm_steps=3000,
+        imagined_windows=3000,
+        idm_adapt_steps=1000,
+        critic_steps=300,
+    )
+
+
+class DemoProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    train: str = "demo"  # "demo": the lighter base above, or a `worldmodel.train.PROFILES` name
+    robots: Annotated[int, Field(ge=1)] = 8
+    candidates: Annotated[int, Field(ge=1)] = 4  # K on the robots: half the default, so episodes finish faster
+    rounds: Annotated[int, Field(ge=1)] = 3  # improvement rounds, the degraded one included
+    degrade_round: Annotated[int, Field(ge=0)] = 2  # 0: none
+    episodes_per_round: Annotated[int, Field(ge=1)] = 50  # champion episodes that measure a round's fleet success
+    # A 5-point margin: at ~20 episodes an arm, a good candidate can trail by chance.
+    round: RoundConfig = RoundConfig(
+        finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100),
+        eval_episodes=2,
+        eval_candidates=4,
+        analysis=AnalysisConfig(min_episodes=20, margin=0.05),
+        canary_fraction=0.5,
+        canary_timeout_s=900,
+    )
+
+    @model_validator(mode="after")
+    def _degrade_round_is_a_round(self) -> DemoProfile:
+        if self.degrade_round > self.rounds:
+            raise ValueError(f"degrade_round {self.degrade_round} is past the last round ({self.rounds})")
+        return self
+
+    def train_profile(self):
+        from worldmodel.train import PROFILES
+
+        return _demo_base() if self.train == "demo" else PROFILES[self.train]
+
+
+DEMO_PROFILES = {
+    "quick": DemoProfile(),
+    "ci": DemoProfile(
+        train="ci",
+        robots=4,
+        candidates=2,
+        rounds=2,
+        degrade_round=2,
+        episodes_per_round=4,
+        round=RoundConfig(
+            finetune=FinetuneJob(steps=3, batch=2),
+            eval_episodes=1,
+            eval_candidates=2,
+            analysis=AnalysisConfig(min_episodes=1),
+            canary_timeout_s=600,
+        ),
+    ),
+}

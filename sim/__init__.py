@@ -1,0 +1,1 @@
+"""The simulated embodiment: a Gymnasium tabletop, its scripted expert, and synthetic episodes."""
