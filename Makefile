@@ -32,6 +32,7 @@ test: lint
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-unit: install
 	$(VENV)/bin/pytest tests/unit

@@ -26,12 +26,22 @@ def chromium(width: int = 1400, height: int = 1000):
 
     driver_path = shutil.which("chromedriver") or CHROMEDRIVER
     if not Path(driver_path).exists() or not Path(CHROMIUM).exists():
-        raise NoChromium(f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER}: `apt-get install chromium chromium-driver`"
-                         " (`make install` does it)")  # fmt: skip
+        raise NoChromium(
+            f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER}: `apt-get install chromium chromium-driver`"
+            " (`make install` does it)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--mute-audio",
-                 "--disable-background-networking", "--autoplay-policy=no-user-gesture-required", f"--window-size={width},{height}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--mute-audio",
+        "--disable-background-networking",
+        "--autoplay-policy=no-user-gesture-required",
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
@@ -54,5 +64,11 @@ def open_view(driver, url: str, tab: str, ready_css: str, timeout_s: float = 30)
         t = time.perf_counter()
         driver.find_element(By.ID, f"tab-{tab}").click()
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ready_css)))
-    wait.until(lambda d: not d.execute_script("return !!document.querySelector('#view ._dash-loading, [data-dash-is-loading=\"true\"]')"))
+    wait.until(
+        lambda d: (
+            not d.execute_script(
+                "return !!document.querySelector('#view ._dash-loading, [data-dash-is-loading=\"true\"]')"
+            )
+        )
+    )
     return time.perf_counter() - t

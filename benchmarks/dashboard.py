@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +22,49 @@ import plotly
 from dashboard import views
 from dashboard.app import TABS, DashboardServer
 from dashboard.sources import KafkaView, Poller, Sources, VersionInfo
+from infra.contracts.dead_letter import DeadLetterReason
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
 from sim.synthetic import synthetic_history
 
-READY = {"fleet": "#success-timeline .main-svg", "rollout": "#versions-table", "robots": "#task-table",
-         "health": "#dead-letter-chart .main-svg", "episodes": "#episode-table"}  # fmt: skip
+READY = {
+    "fleet": "#success-timeline .main-svg",
+    "rollout": "#versions-table",
+    "robots": "#task-table",
+    "health": "#dead-letter-chart .main-svg",
+    "episodes": "#episode-table",
+}
 VERSIONS, ROBOTS, SPAN_S = 8, 50, 7 * 86400
 
 
 def fill_index(path: Path, episodes: int, progress=None) -> KafkaView:
     """The index, and the Kafka reading those episodes' telemetry would give."""
-    index, view = EpisodeIndex(path), KafkaView(dead_letters=Counter({"schema_invalid": 12, "checksum_mismatch": 3}))
+    index, view = (
+        EpisodeIndex(path),
+        KafkaView(
+            dead_letters=Counter({DeadLetterReason.schema.value: 12, DeadLetterReason.checksum_mismatch.value: 3})
+        ),
+    )
     batch = []
     for i, ep in enumerate(synthetic_history(0, episodes, ROBOTS, VERSIONS, SPAN_S), 1):
         batch.append((ep, Provenance("bench", 0, i, ep.published_at.timestamp() + 0.3)))
         rejected = sum(c.rejected for d in ep.decisions for c in d.candidates)
-        view.episodes.append((ep.ended_at.timestamp(), ep.model_versions.policy, ep.success, 110.0, 180.0, rejected,
-                              sum(len(d.candidates) for d in ep.decisions)))  # fmt: skip
-        view.heartbeats[ep.robot_id] = {"robot_id": ep.robot_id, "policy_version": ep.model_versions.policy,
-                                        "at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+        view.episodes.append(
+            (
+                ep.ended_at.timestamp(),
+                ep.model_versions.policy,
+                ep.success,
+                110.0,
+                180.0,
+                rejected,
+                sum(len(d.candidates) for d in ep.decisions),
+            )
+        )
+        view.heartbeats[ep.robot_id] = {
+            "robot_id": ep.robot_id,
+            "policy_version": ep.model_versions.policy,
+            "at": datetime.now(UTC).isoformat(),
+        }
         if len(batch) == 5000 or i == episodes:
             index.record(batch)
             batch = []
@@ -52,15 +75,34 @@ def fill_index(path: Path, episodes: int, progress=None) -> KafkaView:
 
 
 def registry_reading() -> dict:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     versions = []
     for v in range(1, VERSIONS + 1):
         at = now - timedelta(seconds=SPAN_S * (1 - (v - 1) / VERSIONS))
-        history = [{"state": "canary", "at": at.isoformat(timespec="seconds"), "reason": "candidate from the learner"},
-                   {"state": "champion", "at": (at + timedelta(hours=1)).isoformat(timespec="seconds"), "reason": "canary analysis"}]  # fmt: skip
-        analysis = {"decision": "promote", "canary_successes": 30, "canary_episodes": 60, "champion_successes": 28, "champion_episodes": 60}
-        versions.append(VersionInfo(str(v), "champion" if v == VERSIONS else "retired", ("champion",) if v == VERSIONS else (),
-                                    history, {"parent_version": str(v - 1), "canary_analysis": json.dumps(analysis)}))  # fmt: skip
+        history = [
+            {"state": "canary", "at": at.isoformat(timespec="seconds"), "reason": "candidate from the learner"},
+            {
+                "state": "champion",
+                "at": (at + timedelta(hours=1)).isoformat(timespec="seconds"),
+                "reason": "canary analysis",
+            },
+        ]
+        analysis = {
+            "decision": "promote",
+            "canary_successes": 30,
+            "canary_episodes": 60,
+            "champion_successes": 28,
+            "champion_episodes": 60,
+        }
+        versions.append(
+            VersionInfo(
+                str(v),
+                "champion" if v == VERSIONS else "retired",
+                ("champion",) if v == VERSIONS else (),
+                history,
+                {"parent_version": str(v - 1), "canary_analysis": json.dumps(analysis)},
+            )
+        )
     return {"aliases": {"champion": str(VERSIONS)}, "versions": versions}
 
 
@@ -70,8 +112,13 @@ def bench_dashboard(episodes: int, work: Path, repeats: int = 3, progress=None) 
     t = time.perf_counter()
     kafka = fill_index(settings.index_path, episodes, progress)
     fill_s = time.perf_counter() - t
-    src = Sources(settings, IndexReader(settings.index_path), Poller.reading("kafka", kafka), Poller.reading("mlflow", registry_reading()),
-                  Poller.reading("prefect", []))  # fmt: skip
+    src = Sources(
+        settings,
+        IndexReader(settings.index_path),
+        Poller.reading("kafka", kafka),
+        Poller.reading("mlflow", registry_reading()),
+        Poller.reading("prefect", []),
+    )
     server_ms = {}
     for tab in TABS:
         times = []
@@ -95,11 +142,15 @@ def bench_dashboard(episodes: int, work: Path, repeats: int = 3, progress=None) 
         driver.quit()
         server.stop()
     return {
-        "episodes": src.index.count(), "robots": ROBOTS, "versions": VERSIONS,
-        "telemetry_episodes": len(kafka.episodes), "index_fill_s": round(fill_s, 1), "repeats": repeats,
+        "episodes": src.index.count(),
+        "robots": ROBOTS,
+        "versions": VERSIONS,
+        "telemetry_episodes": len(kafka.episodes),
+        "index_fill_s": round(fill_s, 1),
+        "repeats": repeats,
         "view_load_s_max": {tab: max(v) for tab, v in browser_s.items()},
         "view_load_s_median": {tab: float(np.median(v)) for tab, v in browser_s.items()},
-        "server_view_ms_median": server_ms, "target_s": 2.0,
+        "server_view_ms_median": server_ms,
+        "target_s": 2.0,
         "all_under_target": all(max(v) < 2.0 for v in browser_s.values()),
-    }  # fmt: skip
-
+    }

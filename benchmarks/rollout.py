@@ -41,8 +41,16 @@ def _behind(fleet: Fleet, target: str) -> bool:
     return any(r.version != target or r.swapped_at is not None for r in fleet.robots)
 
 
-def bench_rollout(settings: Settings, policy_dir: Path, robots: int = 20, swaps: int = 6, batch_robots: int = 4,
-                  candidates: int = 8, throughput_ticks: int = 2, progress=None) -> dict:  # fmt: skip
+def bench_rollout(
+    settings: Settings,
+    policy_dir: Path,
+    robots: int = 20,
+    swaps: int = 6,
+    batch_robots: int = 4,
+    candidates: int = 8,
+    throughput_ticks: int = 2,
+    progress=None,
+) -> dict:
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"rollout-{run}"
     settings = settings.isolated(f"bench-{run}", work)
@@ -50,7 +58,9 @@ def bench_rollout(settings: Settings, policy_dir: Path, robots: int = 20, swaps:
     store, rollout = ModelStore(settings), Rollout(settings)
     versions = [store.register(policy_dir).version for _ in range(2)]
     rollout.crown(versions[0])
-    fleet = Fleet(settings, FleetConfig(robots=robots, batch_robots=batch_robots, planner=PlannerConfig(candidates=candidates)))
+    fleet = Fleet(
+        settings, FleetConfig(robots=robots, batch_robots=batch_robots, planner=PlannerConfig(candidates=candidates))
+    )
     throughput = {f"batch_{b}": _throughput(fleet, b, throughput_ticks) for b in sorted({1, batch_robots})}
     fleet.config.batch_robots = batch_robots
 
@@ -74,12 +84,17 @@ def bench_rollout(settings: Settings, policy_dir: Path, robots: int = 20, swaps:
     rollout.close()
     switch, first = np.array(fleet.propagation_s), np.array(fleet.first_decision_s)
     return {
-        "robots": robots, "swaps": swaps, "batch_robots": batch_robots, "candidates": candidates,
+        "robots": robots,
+        "swaps": swaps,
+        "batch_robots": batch_robots,
+        "candidates": candidates,
         "rollout_propagation_s_p50": round(float(np.percentile(switch, 50)), 3),
         "rollout_propagation_s_p95": round(float(np.percentile(switch, 95)), 3),
         "rollout_propagation_s_max": round(float(switch.max()), 3),
         "first_decision_s_p50": round(float(np.percentile(first, 50)), 3),
         "first_decision_s_p95": round(float(np.percentile(first, 95)), 3),
-        "samples": len(switch), "swaps_timed_out": timed_out,
-        "decisions_per_s": throughput, "episodes_published": len(fleet.finished),
-    }  # fmt: skip
+        "samples": len(switch),
+        "swaps_timed_out": timed_out,
+        "decisions_per_s": throughput,
+        "episodes_published": len(fleet.finished),
+    }

@@ -22,5 +22,10 @@ def bench_sim(steps: int = 20_000, size: int = 64, seed: int = 0) -> dict:
             env.reset()
             episodes += 1
     elapsed = time.perf_counter() - start
-    return {"steps": steps, "size": size, "episodes": episodes, "steps_per_s": round(steps / elapsed, 1),
-            "us_per_step": round(elapsed / steps * 1e6, 1)}  # fmt: skip
+    return {
+        "steps": steps,
+        "size": size,
+        "episodes": episodes,
+        "steps_per_s": round(steps / elapsed, 1),
+        "us_per_step": round(elapsed / steps * 1e6, 1),
+    }

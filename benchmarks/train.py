@@ -22,8 +22,15 @@ from worldmodel.text_encoder import build_vocab
 VARIANTS = (("torch", "torch", 1), ("deepspeed_world_1", "deepspeed", 1), ("deepspeed_world_2", "deepspeed", 2))
 
 
-def bench_train(work: Path, policy_dir: Path | None = None, clips: int = 40, steps: int = 30, batch: int = 8,
-                zero_stage: int = 1, progress=None) -> dict:  # fmt: skip
+def bench_train(
+    work: Path,
+    policy_dir: Path | None = None,
+    clips: int = 40,
+    steps: int = 30,
+    batch: int = 8,
+    zero_stage: int = 1,
+    progress=None,
+) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     logs = robot_logs(clips, 0, size=64)
     data = save_clips(logs, work / "data", "scripted robot logs")
@@ -36,13 +43,22 @@ def bench_train(work: Path, policy_dir: Path | None = None, clips: int = 40, ste
     for name, engine, world in VARIANTS:
         job = FinetuneJob(steps=steps, batch=batch, engine=engine, zero_stage=zero_stage, checkpoint_every=steps + 1)
         result = run_finetune(prepare_run(work / name, policy_dir, data, job), world_size=world)
-        results[name] = {"windows_per_s": result["windows_per_s"], "seconds": result["seconds"], "final_losses": result["losses"]}
+        results[name] = {
+            "windows_per_s": result["windows_per_s"],
+            "seconds": result["seconds"],
+            "final_losses": result["losses"],
+        }
         if progress:
             progress(name)
     base = results["torch"]["windows_per_s"]
     return {
         "windows_per_s": {k: v["windows_per_s"] for k, v in results.items()},
         "speedup_vs_torch": {k: round(v["windows_per_s"] / base, 2) for k, v in results.items()},
-        "variants": results, "steps": steps, "batch_per_rank": batch, "zero_stage": zero_stage,
-        "trainable_parameters": trainable, "clips": clips, "policy": str(policy_dir),
-    }  # fmt: skip
+        "variants": results,
+        "steps": steps,
+        "batch_per_rank": batch,
+        "zero_stage": zero_stage,
+        "trainable_parameters": trainable,
+        "clips": clips,
+        "policy": str(policy_dir),
+    }

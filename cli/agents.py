@@ -20,7 +20,9 @@ def run(
     seed: int = typer.Option(default(FleetConfig, "seed"), help="first task seed; each episode takes the next"),
     candidates: int = typer.Option(default(PlannerConfig, "candidates"), help="imagined futures per decision (K)"),
     batch_robots: int = typer.Option(default(FleetConfig, "batch_robots"), help="robots per inference batch"),
-    robot_prefix: str = typer.Option(default(FleetConfig, "id_prefix"), help="robot ids are PREFIX-000, PREFIX-001, ..."),
+    robot_prefix: str = typer.Option(
+        default(FleetConfig, "id_prefix"), help="robot ids are PREFIX-000, PREFIX-001, ..."
+    ),
     metrics_port: int | None = typer.Option(None, help="serve Prometheus metrics on 127.0.0.1:PORT"),
 ) -> None:
     """Run robots on the registry's champion (canary on a share of them), publishing every episode.

@@ -36,7 +36,10 @@ def group(name: str, help: str) -> typer.Typer:
 
 
 def settings() -> Settings:
-    logging.basicConfig(level=os.environ.get("FLEET_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("FLEET_LOG_LEVEL", "WARNING")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # A service that is down is reported once, as a FleetError; its client's retries are noise.
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, logging.getLevelName(level)))
     return Settings()
 
 
@@ -49,7 +52,9 @@ def default(config: type, name: str) -> Any:
 
 
 def progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
 
 
 def with_bar(label: str, total: int, run: Callable[[Callable[[int], None]], Any]) -> Any:

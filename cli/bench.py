@@ -55,7 +55,9 @@ def dashboard(
     """Each dashboard view's load time in headless Chromium, with a large episode index (target: < 2 s)."""
     from benchmarks.dashboard import bench_dashboard
 
-    result = with_bar("filling the index", episodes, lambda done: bench_dashboard(episodes, work, repeats, progress=done))
+    result = with_bar(
+        "filling the index", episodes, lambda done: bench_dashboard(episodes, work, repeats, progress=done)
+    )
     keys = (
         "episodes",
         "index_fill_s",

@@ -45,7 +45,9 @@ def demo(
 
         with tags(fleet.registry.flow_run_tag):
             result = fleet_demo(fleet, profile, work, bar)
-    table = Table("round", "champion", "candidate", "decision", "success", "95% CI", "episodes", title="fleet success per round")
+    table = Table(
+        "round", "champion", "candidate", "decision", "success", "95% CI", "episodes", title="fleet success per round"
+    )
     for r in result["rounds"]:
         low, high = r["success_ci95"]
         table.add_row(

@@ -22,23 +22,43 @@ from dashboard.media import EpisodeMedia, MediaMissing
 from dashboard.sources import Sources
 from infra.settings import Settings
 
-TABS = {"fleet": "Fleet success", "rollout": "Rollout", "robots": "Robots & tasks", "health": "Health",
-        "episodes": "Episode browser"}  # fmt: skip
+TABS = {
+    "fleet": "Fleet success",
+    "rollout": "Rollout",
+    "robots": "Robots & tasks",
+    "health": "Health",
+    "episodes": "Episode browser",
+}
 
 
 def build_app(src: Sources, media: EpisodeMedia, refresh_s: float = 5.0) -> dash.Dash:
     app = dash.Dash(__name__, title="worldfleet", suppress_callback_exceptions=True, update_title=None)
-    app.layout = html.Div([
-        html.Header([html.H1("worldfleet"),
-                     html.Nav([html.A("MLflow", href=src.mlflow_ui(), target="_blank"),
-                               html.A("Prefect", href=src.prefect_ui(), target="_blank")])]),
-        dcc.Tabs(id="tab", value="fleet", children=[dcc.Tab(label=label, value=key, id=f"tab-{key}") for key, label in TABS.items()]),
-        dcc.Loading(html.Main(id="view"), delay_show=400),
-        dcc.Interval(id="tick", interval=int(refresh_s * 1000)),
-        dcc.Store(id="episode-id"),
-        # An empty chart in the first layout starts loading Plotly.js with the page, instead of after
-        # the first view's callback; Dash's eager_loading would also load MathJax, date pickers...
-        dcc.Graph(id="load-plotly-now", style={"display": "none"})])  # fmt: skip
+    app.layout = html.Div(
+        [
+            html.Header(
+                [
+                    html.H1("worldfleet"),
+                    html.Nav(
+                        [
+                            html.A("MLflow", href=src.mlflow_ui(), target="_blank"),
+                            html.A("Prefect", href=src.prefect_ui(), target="_blank"),
+                        ]
+                    ),
+                ]
+            ),
+            dcc.Tabs(
+                id="tab",
+                value="fleet",
+                children=[dcc.Tab(label=label, value=key, id=f"tab-{key}") for key, label in TABS.items()],
+            ),
+            dcc.Loading(html.Main(id="view"), delay_show=400),
+            dcc.Interval(id="tick", interval=int(refresh_s * 1000)),
+            dcc.Store(id="episode-id"),
+            # An empty chart in the first layout starts loading Plotly.js with the page, instead of after
+            # the first view's callback; Dash's eager_loading would also load MathJax, date pickers...
+            dcc.Graph(id="load-plotly-now", style={"display": "none"}),
+        ]
+    )
 
     @app.callback(Output("view", "children"), Input("tab", "value"), Input("tick", "n_intervals"))
     def render(tab: str, _):
@@ -59,8 +79,12 @@ def build_app(src: Sources, media: EpisodeMedia, refresh_s: float = 5.0) -> dash
             raise dash.exceptions.PreventUpdate
         return views.episode_detail(src, media, episode_id)
 
-    @app.callback(Output("candidates", "children"), Input("decision-slider", "value"), State("episode-id", "data"),
-                  prevent_initial_call=True)  # fmt: skip
+    @app.callback(
+        Output("candidates", "children"),
+        Input("decision-slider", "value"),
+        State("episode-id", "data"),
+        prevent_initial_call=True,
+    )
     def candidates(decision, episode_id):
         return views.decision_candidates(src, media, episode_id, decision or 0)
 
@@ -83,8 +107,14 @@ def build_app(src: Sources, media: EpisodeMedia, refresh_s: float = 5.0) -> dash
 class DashboardServer:
     """The dashboard on a threaded WSGI server; `serve_forever` for the CLI, `start` for tests."""
 
-    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8050, refresh_s: float = 5.0,
-                 sources: Sources | None = None):  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        host: str = "127.0.0.1",
+        port: int = 8050,
+        refresh_s: float = 5.0,
+        sources: Sources | None = None,
+    ):
         self.sources = sources or Sources.start(settings)
         self.media = EpisodeMedia(settings)
         self.app = build_app(self.sources, self.media, refresh_s)

@@ -85,9 +85,16 @@ def encode_webm(frames: np.ndarray, scale: int = 4) -> bytes:
     fd, path = tempfile.mkstemp(suffix=".webm")
     os.close(fd)
     try:
-        writer = imageio_ffmpeg.write_frames(path, (w, h), fps=FPS, codec="libvpx", quality=None,
-                                             output_params=["-b:v", "1M", "-auto-alt-ref", "0"],
-                                             macro_block_size=1, ffmpeg_log_level="error")  # fmt: skip
+        writer = imageio_ffmpeg.write_frames(
+            path,
+            (w, h),
+            fps=FPS,
+            codec="libvpx",
+            quality=None,
+            output_params=["-b:v", "1M", "-auto-alt-ref", "0"],
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
         writer.send(None)
         for frame in frames:
             writer.send(frame)

@@ -14,10 +14,11 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
 
+from infra.contracts.dead_letter import DeadLetter
 from infra.contracts.telemetry import EpisodeTelemetry
 from infra.errors import FleetError
 from infra.settings import Settings
@@ -101,8 +102,11 @@ class KafkaTail:
         k = self.settings.kafka
         if self._consumer is None:
             consumer = kafka_consumer(self.settings, group_id=None, enable_auto_commit=False)
-            parts = [TopicPartition(topic, p) for topic in (k.telemetry_topic, k.dead_letter_topic)
-                     for p in sorted(consumer.partitions_for_topic(topic) or ())]  # fmt: skip
+            parts = [
+                TopicPartition(topic, p)
+                for topic in (k.telemetry_topic, k.dead_letter_topic)
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
             if not parts:
                 consumer.close()
                 raise SourceMissing(f"kafka at {self.settings.kafka_bootstrap} has no topic {k.telemetry_topic} yet")
@@ -123,8 +127,7 @@ class KafkaTail:
 
     def _take(self, record) -> None:
         if record.topic == self.settings.kafka.dead_letter_topic:
-            reason = dict(record.headers or ()).get("reason", b"unknown").decode(errors="replace")
-            self.view.dead_letters[reason.split(":")[0]] += 1
+            self.view.dead_letters[DeadLetter.from_headers(record.headers).reason.value] += 1
             return
         try:
             message = json.loads(record.value)
@@ -133,8 +136,17 @@ class KafkaTail:
         kind = message.get("kind")
         if kind == "episode":
             t = EpisodeTelemetry.model_validate(message)
-            self.view.episodes.append((t.at.timestamp(), t.policy_version, t.success, t.decision_ms_p50, t.decision_ms_p95,
-                                       t.rejections, t.candidates))  # fmt: skip
+            self.view.episodes.append(
+                (
+                    t.at.timestamp(),
+                    t.policy_version,
+                    t.success,
+                    t.decision_ms_p50,
+                    t.decision_ms_p95,
+                    t.rejections,
+                    t.candidates,
+                )
+            )
         elif kind == "heartbeat":
             self.view.heartbeats[message["robot_id"]] = message
         elif kind == "model_refused":
@@ -161,10 +173,16 @@ def read_registry(settings: Settings) -> dict:
 
     store = ModelStore(settings)
     aliases = store.aliases()
-    versions = [VersionInfo(v.version, v.tags.get(STATE_TAG, "registered"),
-                            tuple(a for a, n in aliases.items() if n == v.version),
-                            json.loads(v.tags.get(HISTORY_TAG, "[]")), dict(v.tags))
-                for v in store.versions()]  # fmt: skip
+    versions = [
+        VersionInfo(
+            v.version,
+            v.tags.get(STATE_TAG, "registered"),
+            tuple(a for a, n in aliases.items() if n == v.version),
+            json.loads(v.tags.get(HISTORY_TAG, "[]")),
+            dict(v.tags),
+        )
+        for v in store.versions()
+    ]
     return {"aliases": aliases, "versions": versions}
 
 
@@ -179,15 +197,30 @@ def read_flow_runs(settings: Settings, limit: int = 30) -> list[dict]:
     api = settings.prefect_api_url.rstrip("/")
     try:
         mine = {"tags": {"all_": [settings.registry.flow_run_tag]}}
-        runs = httpx.post(f"{api}/flow_runs/filter", json={"limit": limit, "sort": "START_TIME_DESC", "flow_runs": mine},
-                          timeout=10).raise_for_status().json()  # fmt: skip
+        runs = (
+            httpx.post(
+                f"{api}/flow_runs/filter",
+                json={"limit": limit, "sort": "START_TIME_DESC", "flow_runs": mine},
+                timeout=10,
+            )
+            .raise_for_status()
+            .json()
+        )
         ids = sorted({r["flow_id"] for r in runs})
         flows = httpx.post(f"{api}/flows/filter", json={"flows": {"id": {"any_": ids}}}, timeout=10) if ids else None
         names = {f["id"]: f["name"] for f in flows.raise_for_status().json()} if flows else {}
     except httpx.HTTPError as e:
         raise unavailable(settings, "prefect", str(e)) from e
-    return [{"id": r["id"], "name": r["name"], "flow": names.get(r["flow_id"], "?"), "state": r.get("state_name") or "",
-             "start": (r.get("start_time") or "")[:19]} for r in runs]  # fmt: skip
+    return [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "flow": names.get(r["flow_id"], "?"),
+            "state": r.get("state_name") or "",
+            "start": (r.get("start_time") or "")[:19],
+        }
+        for r in runs
+    ]
 
 
 @dataclass
@@ -203,9 +236,13 @@ class Sources:
     @classmethod
     def start(cls, settings: Settings, poll_s: float = 3.0) -> Sources:
         tail = KafkaTail(settings)
-        return cls(settings, IndexReader(settings.index_path), Poller("kafka", tail.read, poll_s, tail.close).start(),
-                   Poller("mlflow", lambda: read_registry(settings), poll_s * 2).start(),
-                   Poller("prefect", lambda: read_flow_runs(settings), poll_s * 3).start())  # fmt: skip
+        return cls(
+            settings,
+            IndexReader(settings.index_path),
+            Poller("kafka", tail.read, poll_s, tail.close).start(),
+            Poller("mlflow", lambda: read_registry(settings), poll_s * 2).start(),
+            Poller("prefect", lambda: read_flow_runs(settings), poll_s * 3).start(),
+        )
 
     def poller(self, name: str) -> Poller:
         return {"kafka": self.kafka, "mlflow": self.registry, "prefect": self.prefect}[name]

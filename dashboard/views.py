@@ -7,8 +7,8 @@ notice that says which and what to do, next to whatever the other sources could 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -54,22 +54,39 @@ def _service(src: Sources, name: str):
 def _stale(src: Sources, *names: str) -> list:
     """Notices for services whose latest reading failed (the view shows their last good one)."""
     snapshots = [src.poller(n).snapshot for n in names]
-    return [notice(s.error + (" (showing the last reading)" if s.value is not None else ""), "warning")
-            for s in snapshots if s.error]  # fmt: skip
+    return [
+        notice(s.error + (" (showing the last reading)" if s.value is not None else ""), "warning")
+        for s in snapshots
+        if s.error
+    ]
 
 
 def _graph(figure: go.Figure, graph_id: str, height: int = 360) -> dcc.Graph:
-    figure.update_layout(margin=dict(l=50, r=20, t=40, b=40), height=height, template="plotly_white")
-    return dcc.Graph(id=graph_id, figure=figure, config={"displayModeBar": False})  # drag zooms, double-click resets; the bar covered titles
+    figure.update_layout(margin={"l": 50, "r": 20, "t": 40, "b": 40}, height=height, template="plotly_white")
+    return dcc.Graph(
+        id=graph_id, figure=figure, config={"displayModeBar": False}
+    )  # drag zooms, double-click resets; the bar covered titles
 
 
-def _table(table_id: str, columns: list[str], rows: list[dict], links: tuple[str, ...] = (), **options) -> dash_table.DataTable:
+def _table(
+    table_id: str, columns: list[str], rows: list[dict], links: tuple[str, ...] = (), **options
+) -> dash_table.DataTable:
     """A sortable, filterable table; `links` are columns of markdown links, opened in a new tab."""
-    defaults = dict(sort_action="native", filter_action="native", page_size=15, style_table={"overflowX": "auto"},
-                    style_cell={"fontFamily": "inherit", "padding": "4px 8px", "textAlign": "left"},
-                    style_header={"fontWeight": "600"}, markdown_options={"link_target": "_blank"})  # fmt: skip
-    return dash_table.DataTable(id=table_id, data=rows, **(defaults | options),
-                                columns=[{"name": c, "id": c} | ({"presentation": "markdown"} if c in links else {}) for c in columns])  # fmt: skip
+    defaults = {
+        "sort_action": "native",
+        "filter_action": "native",
+        "page_size": 15,
+        "style_table": {"overflowX": "auto"},
+        "style_cell": {"fontFamily": "inherit", "padding": "4px 8px", "textAlign": "left"},
+        "style_header": {"fontWeight": "600"},
+        "markdown_options": {"link_target": "_blank"},
+    }
+    return dash_table.DataTable(
+        id=table_id,
+        data=rows,
+        **(defaults | options),
+        columns=[{"name": c, "id": c} | ({"presentation": "markdown"} if c in links else {}) for c in columns],
+    )
 
 
 # -- Fleet: success over time per version, with rollout events ---------------------------------------
@@ -84,26 +101,54 @@ def fleet(src: Sources) -> list:
         mine = [r for r in rows if r[1] == version]
         n = np.array([r[2] for r in mine])
         rate = np.array([r[3] for r in mine]) / n
-        fig.add_trace(go.Scatter(
-            x=[datetime.fromtimestamp(r[0]) for r in mine], y=rate.tolist(), name=f"version {version}", mode="lines+markers",
-            customdata=np.stack([n, rate * n], axis=1).tolist(),
-            hovertemplate="%{x}<br>success %{y:.0%} (%{customdata[1]:.0f}/%{customdata[0]:.0f})<extra>version " + version + "</extra>"))  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[datetime.fromtimestamp(r[0]) for r in mine],
+                y=rate.tolist(),
+                name=f"version {version}",
+                mode="lines+markers",
+                customdata=np.stack([n, rate * n], axis=1).tolist(),
+                hovertemplate="%{x}<br>success %{y:.0%} (%{customdata[1]:.0f}/%{customdata[0]:.0f})<extra>version "
+                + version
+                + "</extra>",
+            )
+        )
     events = _rollout_events(src)
     for at, version, state, reason in events:
         fig.add_vline(x=at.timestamp() * 1000, line_dash="dot", line_color=EVENT_COLOURS.get(state, "#555"))
-        fig.add_annotation(x=at, y=1.02, yref="paper", text=f"v{version} {state.replace('_', ' ')}", showarrow=False,
-                           font=dict(size=10, color=EVENT_COLOURS.get(state, "#555")), hovertext=reason, textangle=-30)  # fmt: skip
-    fig.update_layout(title=f"fleet success per {_duration(width)}, by model version", showlegend=True,
-                      yaxis=dict(tickformat=".0%", range=[-0.02, 1.02]))  # fmt: skip
+        fig.add_annotation(
+            x=at,
+            y=1.02,
+            yref="paper",
+            text=f"v{version} {state.replace('_', ' ')}",
+            showarrow=False,
+            font={"size": 10, "color": EVENT_COLOURS.get(state, "#555")},
+            hovertext=reason,
+            textangle=-30,
+        )
+    fig.update_layout(
+        title=f"fleet success per {_duration(width)}, by model version",
+        showlegend=True,
+        yaxis={"tickformat": ".0%", "range": [-0.02, 1.02]},
+    )
     wins = sum(r[3] for r in rows)
     heartbeats = src.kafka.snapshot.value.heartbeats if src.kafka.snapshot.value is not None else {}
     live = sum(1 for h in heartbeats.values() if _age_s(h["at"]) < 60)
     aliases = src.registry.snapshot.value["aliases"] if src.registry.snapshot.value else {}
-    return [*_stale(src, "kafka", "mlflow"), html.Div(className="kpis", children=[
-        _kpi("episodes", f"{total:,}"), _kpi("success", f"{wins / total:.1%}"),
-        _kpi("robots live (heartbeat < 60 s)", str(live) if src.kafka.snapshot.value is not None else "?"),
-        _kpi("champion", aliases.get("champion", "-")), _kpi("canary", aliases.get("canary", "-"))]),
-        _graph(fig, "success-timeline")]  # fmt: skip
+    return [
+        *_stale(src, "kafka", "mlflow"),
+        html.Div(
+            className="kpis",
+            children=[
+                _kpi("episodes", f"{total:,}"),
+                _kpi("success", f"{wins / total:.1%}"),
+                _kpi("robots live (heartbeat < 60 s)", str(live) if src.kafka.snapshot.value is not None else "?"),
+                _kpi("champion", aliases.get("champion", "-")),
+                _kpi("canary", aliases.get("canary", "-")),
+            ],
+        ),
+        _graph(fig, "success-timeline"),
+    ]
 
 
 def _kpi(label: str, value: str) -> html.Div:
@@ -114,8 +159,11 @@ def _rollout_events(src: Sources) -> list[tuple[datetime, str, str, str]]:
     registry = src.registry.snapshot.value
     if registry is None:
         return []
-    events = [(datetime.fromisoformat(h["at"]).astimezone().replace(tzinfo=None), v.version, h["state"], h.get("reason", ""))
-              for v in registry["versions"] for h in v.history]  # fmt: skip
+    events = [
+        (datetime.fromisoformat(h["at"]).astimezone().replace(tzinfo=None), v.version, h["state"], h.get("reason", ""))
+        for v in registry["versions"]
+        for h in v.history
+    ]
     return sorted(events)
 
 
@@ -125,10 +173,21 @@ def rollout(src: Sources) -> list:
     registry = _service(src, "mlflow")
     aliases, versions = registry["aliases"], {v.version: v for v in registry["versions"]}
     if not versions:
-        return [*_stale(src, "mlflow"), notice(f"No versions of {src.settings.registry.model_name} in MLflow yet: "
-                                               "register one with `fleet rollout register --policy DIR --crown`.")]  # fmt: skip
-    return [*_stale(src, "mlflow", "kafka", "prefect"), *_canary(src, aliases, versions),
-            html.H3("versions"), _versions_table(src, versions), html.H3("flow runs"), *_flow_runs(src)]
+        return [
+            *_stale(src, "mlflow"),
+            notice(
+                f"No versions of {src.settings.registry.model_name} in MLflow yet: "
+                "register one with `fleet rollout register --policy DIR --crown`."
+            ),
+        ]
+    return [
+        *_stale(src, "mlflow", "kafka", "prefect"),
+        *_canary(src, aliases, versions),
+        html.H3("versions"),
+        _versions_table(src, versions),
+        html.H3("flow runs"),
+        *_flow_runs(src),
+    ]
 
 
 def _canary(src: Sources, aliases: dict, versions: dict) -> list:
@@ -155,15 +214,40 @@ def _canary(src: Sources, aliases: dict, versions: dict) -> list:
     fig = go.Figure()
     for name, arm, colour in (("canary", c, EVENT_COLOURS["canary"]), ("champion", h, EVENT_COLOURS["champion"])):
         low, high = wilson(arm.successes, arm.episodes)
-        fig.add_trace(go.Bar(x=[name], y=[arm.rate], marker_color=colour, name=name,
-                             error_y=dict(type="data", symmetric=False, array=[high - arm.rate], arrayminus=[arm.rate - low]),
-                             text=[f"{arm.successes}/{arm.episodes}"], textposition="outside"))  # fmt: skip
-    fig.update_layout(title=title, yaxis=dict(tickformat=".0%", range=[0, 1.05]), showlegend=False)
+        fig.add_trace(
+            go.Bar(
+                x=[name],
+                y=[arm.rate],
+                marker_color=colour,
+                name=name,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [high - arm.rate],
+                    "arrayminus": [arm.rate - low],
+                },
+                text=[f"{arm.successes}/{arm.episodes}"],
+                textposition="outside",
+            )
+        )
+    fig.update_layout(title=title, yaxis={"tickformat": ".0%", "range": [0, 1.05]}, showlegend=False)
     rows = [{"figure": k.replace("_", " "), "value": str(v)} for k, v in verdict.items()]
-    return [html.Div(className="row", children=[
-        html.Div(_graph(fig, "canary-chart"), className="col"),
-        html.Div([html.H3(f"verdict: {verdict['decision']}", id="canary-verdict"), html.P(f"from {source}"),
-                  _table("canary-verdict-table", ["figure", "value"], rows, page_size=20, filter_action="none")], className="col")])]  # fmt: skip
+    return [
+        html.Div(
+            className="row",
+            children=[
+                html.Div(_graph(fig, "canary-chart"), className="col"),
+                html.Div(
+                    [
+                        html.H3(f"verdict: {verdict['decision']}", id="canary-verdict"),
+                        html.P(f"from {source}"),
+                        _table("canary-verdict-table", ["figure", "value"], rows, page_size=20, filter_action="none"),
+                    ],
+                    className="col",
+                ),
+            ],
+        )
+    ]
 
 
 def _live_arms(src: Sources, since: float) -> dict[str, Arm]:
@@ -179,11 +263,18 @@ def _versions_table(src: Sources, versions: dict) -> dash_table.DataTable:
     rows = []
     for v in sorted(versions.values(), key=lambda v: -_version_key(v.version)):
         run = v.tags.get("prefect_flow_run_id", "")
-        rows.append({"version": v.version, "state": v.state, "aliases": ", ".join(v.aliases),
-                     "parent": v.tags.get("parent_version", ""), "eval success": v.tags.get("eval.success_rate", ""),
-                     "last transition": v.history[-1]["at"] if v.history else "",
-                     "MLflow": f"[open]({src.mlflow_ui(v.version)})",
-                     "Prefect": f"[{runs.get(run, {}).get('name', 'flow run')}]({src.prefect_ui(run)})" if run else ""})  # fmt: skip
+        rows.append(
+            {
+                "version": v.version,
+                "state": v.state,
+                "aliases": ", ".join(v.aliases),
+                "parent": v.tags.get("parent_version", ""),
+                "eval success": v.tags.get("eval.success_rate", ""),
+                "last transition": v.history[-1]["at"] if v.history else "",
+                "MLflow": f"[open]({src.mlflow_ui(v.version)})",
+                "Prefect": f"[{runs.get(run, {}).get('name', 'flow run')}]({src.prefect_ui(run)})" if run else "",
+            }
+        )
     columns = ["version", "state", "aliases", "parent", "eval success", "last transition", "MLflow", "Prefect"]
     return _table("versions-table", columns, rows, links=("MLflow", "Prefect"), page_size=10, filter_action="none")
 
@@ -193,11 +284,26 @@ def _flow_runs(src: Sources) -> list:
     if runs is None:
         return [notice(src.prefect.snapshot.error or "prefect: no reading yet", "warning")]
     if not runs:
-        return [notice(f"No flow runs tagged {src.settings.registry.flow_run_tag} yet: "
-                       "`fleet loop` and `fleet demo` tag the rounds they run.")]  # fmt: skip
-    return [html.Ul([html.Li([html.A(r["name"], href=src.prefect_ui(r["id"]), target="_blank"),
-                              f" {r['flow']}: {r['state']}, started {r['start'] or '-'}"]) for r in runs[:10]]),
-            html.A("all flow runs in the Prefect UI", href=src.prefect_ui(), target="_blank")]  # fmt: skip
+        return [
+            notice(
+                f"No flow runs tagged {src.settings.registry.flow_run_tag} yet: "
+                "`fleet loop` and `fleet demo` tag the rounds they run."
+            )
+        ]
+    return [
+        html.Ul(
+            [
+                html.Li(
+                    [
+                        html.A(r["name"], href=src.prefect_ui(r["id"]), target="_blank"),
+                        f" {r['flow']}: {r['state']}, started {r['start'] or '-'}",
+                    ]
+                )
+                for r in runs[:10]
+            ]
+        ),
+        html.A("all flow runs in the Prefect UI", href=src.prefect_ui(), target="_blank"),
+    ]
 
 
 # -- Robots and tasks -------------------------------------------------------------------------------
@@ -207,8 +313,10 @@ def robots_tasks(src: Sources) -> list:
         return [notice(NO_EPISODES)]
     out = []
     for by, title in (("robot_id", "robot"), ("task_id", "task")):
-        rows = [{title: key, "episodes": n, "success": round(wins / n, 3), "last seen": iso(last), "model version": version}
-                for key, n, wins, last, version in src.index.per(by)]  # fmt: skip
+        rows = [
+            {title: key, "episodes": n, "success": round(wins / n, 3), "last seen": iso(last), "model version": version}
+            for key, n, wins, last, version in src.index.per(by)
+        ]
         table = _table(f"{title}-table", [title, "episodes", "success", "last seen", "model version"], rows)
         table.columns[2]["type"], table.columns[2]["format"] = "numeric", {"specifier": ".0%"}
         out += [html.H3(f"per {title} ({len(rows)})"), table]
@@ -228,13 +336,26 @@ def health(src: Sources) -> list:
         versions = sorted(by_version, key=_version_key)
         lat = go.Figure()
         for label, column, q in (("p50", 0, 50), ("p95", 1, 95), ("p99", 1, 99)):
-            lat.add_trace(go.Bar(name=label, x=[f"v{v}" for v in versions],
-                                 y=[float(np.percentile([r[column] for r in by_version[v]], q)) for v in versions]))  # fmt: skip
+            lat.add_trace(
+                go.Bar(
+                    name=label,
+                    x=[f"v{v}" for v in versions],
+                    y=[float(np.percentile([r[column] for r in by_version[v]], q)) for v in versions],
+                )
+            )
         lat.update_layout(title="decision latency per version (ms)", barmode="group")
-        rej = go.Figure(go.Bar(x=[f"v{v}" for v in versions], marker_color="#d55e00",
-                               y=[sum(r[2] for r in by_version[v]) / max(sum(r[3] for r in by_version[v]), 1) for v in versions]))  # fmt: skip
-        rej.update_layout(title="candidates rejected, per version", yaxis=dict(tickformat=".0%", rangemode="tozero"))
-        figs += [html.Div(_graph(lat, "latency-chart"), className="col"), html.Div(_graph(rej, "rejection-chart"), className="col")]
+        rej = go.Figure(
+            go.Bar(
+                x=[f"v{v}" for v in versions],
+                marker_color="#d55e00",
+                y=[sum(r[2] for r in by_version[v]) / max(sum(r[3] for r in by_version[v]), 1) for v in versions],
+            )
+        )
+        rej.update_layout(title="candidates rejected, per version", yaxis={"tickformat": ".0%", "rangemode": "tozero"})
+        figs += [
+            html.Div(_graph(lat, "latency-chart"), className="col"),
+            html.Div(_graph(rej, "rejection-chart"), className="col"),
+        ]
     elif telemetry is not None:
         out.append(notice("No episode telemetry in the last 24 h: are agents running (`fleet agents run`)?"))
     try:
@@ -244,16 +365,23 @@ def health(src: Sources) -> list:
         out.append(notice(str(e), "warning"))
     if lag:
         fig = go.Figure(go.Histogram(x=lag, nbinsx=40, marker_color="#0072b2"))
-        fig.update_layout(title=f"ingest lag (s): p50 {np.percentile(lag, 50):.2f}, p95 {np.percentile(lag, 95):.2f}",
-                          xaxis_title=f"publish to indexed, the last {len(lag)} episodes")  # fmt: skip
+        fig.update_layout(
+            title=f"ingest lag (s): p50 {np.percentile(lag, 50):.2f}, p95 {np.percentile(lag, 95):.2f}",
+            xaxis_title=f"publish to indexed, the last {len(lag)} episodes",
+        )
         figs.append(html.Div(_graph(fig, "ingest-lag-chart"), className="col"))
     if telemetry is not None:
         dead = telemetry.dead_letters
         fig = go.Figure(go.Bar(x=list(dead) or ["none"], y=list(dead.values()) or [0], marker_color="#cc79a7"))
-        fig.update_layout(title=f"dead letters by reason: {sum(dead.values())}", yaxis=dict(rangemode="tozero"))
+        fig.update_layout(title=f"dead letters by reason: {sum(dead.values())}", yaxis={"rangemode": "tozero"})
         figs.append(html.Div(_graph(fig, "dead-letter-chart"), className="col"))
         if telemetry.refused:
-            out.append(notice(f"{len(telemetry.refused)} model loads refused by agents; latest: {telemetry.refused[-1]['reason']}", "warning"))
+            out.append(
+                notice(
+                    f"{len(telemetry.refused)} model loads refused by agents; latest: {telemetry.refused[-1]['reason']}",
+                    "warning",
+                )
+            )
     return out + [html.Div(figs, className="grid")]
 
 
@@ -263,8 +391,20 @@ def episodes(src: Sources) -> list:
     rows = src.index.latest(500)
     if not rows:
         return [notice(NO_EPISODES)]
-    data = [{"episode": e, "robot": r, "task": t, "version": v, "ended": iso(end), "success": "yes" if ok else "no",
-             "steps": steps, "decisions": d, "rejections": rej} for e, r, t, v, end, ok, steps, d, rej in rows]  # fmt: skip
+    data = [
+        {
+            "episode": e,
+            "robot": r,
+            "task": t,
+            "version": v,
+            "ended": iso(end),
+            "success": "yes" if ok else "no",
+            "steps": steps,
+            "decisions": d,
+            "rejections": rej,
+        }
+        for e, r, t, v, end, ok, steps, d, rej in rows
+    ]
     table = _table("episode-table", list(data[0]), data, page_size=10, row_selectable="single", selected_rows=[0])
     table.hidden_columns = ["episode"]
     table.css = [{"selector": ".show-hide", "rule": "display: none"}]
@@ -282,16 +422,40 @@ def _episode(src: Sources, media: EpisodeMedia, episode_id: str) -> tuple[Episod
 @guarded
 def episode_detail(src: Sources, media: EpisodeMedia, episode_id: str) -> list:
     episode, k = _episode(src, media, episode_id)
-    header = html.P(f"{episode.robot_id}: \"{episode.instruction}\" with version {episode.model_versions.policy}: "
-                    f"{'success' if episode.success else 'failure'} in {len(episode.actions)} steps, "
-                    f"{len(episode.decisions)} decisions")  # fmt: skip
-    videos = html.Div(className="row", children=[
-        _video(f"/media/{episode_id}/imagined.webm", "imagined (the chosen future, decision by decision)", "video-imagined"),
-        _video(f"/media/{episode_id}/executed.webm", "executed (the camera)", "video-executed")])  # fmt: skip
-    slider = dcc.Slider(id="decision-slider", min=0, max=max(len(episode.decisions) - 1, 0), step=1, value=0,
-                        marks=None, tooltip={"placement": "bottom", "always_visible": True})  # fmt: skip
-    return [header, videos, html.H3("actions"), _graph(_actions_figure(episode), "actions-chart", 260),
-            html.H3("one decision's candidates"), slider, html.Div(_candidates(episode, k, 0, episode_id), id="candidates")]
+    header = html.P(
+        f'{episode.robot_id}: "{episode.instruction}" with version {episode.model_versions.policy}: '
+        f"{'success' if episode.success else 'failure'} in {len(episode.actions)} steps, "
+        f"{len(episode.decisions)} decisions"
+    )
+    videos = html.Div(
+        className="row",
+        children=[
+            _video(
+                f"/media/{episode_id}/imagined.webm",
+                "imagined (the chosen future, decision by decision)",
+                "video-imagined",
+            ),
+            _video(f"/media/{episode_id}/executed.webm", "executed (the camera)", "video-executed"),
+        ],
+    )
+    slider = dcc.Slider(
+        id="decision-slider",
+        min=0,
+        max=max(len(episode.decisions) - 1, 0),
+        step=1,
+        value=0,
+        marks=None,
+        tooltip={"placement": "bottom", "always_visible": True},
+    )
+    return [
+        header,
+        videos,
+        html.H3("actions"),
+        _graph(_actions_figure(episode), "actions-chart", 260),
+        html.H3("one decision's candidates"),
+        slider,
+        html.Div(_candidates(episode, k, 0, episode_id), id="candidates"),
+    ]
 
 
 @guarded
@@ -302,8 +466,15 @@ def decision_candidates(src: Sources, media: EpisodeMedia, episode_id: str, deci
 
 
 def _video(src_url: str, caption: str, video_id: str) -> html.Figure:
-    return html.Figure([html.Video(src=src_url, id=video_id, controls=True, autoPlay=True, loop=True, muted=True,
-                                   className="episode-video"), html.Figcaption(caption)], className="col")  # fmt: skip
+    return html.Figure(
+        [
+            html.Video(
+                src=src_url, id=video_id, controls=True, autoPlay=True, loop=True, muted=True, className="episode-video"
+            ),
+            html.Figcaption(caption),
+        ],
+        className="col",
+    )
 
 
 def _candidates(episode: Episode, k: int, d: int, episode_id: str) -> list:
@@ -313,14 +484,36 @@ def _candidates(episode: Episode, k: int, d: int, episode_id: str) -> list:
     shown = decision.candidates[-k:]  # after a resample the media keep the last round's K
     cells = []
     for j, c in enumerate(shown):
-        status = ("chosen" if c.index == decision.chosen else f"rejected: {c.rejection_reason}" if c.rejected else "alternative")
+        status = (
+            "chosen"
+            if c.index == decision.chosen
+            else f"rejected: {c.rejection_reason}"
+            if c.rejected
+            else "alternative"
+        )
         score = "-" if c.score is None else f"{c.score:.3f}"
-        cells.append(html.Figure([html.Video(src=f"/media/{episode_id}/d{d}c{j}.webm", autoPlay=True, loop=True, muted=True,
-                                             className="candidate-video"),
-                                  html.Figcaption(f"#{c.index} score {score}, {status}")],
-                                 className=f"candidate candidate-{status.split(':')[0]}"))  # fmt: skip
-    return [html.P(f"decision {d} at step {decision.step}: {len(decision.candidates)} candidates, "
-                   f"{decision.resamples} resamples, {decision.latency_ms:.0f} ms"), html.Div(cells, className="candidates")]  # fmt: skip
+        cells.append(
+            html.Figure(
+                [
+                    html.Video(
+                        src=f"/media/{episode_id}/d{d}c{j}.webm",
+                        autoPlay=True,
+                        loop=True,
+                        muted=True,
+                        className="candidate-video",
+                    ),
+                    html.Figcaption(f"#{c.index} score {score}, {status}"),
+                ],
+                className=f"candidate candidate-{status.split(':')[0]}",
+            )
+        )
+    return [
+        html.P(
+            f"decision {d} at step {decision.step}: {len(decision.candidates)} candidates, "
+            f"{decision.resamples} resamples, {decision.latency_ms:.0f} ms"
+        ),
+        html.Div(cells, className="candidates"),
+    ]
 
 
 def _actions_figure(episode: Episode) -> go.Figure:
@@ -344,7 +537,9 @@ def _age_s(at: str) -> float:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+    return (
+        f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+    )
 
 
 VIEWS = {"fleet": fleet, "rollout": rollout, "robots": robots_tasks, "health": health, "episodes": episodes}

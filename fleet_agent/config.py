@@ -17,7 +17,9 @@ class FleetConfig:
     split: Literal["seen", "heldout", "all"] = "seen"  # the task family robots are given
     seed: int = 0  # first task seed; each episode takes the next one
     id_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "robot"
-    batch_robots: Annotated[int, Field(ge=1)] = 8  # robots per inference batch: larger uses the cores better, smaller swaps sooner
+    batch_robots: Annotated[int, Field(ge=1)] = (
+        8  # robots per inference batch: larger uses the cores better, smaller swaps sooner
+    )
     planner: PlannerConfig = field(default_factory=PlannerConfig)
 
     def robot_ids(self) -> list[str]:

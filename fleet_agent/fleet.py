@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -69,15 +69,20 @@ class Robot:
     def start(self, seed: int) -> None:
         self.obs, self.info = self.env.reset(seed=seed)
         self.prev = self.obs["rgb"]
-        self.episode_id, self.step, self.started_at = uuid.uuid4(), 0, datetime.now(timezone.utc)
+        self.episode_id, self.step, self.started_at = uuid.uuid4(), 0, datetime.now(UTC)
         self.frames, self.actions, self.decisions, self.imagined = [self.obs["rgb"]], [], [], []
         self.timings = Counter()
         self.pending.clear()
 
 
 class Fleet:
-    def __init__(self, settings: Settings, config: FleetConfig, models: FleetModels | None = None,
-                 publisher: EpisodePublisher | None = None):  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        config: FleetConfig,
+        models: FleetModels | None = None,
+        publisher: EpisodePublisher | None = None,
+    ):
         self.settings, self.config = settings, config
         ids = config.robot_ids()
         self._telemetry = kafka_producer(settings)
@@ -98,15 +103,22 @@ class Fleet:
         self.paused = threading.Event()
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self, episodes: int | None = None, duration_s: float | None = None, on_episode=None,
-            stop: threading.Event | None = None) -> dict:  # fmt: skip
+    def run(
+        self,
+        episodes: int | None = None,
+        duration_s: float | None = None,
+        on_episode=None,
+        stop: threading.Event | None = None,
+    ) -> dict:
         """Run until `episodes` have finished, `duration_s` has passed, or `stop` is set."""
         self.models.start()
         stop = stop or threading.Event()
         started, finished = time.monotonic(), 0
         try:
-            while not stop.is_set() and (episodes is None or finished < episodes) and (
-                duration_s is None or time.monotonic() - started < duration_s
+            while (
+                not stop.is_set()
+                and (episodes is None or finished < episodes)
+                and (duration_s is None or time.monotonic() - started < duration_s)
             ):
                 if self.paused.is_set():
                     self._heartbeats()
@@ -199,24 +211,39 @@ class Fleet:
         version = robot.version if len(versions) <= 1 else robot.decisions[-1].policy_version
         rejections = Counter(c.rejection_reason for d in robot.decisions for c in d.candidates if c.rejected)
         core = EpisodeCore(
-            episode_id=robot.episode_id, robot_id=robot.robot_id,
+            episode_id=robot.episode_id,
+            robot_id=robot.robot_id,
             model_versions=ModelVersions(policy=version, world_model=version, idm=version, critic=version),
-            task_id=robot.info["task_id"], instruction=robot.info["instruction"],
-            started_at=robot.started_at, ended_at=datetime.now(timezone.utc),
-            success=bool(robot.info["success"]), success_source=SuccessSource.environment,
-            actions=np.stack(robot.actions).round(5).tolist(), decisions=robot.decisions,
-            rejections=dict(rejections), timings_ms={k: round(v, 2) for k, v in robot.timings.items()},
-        )  # fmt: skip
+            task_id=robot.info["task_id"],
+            instruction=robot.info["instruction"],
+            started_at=robot.started_at,
+            ended_at=datetime.now(UTC),
+            success=bool(robot.info["success"]),
+            success_source=SuccessSource.environment,
+            actions=np.stack(robot.actions).round(5).tolist(),
+            decisions=robot.decisions,
+            rejections=dict(rejections),
+            timings_ms={k: round(v, 2) for k, v in robot.timings.items()},
+        )
         self.publisher.publish(core, np.stack(robot.frames), np.stack(robot.imagined))
         robot.episodes += 1
         latencies = [d.latency_ms for d in robot.decisions]
         candidates = sum(len(d.candidates) for d in robot.decisions)
-        self._emit(robot.robot_id, EpisodeTelemetry(
-            robot_id=robot.robot_id, episode_id=core.episode_id, policy_version=version if len(versions) <= 1 else "mixed",
-            task_id=core.task_id, success=core.success, decisions=len(latencies), candidates=candidates,
-            decision_ms_p50=round(float(np.percentile(latencies, 50)), 1),
-            decision_ms_p95=round(float(np.percentile(latencies, 95)), 1), rejections=sum(rejections.values()),
-        ))  # fmt: skip
+        self._emit(
+            robot.robot_id,
+            EpisodeTelemetry(
+                robot_id=robot.robot_id,
+                episode_id=core.episode_id,
+                policy_version=version if len(versions) <= 1 else "mixed",
+                task_id=core.task_id,
+                success=core.success,
+                decisions=len(latencies),
+                candidates=candidates,
+                decision_ms_p50=round(float(np.percentile(latencies, 50)), 1),
+                decision_ms_p95=round(float(np.percentile(latencies, 95)), 1),
+                rejections=sum(rejections.values()),
+            ),
+        )
         metrics.EPISODES.labels(robot.robot_id, version, str(core.success).lower()).inc()
         metrics.CANDIDATES.labels(version).inc(candidates)
         for reason, count in rejections.items():
@@ -229,7 +256,10 @@ class Fleet:
             return
         self._last_heartbeat = time.monotonic()
         for robot in self.robots:
-            self._emit(robot.robot_id, Heartbeat(robot_id=robot.robot_id, policy_version=robot.version, episodes=robot.episodes))
+            self._emit(
+                robot.robot_id,
+                Heartbeat(robot_id=robot.robot_id, policy_version=robot.version, episodes=robot.episodes),
+            )
 
     def _refused(self, version: str, reason: str, kept: str | None) -> None:
         metrics.REFUSALS.inc()
@@ -238,7 +268,9 @@ class Fleet:
     def _emit(self, key: str, message) -> None:
         # Telemetry is best effort: episodes themselves wait in the spool, a lost heartbeat does not matter.
         try:
-            self._telemetry.send(self.settings.kafka.telemetry_topic, key=key.encode(), value=message.model_dump_json().encode())
+            self._telemetry.send(
+                self.settings.kafka.telemetry_topic, key=key.encode(), value=message.model_dump_json().encode()
+            )
         except Exception as e:  # noqa: BLE001 - kafka-python raises several types for one cause
             log.warning("telemetry dropped: %s", e)
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EPISODES = Counter("fleet_episodes_total", "finished episodes", ["robot", "version", "success"])
-DECISION_SECONDS = Histogram("fleet_decision_seconds", "time a robot waits for one plan-and-act decision",
-                             ["version"], buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5))  # fmt: skip
+DECISION_SECONDS = Histogram(
+    "fleet_decision_seconds",
+    "time a robot waits for one plan-and-act decision",
+    ["version"],
+    buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+)
 CANDIDATES = Counter("fleet_candidates_total", "imagined candidates", ["version"])
 REJECTIONS = Counter("fleet_rejections_total", "rejected candidates", ["version", "reason"])
 MODEL = Gauge("fleet_robot_model_version", "the version each robot runs (the value is the version number)", ["robot"])

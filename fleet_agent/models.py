@@ -18,17 +18,12 @@ from collections.abc import Callable
 
 from infra.clients import ServiceUnavailable, kafka_consumer
 from infra.contracts.rollout import RolloutEvent
-from infra.errors import FleetError
 from infra.settings import Settings
-from registry.model_store import ModelStore, TamperedModel
+from registry.model_store import ModelStore, NoChampion, TamperedModel
 from registry.rollout import FRACTION_TAG
 from worldmodel.policy import WorldModelPolicy
 
 log = logging.getLogger(__name__)
-
-
-class NoChampion(FleetError):
-    """The registry has no champion for robots to run."""
 
 
 def canary_robots(robot_ids: list[str], version: str, fraction: float) -> set[str]:
@@ -40,8 +35,13 @@ def canary_robots(robot_ids: list[str], version: str, fraction: float) -> set[st
 
 
 class FleetModels:
-    def __init__(self, settings: Settings, robot_ids: list[str], store: ModelStore | None = None,
-                 on_refused: Callable[[str, str, str | None], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        robot_ids: list[str],
+        store: ModelStore | None = None,
+        on_refused: Callable[[str, str, str | None], None] | None = None,
+    ):
         self.settings, self.robot_ids = settings, robot_ids
         self.store = store or ModelStore(settings)
         self.on_refused = on_refused or (lambda version, reason, kept: None)
@@ -54,8 +54,10 @@ class FleetModels:
         self._thread: threading.Thread | None = None
         self.refresh()
         if not self._assignment:
-            raise NoChampion(f"the registry has no champion for {self.store.name}: register one with "
-                               "`fleet rollout register --policy DIR --crown`")  # fmt: skip
+            raise NoChampion(
+                f"the registry has no champion for {self.store.name}: register one with "
+                "`fleet rollout register --policy DIR --crown`"
+            )
 
     # -- for the robots -----------------------------------------------------------------------
     def version_for(self, robot_id: str) -> str:
@@ -127,8 +129,9 @@ class FleetModels:
         while not self._stop.is_set():
             try:
                 if consumer is None:
-                    consumer = kafka_consumer(self.settings, self.settings.kafka.rollouts_topic, group_id=None,
-                                              auto_offset_reset="latest")  # fmt: skip
+                    consumer = kafka_consumer(
+                        self.settings, self.settings.kafka.rollouts_topic, group_id=None, auto_offset_reset="latest"
+                    )
                 batches = consumer.poll(timeout_ms=200)
                 events = [RolloutEvent.model_validate_json(m.value) for msgs in batches.values() for m in msgs]
                 events = [e for e in events if e.model == self.store.name]

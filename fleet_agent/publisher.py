@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from kafka import KafkaProducer
@@ -63,7 +63,7 @@ class EpisodePublisher:
             nbytes=len(blob),
             arrays={name: ArraySpec(shape=list(a.shape), dtype=a.dtype.name) for name, a in media.items()},
         )
-        episode = Episode(**core.model_dump(), media=ref, published_at=datetime.now(timezone.utc))
+        episode = Episode(**core.model_dump(), media=ref, published_at=datetime.now(UTC))
         self.spool.append(episode.model_dump_json().encode(), blob)
         with self._wake:
             self._wake.notify()
@@ -120,9 +120,7 @@ class EpisodePublisher:
         """Upload media, then produce messages, then drop acknowledged entries (in order)."""
         self._upload(entries)
         producer = self._ensure_producer()
-        futures = [
-            producer.send(self.topic, key=e.robot_id().encode(), value=e.message()) for e in entries
-        ]
+        futures = [producer.send(self.topic, key=e.robot_id().encode(), value=e.message()) for e in entries]
         try:
             producer.flush(timeout=self.settings.kafka.bootstrap_timeout_ms / 1000 * 3)
         except Exception as e:  # noqa: BLE001 - kafka-python raises several types for one cause
@@ -148,7 +146,9 @@ class EpisodePublisher:
 
         def put(entry: SpoolEntry) -> None:
             blob = entry.media()
-            self._s3.put_object(self.bucket, entry.media_key(), io.BytesIO(blob), len(blob), content_type=arrays.MEDIA_TYPE)
+            self._s3.put_object(
+                self.bucket, entry.media_key(), io.BytesIO(blob), len(blob), content_type=arrays.MEDIA_TYPE
+            )
             self._uploaded.add(entry.seq)
 
         try:

@@ -7,7 +7,7 @@ the run shows in the Prefect UI of the stack.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from prefect import flow, task
@@ -35,13 +35,12 @@ def publish_episodes(settings: Settings, episodes: int, robots: int, seed: int |
 @task
 def ingest_episodes(settings: Settings, expected: int) -> dict:
     """Run the learner's ingest until `expected` new episodes are indexed (or it goes idle)."""
-    index = EpisodeIndex(settings.index_path)
-    ingestor = EpisodeIngestor(settings, index)
-    try:
-        stats = ingestor.run(until_indexed=expected, idle_timeout_s=60)
-    finally:
-        ingestor.close()
-        index.close()
+    with EpisodeIndex(settings.index_path) as index:
+        ingestor = EpisodeIngestor(settings, index)
+        try:
+            stats = ingestor.run(until_indexed=expected, idle_timeout_s=60)
+        finally:
+            ingestor.close()
     return {"indexed": stats.indexed, "duplicates_dropped": stats.duplicates, "dead_lettered": stats.dead_lettered}
 
 
@@ -50,14 +49,13 @@ def data_plane_demo(
     settings: Settings, episodes: int = 200, robots: int = 10, rate: float = 40.0, seed: int | None = None
 ) -> dict:
     """Robots publish while the learner ingests, as on a live fleet."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     ingest = ingest_episodes.submit(settings, episodes)
     ids = publish_episodes(settings, episodes, robots, seed, rate)
     stats = ingest.result()
-    index = EpisodeIndex(settings.index_path)
-    arrived = len(set(ids) & set(index.episode_ids()))
-    latencies_ms = np.array(index.latencies_s(since=started)) * 1000
-    index.close()
+    with EpisodeIndex(settings.index_path) as index:
+        arrived = len(set(ids) & set(index.episode_ids()))
+        latencies_ms = np.array(index.latencies_s(since=started)) * 1000
     return {
         "published": len(ids),
         "arrived": arrived,

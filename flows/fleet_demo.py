@@ -24,6 +24,7 @@ from prefect import flow
 from fleet_agent.fleet import Fleet, FleetConfig
 from flows.config import DEMO_PROFILES
 from flows.improvement import improvement_round
+from infra.contracts.rollout import RoundDecision
 from infra.settings import Settings
 from infra.stats import wilson
 from learner.dataset import save_clips
@@ -55,7 +56,9 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
     logs = robot_logs(base_profile.robot_clips, base_profile.seed, size=64)
     replay = save_clips(logs, work / "base" / "robot_logs", "scripted robot logs")
     store, rollout = ModelStore(settings), Rollout(settings)
-    base = store.register(work / "base" / "policy", lineage={"parent_version": "none", "dataset_manifest": "scripted robot logs"})
+    base = store.register(
+        work / "base" / "policy", lineage={"parent_version": "none", "dataset_manifest": "scripted robot logs"}
+    )
     rollout.crown(base.version, "the demo's base policy")
 
     fleet = Fleet(settings, FleetConfig(robots=demo.robots, planner=PlannerConfig(candidates=demo.candidates)))
@@ -70,24 +73,47 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
     try:
         since = time.monotonic()
         wins, n = _champion_success(fleet, base.version, since, demo.episodes_per_round)
-        rounds.append({"round": 0, "champion_version": base.version, "candidate_version": None, "decision": "baseline",
-                       "success_rate": round(wins / n, 4), "success_ci95": wilson(wins, n), "episodes": n})  # fmt: skip
+        rounds.append(
+            {
+                "round": 0,
+                "champion_version": base.version,
+                "candidate_version": None,
+                "decision": RoundDecision.baseline.value,
+                "success_rate": round(wins / n, 4),
+                "success_ci95": wilson(wins, n),
+                "episodes": n,
+            }
+        )
         print(f"round 0: champion {base.version} succeeds {wins}/{n}")
         for round_id in range(1, demo.rounds + 1):
             degrade = round_id == demo.degrade_round
-            config = demo.round.model_copy(update={"degrade": degrade, "work_dir": work / "rounds", "replay_dir": replay})
+            config = demo.round.model_copy(
+                update={"degrade": degrade, "work_dir": work / "rounds", "replay_dir": replay}
+            )
             # since=None: each round learns from every episode the fleet has produced so far
             started = time.monotonic()
             report = improvement_round(settings, config, round_id, since=None, learning=pause)
             champion = store.by_alias("champion").version
             # the round's champion episodes: a promoted candidate's canary episodes count too
             wins, n = _champion_success(fleet, champion, started, demo.episodes_per_round)
-            rounds.append({"round": round_id, "champion_version": champion, "candidate_version": report.get("candidate_version"),
-                           "decision": report["decision"], "degraded_on_purpose": degrade,
-                           "success_rate": round(wins / n, 4), "success_ci95": wilson(wins, n), "episodes": n,
-                           "canary": report.get("canary"), "evaluation_same_seeds": _evaluation(report)})  # fmt: skip
-            print(f"round {round_id}: candidate {report.get('candidate_version')} {report['decision']}; "
-                  f"champion {champion} succeeds {wins}/{n}")  # fmt: skip
+            rounds.append(
+                {
+                    "round": round_id,
+                    "champion_version": champion,
+                    "candidate_version": report.get("candidate_version"),
+                    "decision": report["decision"],
+                    "degraded_on_purpose": degrade,
+                    "success_rate": round(wins / n, 4),
+                    "success_ci95": wilson(wins, n),
+                    "episodes": n,
+                    "canary": report.get("canary"),
+                    "evaluation_same_seeds": _evaluation(report),
+                }
+            )
+            print(
+                f"round {round_id}: candidate {report.get('candidate_version')} {report['decision']}; "
+                f"champion {champion} succeeds {wins}/{n}"
+            )
     finally:
         stop.set()
         runner.join(timeout=300)
@@ -106,10 +132,9 @@ def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds
 
     ingest_new.fn(settings, idle_s=10)
     published = {str(c.episode_id) for c, _ in fleet.finished}
-    index = EpisodeIndex(settings.index_path)
-    indexed = set(index.episode_ids()) & published
-    rows = index.count()
-    index.close()
+    with EpisodeIndex(settings.index_path) as index:
+        indexed = set(index.episode_ids()) & published
+        rows = index.count()
     return {
         "rounds": rounds,
         "episodes_published": len(published),
@@ -117,6 +142,8 @@ def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds
         "lost": len(published - indexed),
         "duplicated": len(fleet.finished) - len(published),  # an id published twice
         "index_rows": rows,
-        "rollout_propagation_s_p95": round(float(np.percentile(fleet.propagation_s, 95)), 3) if fleet.propagation_s else None,
+        "rollout_propagation_s_p95": round(float(np.percentile(fleet.propagation_s, 95)), 3)
+        if fleet.propagation_s
+        else None,
         "seconds": round(seconds, 1),
     }

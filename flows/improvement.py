@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, tags, task
@@ -25,6 +25,8 @@ from prefect.runtime import flow_run
 
 from flows.config import RoundConfig
 from infra.clients import kafka_consumer
+from infra.contracts.evaluation import EvaluationReport
+from infra.contracts.rollout import CanaryDecision, RoundDecision
 from infra.contracts.telemetry import EpisodeTelemetry
 from infra.settings import Settings
 from learner.curation import CurationConfig, curate, load_manifest, save_manifest
@@ -33,7 +35,7 @@ from learner.episode_index import EpisodeIndex
 from learner.finetune import prepare_run, run_finetune
 from learner.ingest import EpisodeIngestor
 from registry.analysis import Arm, analyse
-from registry.model_store import ModelStore
+from registry.model_store import ModelStore, NoChampion
 from registry.rollout import Rollout
 
 
@@ -41,7 +43,12 @@ from registry.rollout import Rollout
 def ingest_new(settings: Settings, idle_s: float = 5.0, max_s: float = 60.0) -> dict:
     """Index what the fleet has published so far: until the topic is quiet for `idle_s`, or for at
     most `max_s` while robots keep publishing (the rest waits, safely, for the next round)."""
-    index = EpisodeIndex(settings.index_path)
+    with EpisodeIndex(settings.index_path) as index:
+        stats = _ingest_until_quiet(settings, index, idle_s, max_s)
+    return {"indexed": stats.indexed, "duplicates_dropped": stats.duplicates, "dead_lettered": stats.dead_lettered}
+
+
+def _ingest_until_quiet(settings: Settings, index: EpisodeIndex, idle_s: float, max_s: float):
     ingestor = EpisodeIngestor(settings, index)
     stop = threading.Event()
     timer = threading.Timer(max_s, stop.set)
@@ -51,21 +58,22 @@ def ingest_new(settings: Settings, idle_s: float = 5.0, max_s: float = 60.0) -> 
     finally:
         timer.cancel()
         ingestor.close()
-        index.close()
-    return {"indexed": stats.indexed, "duplicates_dropped": stats.duplicates, "dead_lettered": stats.dead_lettered}
+    return stats
 
 
 @task(retries=2, retry_delay_seconds=5)
 def curate_episodes(settings: Settings, since: datetime | None, threshold: float) -> dict:
-    index = EpisodeIndex(settings.index_path)
-    try:
+    with EpisodeIndex(settings.index_path) as index:
         episodes = index.query(since=since)
-    finally:
-        index.close()
     manifest = curate(settings, episodes, CurationConfig(consistency_threshold=threshold))
     kept = len(manifest.of_role("world_model_and_idm"))
-    return {"manifest": save_manifest(settings, manifest), "considered": manifest.considered, "kept_successes": kept,
-            "kept_failures": len(manifest.of_role("critic_negative")), "dropped_inconsistent": manifest.dropped_inconsistent}  # fmt: skip
+    return {
+        "manifest": save_manifest(settings, manifest),
+        "considered": manifest.considered,
+        "kept_successes": kept,
+        "kept_failures": len(manifest.of_role("critic_negative")),
+        "dropped_inconsistent": manifest.dropped_inconsistent,
+    }
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -74,11 +82,8 @@ def train_candidate(settings: Settings, champion: str, manifest_uri: str, config
     store = ModelStore(settings)
     parent = store.fetch(store.get(champion))
     manifest = load_manifest(settings, manifest_uri)
-    index = EpisodeIndex(settings.index_path)
-    try:
+    with EpisodeIndex(settings.index_path) as index:
         data = build_training_set(settings, manifest, index, run_dir / "dataset", config.replay_dir)
-    finally:
-        index.close()
     run = prepare_run(run_dir / "finetune", parent, data, config.finetune)
     run_finetune(run, config.world_size, progress=None)
     if config.degrade:
@@ -93,18 +98,22 @@ def _degrade(policy_dir: Path) -> None:
 
     weights = load_file(policy_dir / "idm.safetensors")
     generator = torch.Generator().manual_seed(0)
-    save_file({k: torch.randn(v.shape, generator=generator) if k.startswith("head") else v for k, v in weights.items()},
-              policy_dir / "idm.safetensors")  # fmt: skip
+    save_file(
+        {k: torch.randn(v.shape, generator=generator) if k.startswith("head") else v for k, v in weights.items()},
+        policy_dir / "idm.safetensors",
+    )
 
 
 @task
-def evaluate_pair(candidate_dir: str, champion_dir: str, episodes: int, candidates: int) -> dict:
+def evaluate_pair(candidate_dir: str, champion_dir: str, episodes: int, candidates: int) -> dict[str, EvaluationReport]:
     from worldmodel.evaluate import evaluate
     from worldmodel.planner import PlannerConfig
 
     config = PlannerConfig(candidates=candidates)
-    return {name: evaluate(Path(d), episodes, planner_config=config)
-            for name, d in (("candidate", candidate_dir), ("champion", champion_dir))}  # fmt: skip
+    return {
+        name: evaluate(Path(d), episodes, planner_config=config)
+        for name, d in (("candidate", candidate_dir), ("champion", champion_dir))
+    }
 
 
 @task(retries=3, retry_delay_seconds=5)
@@ -150,8 +159,13 @@ def analyse_canary(settings: Settings, canary: str, champion: str, since: float,
             totals = {canary: totals[canary] + c, champion: totals[champion] + h}
             if time.monotonic() > deadline:
                 rollout.rollback(reason=f"canary analysis timed out after {config.canary_timeout_s:.0f} s")
-                return {"decision": "rollback", "reason": "timeout", "canary": vars(totals[canary]), "champion": vars(totals[champion])}
-            if analyse(totals[canary], totals[champion], config.analysis).decision == "wait":
+                return {
+                    "decision": CanaryDecision.rollback.value,
+                    "reason": "timeout",
+                    "canary": vars(totals[canary]),
+                    "champion": vars(totals[champion]),
+                }
+            if analyse(totals[canary], totals[champion], config.analysis).decision == CanaryDecision.wait:
                 continue
             verdict = rollout.decide(totals[canary], totals[champion], config.analysis)  # records and acts
             log.info("canary %s: %s (%s)", canary, verdict.decision, verdict.reason)
@@ -162,48 +176,72 @@ def analyse_canary(settings: Settings, canary: str, champion: str, since: float,
 
 
 @flow(name="improvement-round", log_prints=True)
-def improvement_round(settings: Settings, config: RoundConfig, round_id: int, since: datetime | None = None,
-                      learning: Callable[[bool], None] | None = None) -> dict:  # fmt: skip
+def improvement_round(
+    settings: Settings,
+    config: RoundConfig,
+    round_id: int,
+    since: datetime | None = None,
+    learning: Callable[[bool], None] | None = None,
+) -> dict:
     """One round: ingest, curate, train, evaluate, register, canary, analyse, promote or roll back.
 
     `learning(True)` is called before ingest and `learning(False)` once the candidate is trained and
     evaluated: a demo whose robots share the learner's cores pauses them in between."""
     learning = learning or (lambda busy: None)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     champion = ModelStore(settings).by_alias("champion")
     if champion is None:
-        raise RuntimeError("no champion to improve: register one with `fleet rollout register --policy DIR --crown`")
+        raise NoChampion(
+            f"no champion of {settings.registry.model_name} to improve",
+            hint="register one with `fleet rollout register --policy DIR --crown`",
+        )
     learning(True)
     try:
         ingested = ingest_new(settings)
         curated = curate_episodes(settings, since, config.consistency_threshold)
-        report = {"round": round_id, "champion_version": champion.version, "started_at": started.isoformat(),
-                  "ingest": ingested, "curation": curated}  # fmt: skip
+        report = {
+            "round": round_id,
+            "champion_version": champion.version,
+            "started_at": started.isoformat(),
+            "ingest": ingested,
+            "curation": curated,
+        }
         if curated["kept_successes"] == 0:
             print(f"round {round_id}: no successful episodes consistent with their imagined futures; nothing to learn")
-            return report | {"decision": "skipped", "candidate_version": None}
+            return report | {"decision": RoundDecision.skipped.value, "candidate_version": None}
         run_dir = config.work_dir / f"{settings.registry.model_name}-round-{round_id}"
         candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)
         store = ModelStore(settings)
         figures = evaluate_pair(candidate_dir, str(store.fetch(champion)), config.eval_episodes, config.eval_candidates)
     finally:
         learning(False)
-    lineage = {"parent_version": champion.version, "dataset_manifest": curated["manifest"], "round": round_id,
-               "degraded_on_purpose": config.degrade, "replay": str(config.replay_dir or "none"),
-               "champion_success_rate_same_seeds": figures["champion"]["success_rate"],
-               "prefect_flow_run_id": str(flow_run.id or "")}  # fmt: skip
-    metrics = {k: v for k, v in figures["candidate"].items() if isinstance(v, float)}
-    version = register_candidate(settings, candidate_dir, lineage, metrics)
+    lineage = {
+        "parent_version": champion.version,
+        "dataset_manifest": curated["manifest"],
+        "round": round_id,
+        "degraded_on_purpose": config.degrade,
+        "replay": str(config.replay_dir or "none"),
+        "champion_success_rate_same_seeds": figures["champion"].success_rate,
+        "prefect_flow_run_id": str(flow_run.id or ""),
+    }
+    version = register_candidate(settings, candidate_dir, lineage, figures["candidate"].metrics())
     since_canary = start_canary(settings, version, config.canary_fraction)
     verdict = analyse_canary(settings, version, champion.version, since_canary, config)
-    decision = {"promote": "promoted", "rollback": "rolled_back"}[verdict["decision"]]
+    decision = RoundDecision.after(verdict["decision"]).value
     print(f"round {round_id}: candidate {version} {decision} ({verdict['reason']})")
-    return report | {"candidate_version": version, "evaluation": figures, "canary": verdict, "decision": decision}
+    evaluation = {arm: figures[arm].model_dump(mode="json") for arm in figures}
+    return report | {"candidate_version": version, "evaluation": evaluation, "canary": verdict, "decision": decision}
 
 
 @flow(name="improvement-loop", log_prints=True)
-def improvement_loop(config: RoundConfig, settings: Settings | None = None, rounds: int = 1, min_new_successes: int = 20,
-                     poll_s: float = 10.0, degrade_round: int | None = None) -> list[dict]:  # fmt: skip
+def improvement_loop(
+    config: RoundConfig,
+    settings: Settings | None = None,
+    rounds: int = 1,
+    min_new_successes: int = 20,
+    poll_s: float = 10.0,
+    degrade_round: int | None = None,
+) -> list[dict]:
     """Rounds whenever `min_new_successes` successful episodes have been indexed since the last one.
 
     Served as a deployment it reads its settings from the environment (FLEET_*), so no secret
@@ -213,13 +251,12 @@ def improvement_loop(config: RoundConfig, settings: Settings | None = None, roun
     for round_id in range(1, rounds + 1):
         while True:
             ingest_new(settings)
-            index = EpisodeIndex(settings.index_path)
-            fresh = index.count(success=True, since=since)
-            index.close()
+            with EpisodeIndex(settings.index_path) as index:
+                fresh = index.count(success=True, since=since)
             if fresh >= min_new_successes:
                 break
             time.sleep(poll_s)
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         round_config = config.model_copy(update={"degrade": round_id == degrade_round})
         with tags(settings.registry.flow_run_tag):  # a served run's tags do not reach its subflows
             reports.append(improvement_round(settings, round_config, round_id, since))

@@ -29,6 +29,8 @@ SERVICES = ("s3", "kafka", "mlflow", "prefect")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
+
+
 Service = Literal["s3", "kafka", "mlflow", "prefect"]
 
 
@@ -48,9 +50,7 @@ class StackSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    bootstrap_servers: str | None = Field(
-        None, description="host:port[,host:port]; unset = the embedded broker"
-    )
+    bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; unset = the embedded broker")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -84,9 +84,7 @@ class KafkaSettings(_Section):
 
 class S3Settings(_Section):
     endpoint: str | None = Field(None, description="http(s)://host:port; unset = embedded S3")
-    access_key: SecretStr | None = Field(
-        None, description="unset with the embedded S3 = the key it generated"
-    )
+    access_key: SecretStr | None = Field(None, description="unset with the embedded S3 = the key it generated")
     secret_key: SecretStr | None = None
     region: str = "us-east-1"
     episodes_bucket: str = "fleet-episodes"

@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import numpy as np
@@ -100,18 +100,29 @@ def curate(settings: Settings, episodes: list[Episode], config: CurationConfig =
             return None
         if not ep.success and not config.keep_failures:
             return None
-        return ManifestEntry(episode_id=str(ep.episode_id), media_key=ep.media.key, media_sha256=ep.media.sha256,
-                             task_id=ep.task_id, policy_version=ep.model_versions.policy, success=ep.success,
-                             consistency=None if score is None else round(score, 4),
-                             role="world_model_and_idm" if ep.success else "critic_negative")  # fmt: skip
+        return ManifestEntry(
+            episode_id=str(ep.episode_id),
+            media_key=ep.media.key,
+            media_sha256=ep.media.sha256,
+            task_id=ep.task_id,
+            policy_version=ep.model_versions.policy,
+            success=ep.success,
+            consistency=None if score is None else round(score, 4),
+            role="world_model_and_idm" if ep.success else "critic_negative",
+        )
 
     with ThreadPoolExecutor(settings.learner.fetch_workers) as pool:
         judged = list(pool.map(judge, episodes))
     entries = sorted((e for e in judged if e is not None), key=lambda e: e.episode_id)
     dropped = sum(1 for ep, e in zip(episodes, judged, strict=True) if e is None and ep.success)
-    return DatasetManifest(manifest_id=content_id(entries, config.consistency_threshold), created_at=datetime.now(timezone.utc),
-                           consistency_threshold=config.consistency_threshold, considered=len(episodes),
-                           dropped_inconsistent=dropped, entries=entries)  # fmt: skip
+    return DatasetManifest(
+        manifest_id=content_id(entries, config.consistency_threshold),
+        created_at=datetime.now(UTC),
+        consistency_threshold=config.consistency_threshold,
+        considered=len(episodes),
+        dropped_inconsistent=dropped,
+        entries=entries,
+    )
 
 
 def content_id(entries: list[ManifestEntry], threshold: float) -> str:
@@ -127,8 +138,9 @@ def save_manifest(settings: Settings, manifest: DatasetManifest) -> str:
     """Write the manifest to the episodes bucket; returns its s3:// URI."""
     blob = manifest.model_dump_json(indent=1).encode()
     bucket = settings.s3.episodes_bucket
-    s3_client(settings).put_object(bucket, manifest_key(manifest.manifest_id), io.BytesIO(blob), len(blob),
-                                   content_type="application/json")  # fmt: skip
+    s3_client(settings).put_object(
+        bucket, manifest_key(manifest.manifest_id), io.BytesIO(blob), len(blob), content_type="application/json"
+    )
     return f"s3://{bucket}/{manifest_key(manifest.manifest_id)}"
 
 

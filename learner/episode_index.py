@@ -13,10 +13,11 @@ writes) and the dashboard's `IndexReader` (read-only, a connection per query).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 from infra.contracts.episode import Episode
 from infra.errors import FleetError
@@ -264,4 +265,3 @@ def _where(
         clauses.append("started_at < ?")
         args.append(until.timestamp())
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
-

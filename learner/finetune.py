@@ -14,6 +14,7 @@ This module imports no torch: the CLI and the flows read `FinetuneJob` without p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -73,8 +74,16 @@ def prepare_run(run_dir: Path, parent_policy: Path, data_dir: Path, job: Finetun
 def launch(run_dir: Path, world_size: int = 1) -> subprocess.Popen:
     threads = max(1, (os.cpu_count() or 1) // world_size)  # ranks share the cores rather than fight for them
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
-           "-m", "learner.finetune_worker", str(run_dir)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world_size}",
+        "-m",
+        "learner.finetune_worker",
+        str(run_dir),
+    ]
     log = open(run_dir / "train.log", "a")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -88,10 +97,8 @@ def run_finetune(run_dir: Path, world_size: int = 1, timeout_s: float = 3600, pr
             proc.kill()
             raise FinetuneFailed(f"fine-tuning in {run_dir} ran past {timeout_s:.0f} s")
         if progress and (run_dir / PROGRESS).exists():
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # caught mid-write
                 progress(json.loads((run_dir / PROGRESS).read_text()))
-            except json.JSONDecodeError:
-                pass  # caught mid-write
         time.sleep(0.5)
     result = json.loads((run_dir / RESULT).read_text()) if (run_dir / RESULT).exists() else None
     if result is None or result["status"] != "finished":
@@ -99,4 +106,3 @@ def run_finetune(run_dir: Path, world_size: int = 1, timeout_s: float = 3600, pr
         reason = result["reason"] if result else f"the training processes exited with {proc.returncode}:\n{tail}"
         raise FinetuneFailed(f"fine-tuning in {run_dir} did not finish: {reason}")
     return result
-

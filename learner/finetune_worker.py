@@ -81,7 +81,14 @@ def run(run_dir: Path) -> int:
     t0 = time.perf_counter()
     try:
         seed = job.seed * 1_000_003 + rank
-        fit(engine, job.steps, batch=lambda step: (seed + step * world,), start=start, world=world, after_step=after_step)
+        fit(
+            engine,
+            job.steps,
+            batch=lambda step: (seed + step * world,),
+            start=start,
+            world=world,
+            after_step=after_step,
+        )
     except NonFiniteLoss as e:
         return _finish(run_dir, rank, {"status": "aborted", "reason": str(e), "step": e.step}, code=3)
     elapsed = time.perf_counter() - t0

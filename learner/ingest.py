@@ -24,12 +24,14 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
+from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import Episode, MediaRef
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, Provenance
 from learner.media import Rejected, fetch_verified
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class IngestStats:
@@ -61,9 +63,7 @@ class EpisodeIngestor:
         self.topic = settings.kafka.episodes_topic
         self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.verify_media = verify_media
-        self.consumer: KafkaConsumer = kafka_consumer(
-            settings, self.topic, group_id=settings.kafka.consumer_group
-        )
+        self.consumer: KafkaConsumer = kafka_consumer(settings, self.topic, group_id=settings.kafka.consumer_group)
         self._dlq = None
         self._resync = False  # set when positions may be past records that were not kept
         self._s3 = s3_client(settings)
@@ -101,24 +101,23 @@ class EpisodeIngestor:
             # Nothing is lost by trying the batch again: what was indexed is deduplicated.
             self._resync = True
             raise ServiceUnavailable(f"ingest of {len(records)} records will be retried: {e}") from e
-        for _, reason in rejected:
-            kind = reason.split(":", 1)[0]
-            stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
+        for _, letter in rejected:
+            stats.reasons[letter.reason.value] = stats.reasons.get(letter.reason.value, 0) + 1
         stats.dead_lettered = len(rejected)
         return stats
 
-    def _judge(self, record) -> Episode | str:
-        """The episode if the message is good, else the dead-letter reason."""
+    def _judge(self, record) -> Episode | DeadLetter:
+        """The episode if the message is good, else the dead letter that says why not."""
         try:
             episode = Episode.model_validate_json(record.value)
         except ValidationError as e:
-            kind = "bad_json" if any(err["type"] == "json_invalid" for err in e.errors()) else "schema"
-            return f"{kind}: {_short(e)}"
+            bad_json = any(err["type"] == "json_invalid" for err in e.errors())
+            return DeadLetter(DeadLetterReason.bad_json if bad_json else DeadLetterReason.schema, _short(e))
         if self.verify_media:
             try:
                 self._verify(episode.media)
             except Rejected as e:
-                return str(e)
+                return e.dead_letter
         return episode
 
     def _verify(self, ref: MediaRef) -> None:
@@ -127,17 +126,10 @@ class EpisodeIngestor:
     def _dead_letter(self, rejected) -> None:
         if self._dlq is None:
             self._dlq = kafka_producer(self.settings)
-        for record, reason in rejected:
-            log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-            self._dlq.send(
-                self.dead_letter_topic,
-                key=record.key,
-                value=record.value,
-                headers=[
-                    ("reason", reason.encode()),
-                    ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-                ],
-            )
+        for record, letter in rejected:
+            log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, letter)
+            source = f"{record.topic}/{record.partition}/{record.offset}"
+            self._dlq.send(self.dead_letter_topic, key=record.key, value=record.value, headers=letter.headers(source))
         self._dlq.flush(timeout=30)
 
     def _seek_to_committed(self) -> None:

@@ -13,6 +13,7 @@ from minio.error import S3Error
 
 from infra.clients import ServiceUnavailable
 from infra.contracts import arrays
+from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import MediaRef
 from infra.errors import FleetError
 
@@ -20,7 +21,11 @@ PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "InvalidObjectName"}
 
 
 class Rejected(FleetError):
-    """Media (or a message) that can never be accepted; its text is the reason."""
+    """Media (or a message) that can never be accepted, with the dead letter that says why."""
+
+    def __init__(self, reason: DeadLetterReason, detail: str):
+        self.dead_letter = DeadLetter(reason, detail)
+        super().__init__(str(self.dead_letter))
 
 
 def fetch_verified(s3: Minio, endpoint: str, ref: MediaRef) -> bytes:
@@ -33,13 +38,16 @@ def fetch_verified(s3: Minio, endpoint: str, ref: MediaRef) -> bytes:
             response.release_conn()
     except S3Error as e:
         if e.code in PERMANENT_S3_CODES:
-            raise Rejected(f"missing_object: s3://{ref.bucket}/{ref.key} ({e.code})") from e
+            raise Rejected(DeadLetterReason.missing_object, f"s3://{ref.bucket}/{ref.key} ({e.code})") from e
         raise ServiceUnavailable(f"s3 at {endpoint} failed: {e.code}") from e
     except Exception as e:  # noqa: BLE001 - connection-level failures from urllib3
         raise ServiceUnavailable(f"s3 at {endpoint} did not answer: {e}") from e
     digest = arrays.sha256(blob)
     if digest != ref.sha256:
-        raise Rejected(f"checksum_mismatch: s3://{ref.bucket}/{ref.key} has sha256 {digest}, message says {ref.sha256}")
+        raise Rejected(
+            DeadLetterReason.checksum_mismatch,
+            f"s3://{ref.bucket}/{ref.key} has sha256 {digest}, message says {ref.sha256}",
+        )
     return blob
 
 

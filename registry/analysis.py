@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 import pydantic.dataclasses
 from pydantic import Field
 
+from infra.contracts.rollout import CanaryDecision
 from infra.stats import wilson
 
 
@@ -50,25 +51,40 @@ class Arm:
         return self.rejected / self.candidates if self.candidates else 0.0
 
     def __add__(self, other: Arm) -> Arm:
-        return Arm(self.successes + other.successes, self.episodes + other.episodes,
-                   self.rejected + other.rejected, self.candidates + other.candidates)  # fmt: skip
+        return Arm(
+            self.successes + other.successes,
+            self.episodes + other.episodes,
+            self.rejected + other.rejected,
+            self.candidates + other.candidates,
+        )
 
 
 @dataclass(frozen=True)
 class Verdict:
-    decision: Literal["wait", "promote", "rollback"]
+    decision: CanaryDecision
     p_worse: float
     canary: Arm
     champion: Arm
     reason: str
 
     def as_dict(self) -> dict:
-        return {"decision": self.decision, "p_worse": round(self.p_worse, 5), "reason": self.reason,
-                "test": "Fisher exact, one-sided (canary worse)",
-                **{f"{name}_{k}": v for name, arm in (("canary", self.canary), ("champion", self.champion))
-                   for k, v in (("successes", arm.successes), ("episodes", arm.episodes),
-                                ("rate", round(arm.rate, 4)), ("ci95", wilson(arm.successes, arm.episodes)),
-                                ("rejection_rate", round(arm.rejection_rate, 4)))}}  # fmt: skip
+        return {
+            "decision": self.decision.value,
+            "p_worse": round(self.p_worse, 5),
+            "reason": self.reason,
+            "test": "Fisher exact, one-sided (canary worse)",
+            **{
+                f"{name}_{k}": v
+                for name, arm in (("canary", self.canary), ("champion", self.champion))
+                for k, v in (
+                    ("successes", arm.successes),
+                    ("episodes", arm.episodes),
+                    ("rate", round(arm.rate, 4)),
+                    ("ci95", wilson(arm.successes, arm.episodes)),
+                    ("rejection_rate", round(arm.rejection_rate, 4)),
+                )
+            },
+        }
 
 
 def _log_comb(n: int, k: int) -> float:
@@ -81,24 +97,56 @@ def fisher_less(canary: Arm, champion: Arm) -> float:
     total_s = canary.successes + champion.successes
     lo, hi = max(0, total_s - n2), min(total_s, n1)
     denominator = _log_comb(n1 + n2, total_s)
-    return min(1.0, sum(math.exp(_log_comb(n1, x) + _log_comb(n2, total_s - x) - denominator)
-                        for x in range(lo, min(canary.successes, hi) + 1)))  # fmt: skip
+    return min(
+        1.0,
+        sum(
+            math.exp(_log_comb(n1, x) + _log_comb(n2, total_s - x) - denominator)
+            for x in range(lo, min(canary.successes, hi) + 1)
+        ),
+    )
 
 
 def analyse(canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig()) -> Verdict:
     p = fisher_less(canary, champion) if canary.episodes and champion.episodes else 1.0
     excess = canary.rejection_rate - champion.rejection_rate
     if min(canary.episodes, champion.episodes) >= config.guardrail_episodes and excess > config.max_rejection_increase:
-        return Verdict("rollback", p, canary, champion,
-                       f"guardrail: canary rejects {canary.rejection_rate:.0%} of its candidates, "
-                       f"champion {champion.rejection_rate:.0%}")  # fmt: skip
+        return Verdict(
+            CanaryDecision.rollback,
+            p,
+            canary,
+            champion,
+            f"guardrail: canary rejects {canary.rejection_rate:.0%} of its candidates, "
+            f"champion {champion.rejection_rate:.0%}",
+        )
     if min(canary.episodes, champion.episodes) < config.min_episodes:
         need = config.min_episodes
-        return Verdict("wait", p, canary, champion, f"need {need} episodes per arm, have {canary.episodes} and {champion.episodes}")
+        return Verdict(
+            CanaryDecision.wait,
+            p,
+            canary,
+            champion,
+            f"need {need} episodes per arm, have {canary.episodes} and {champion.episodes}",
+        )
     if p < config.alpha:
-        return Verdict("rollback", p, canary, champion, f"canary worse than champion (Fisher p={p:.4f} < {config.alpha})")
+        return Verdict(
+            CanaryDecision.rollback,
+            p,
+            canary,
+            champion,
+            f"canary worse than champion (Fisher p={p:.4f} < {config.alpha})",
+        )
     if canary.rate >= champion.rate - config.margin:
-        return Verdict("promote", p, canary, champion,
-                       f"canary {canary.rate:.1%} vs champion {champion.rate:.1%}, not worse (p={p:.3f})")  # fmt: skip
-    return Verdict("rollback", p, canary, champion,
-                   f"canary {canary.rate:.1%} below champion {champion.rate:.1%} by more than {config.margin:.1%}")  # fmt: skip
+        return Verdict(
+            CanaryDecision.promote,
+            p,
+            canary,
+            champion,
+            f"canary {canary.rate:.1%} vs champion {champion.rate:.1%}, not worse (p={p:.3f})",
+        )
+    return Verdict(
+        CanaryDecision.rollback,
+        p,
+        canary,
+        champion,
+        f"canary {canary.rate:.1%} below champion {champion.rate:.1%} by more than {config.margin:.1%}",
+    )

@@ -9,6 +9,7 @@ before a single weight is read; a mismatch is refused with `TamperedModel`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -24,6 +25,10 @@ from infra.settings import Settings
 ALIASES = ("champion", "canary", "previous")
 DIGESTS_TAG = "weights_sha256"  # JSON {file name: sha256} of the policy directory
 MODEL_URI_PREFIX = "models:/"
+
+
+class NoChampion(FleetError):
+    """The registry has no champion: for robots to run, or for a round to improve."""
 
 
 class TamperedModel(FleetError):
@@ -50,8 +55,9 @@ def file_digests(directory: Path) -> dict[str, str]:
 
 def code_revision() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -80,24 +86,34 @@ class ModelStore:
             raise unavailable(self.settings, "mlflow", f"{what}: {e}") from e
 
     # -- writing ------------------------------------------------------------------------------
-    def register(self, policy_dir: Path, lineage: dict[str, str] | None = None,
-                 metrics: dict[str, float] | None = None) -> PolicyVersion:  # fmt: skip
+    def register(
+        self, policy_dir: Path, lineage: dict[str, str] | None = None, metrics: dict[str, float] | None = None
+    ) -> PolicyVersion:
         """Upload a policy directory as a new version with its digests and lineage tags."""
         digests = file_digests(policy_dir)
-        tags = {DIGESTS_TAG: json.dumps(digests, sort_keys=True), "code_revision": code_revision(),
-                **{k: str(v) for k, v in (lineage or {}).items()}}  # fmt: skip
+        tags = {
+            DIGESTS_TAG: json.dumps(digests, sort_keys=True),
+            "code_revision": code_revision(),
+            **{k: str(v) for k, v in (lineage or {}).items()},
+        }
         experiment = self._experiment_id()
-        run = self._call("create a registration run", self.client.create_run, experiment, tags=tags,
-                         run_name=f"register-{self.name}")  # fmt: skip
+        run = self._call(
+            "create a registration run", self.client.create_run, experiment, tags=tags, run_name=f"register-{self.name}"
+        )
         run_id = run.info.run_id
         self._call("upload the policy", self.client.log_artifacts, run_id, str(policy_dir), "policy")
         for key, value in (metrics or {}).items():
             self.client.log_metric(run_id, key, float(value))
         self.client.set_terminated(run_id)
         self._ensure_registered_model()
-        mv = self._call("create a model version", self.client.create_model_version, self.name,
-                        f"runs:/{run_id}/policy", run_id=run_id,
-                        tags=tags | {f"eval.{k}": str(v) for k, v in (metrics or {}).items()})  # fmt: skip
+        mv = self._call(
+            "create a model version",
+            self.client.create_model_version,
+            self.name,
+            f"runs:/{run_id}/policy",
+            run_id=run_id,
+            tags=tags | {f"eval.{k}": str(v) for k, v in (metrics or {}).items()},
+        )
         return self.get(mv.version)
 
     def set_alias(self, alias: str, version: str) -> None:
@@ -106,10 +122,8 @@ class ModelStore:
     def delete_alias(self, alias: str) -> None:
         from mlflow.exceptions import MlflowException
 
-        try:
+        with contextlib.suppress(MlflowException):  # already absent
             self.client.delete_registered_model_alias(self.name, alias)
-        except MlflowException:
-            pass  # already absent
 
     def tag(self, version: str, key: str, value: str) -> None:
         self._call("tag a version", self.client.set_model_version_tag, self.name, version, key, value)
@@ -150,9 +164,14 @@ class ModelStore:
 
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                got = self._call(f"download version {version.version}", mlflow.artifacts.download_artifacts,
-                                 run_id=version.run_id, artifact_path="policy", dst_path=tmp,
-                                 tracking_uri=self.settings.mlflow_tracking_uri)  # fmt: skip
+                got = self._call(
+                    f"download version {version.version}",
+                    mlflow.artifacts.download_artifacts,
+                    run_id=version.run_id,
+                    artifact_path="policy",
+                    dst_path=tmp,
+                    tracking_uri=self.settings.mlflow_tracking_uri,
+                )
                 Path(got).rename(target)
         self.verify(version, target)
         return target
@@ -176,8 +195,14 @@ class ModelStore:
         tags = dict(mv.tags or {})
         if DIGESTS_TAG not in tags:
             raise TamperedModel(f"{MODEL_URI_PREFIX}{self.name}/{mv.version} has no {DIGESTS_TAG} tag; refused")
-        return PolicyVersion(self.name, str(mv.version), mv.run_id, json.loads(tags[DIGESTS_TAG]), tags,
-                             tuple(getattr(mv, "aliases", ()) or ()))  # fmt: skip
+        return PolicyVersion(
+            self.name,
+            str(mv.version),
+            mv.run_id,
+            json.loads(tags[DIGESTS_TAG]),
+            tags,
+            tuple(getattr(mv, "aliases", ()) or ()),
+        )
 
     def _experiment_id(self) -> str:
         exp = self._call("find the experiment", self.client.get_experiment_by_name, self.settings.registry.experiment)
@@ -205,8 +230,12 @@ def resolve_policy(settings: Settings, policy: str) -> Path:
     name, sep, alias = ref.partition("@")
     if not sep:
         name, _, version = ref.rpartition("/")
-    store = ModelStore(settings.model_copy(update={"registry": settings.registry.model_copy(update={"model_name": name})}))
+    store = ModelStore(
+        settings.model_copy(update={"registry": settings.registry.model_copy(update={"model_name": name})})
+    )
     found = store.by_alias(alias) if sep else store.get(version)
     if found is None:
-        raise UsageError(f"{policy}: the registry has no {'alias ' + repr(alias) if sep else 'version ' + version} on {name}")
+        raise UsageError(
+            f"{policy}: the registry has no {'alias ' + repr(alias) if sep else 'version ' + version} on {name}"
+        )
     return store.fetch(found)

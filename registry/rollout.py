@@ -12,10 +12,10 @@ publishes a `RolloutEvent` on the rollouts topic, on which agents swap models.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from infra.clients import ServiceUnavailable, kafka_producer
-from infra.contracts.rollout import RolloutEvent, RolloutState
+from infra.contracts.rollout import CanaryDecision, RolloutEvent, RolloutState
 from infra.errors import FleetError
 from infra.settings import Settings
 from registry.analysis import AnalysisConfig, Arm, Verdict, analyse
@@ -86,9 +86,9 @@ class Rollout:
         verdict = analyse(canary, champion, config)
         version = self._canary().version
         self.store.tag(version, "canary_analysis", json.dumps(verdict.as_dict()))
-        if verdict.decision == "promote":
+        if verdict.decision == CanaryDecision.promote:
             self.promote(f"canary analysis: {verdict.reason}")
-        elif verdict.decision == "rollback":
+        elif verdict.decision == CanaryDecision.rollback:
             self.rollback(reason=f"canary analysis: {verdict.reason}")
         return verdict
 
@@ -98,11 +98,17 @@ class Rollout:
         return {
             "model": self.store.name,
             "aliases": aliases,
-            "versions": [{"version": v.version, "state": v.tags.get(STATE_TAG, RolloutState.registered.value),
-                          "aliases": [a for a, n in aliases.items() if n == v.version],
-                          "parent": v.tags.get("parent_version", ""), "dataset": v.tags.get("dataset_manifest", ""),
-                          "success_rate": v.tags.get("eval.success_rate", "")}
-                         for v in self.store.versions()],  # fmt: skip
+            "versions": [
+                {
+                    "version": v.version,
+                    "state": v.tags.get(STATE_TAG, RolloutState.registered.value),
+                    "aliases": [a for a, n in aliases.items() if n == v.version],
+                    "parent": v.tags.get("parent_version", ""),
+                    "dataset": v.tags.get("dataset_manifest", ""),
+                    "success_rate": v.tags.get("eval.success_rate", ""),
+                }
+                for v in self.store.versions()
+            ],
         }
 
     # -- internals ----------------------------------------------------------------------------
@@ -114,11 +120,19 @@ class Rollout:
 
     def _record(self, version: PolicyVersion, state: RolloutState, reason: str, fraction: float = 0.0) -> RolloutEvent:
         previous = version.tags.get(STATE_TAG)
-        event = RolloutEvent(model=self.store.name, version=version.version, state=state,
-                             previous_state=RolloutState(previous) if previous else None,
-                             aliases=self.store.aliases(), canary_fraction=fraction, reason=reason)  # fmt: skip
+        event = RolloutEvent(
+            model=self.store.name,
+            version=version.version,
+            state=state,
+            previous_state=RolloutState(previous) if previous else None,
+            aliases=self.store.aliases(),
+            canary_fraction=fraction,
+            reason=reason,
+        )
         history = json.loads(version.tags.get(HISTORY_TAG, "[]"))
-        history.append({"state": state.value, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason[:300]})
+        history.append(
+            {"state": state.value, "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason[:300]}
+        )
         self.store.tag(version.version, STATE_TAG, state.value)
         self.store.tag(version.version, HISTORY_TAG, json.dumps(history[-12:]))  # MLflow caps a tag at 5,000 chars
         self._publish(event)
@@ -127,8 +141,9 @@ class Rollout:
     def _publish(self, event: RolloutEvent) -> None:
         if self._producer is None:
             self._producer = kafka_producer(self.settings)
-        future = self._producer.send(self.settings.kafka.rollouts_topic, key=event.model.encode(),
-                                     value=event.model_dump_json().encode())  # fmt: skip
+        future = self._producer.send(
+            self.settings.kafka.rollouts_topic, key=event.model.encode(), value=event.model_dump_json().encode()
+        )
         try:
             future.get(timeout=self.settings.kafka.bootstrap_timeout_ms / 1000)
         except Exception as e:  # noqa: BLE001 - kafka-python raises several types for one cause

@@ -8,9 +8,9 @@ the benchmark's: 32 executed frames of 64x64 RGB, one decision of 8 candidates o
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -70,7 +70,12 @@ def synthetic_media(rng: np.random.Generator, shape: EpisodeShape) -> tuple[np.n
     executed = render_clip(rng, shape.steps, shape.size, shape.camera_noise)
     imagined = np.stack(
         [
-            np.stack([render_clip(rng, shape.imagined_frames, shape.size, shape.camera_noise) for _ in range(shape.candidates)])
+            np.stack(
+                [
+                    render_clip(rng, shape.imagined_frames, shape.size, shape.camera_noise)
+                    for _ in range(shape.candidates)
+                ]
+            )
             for _ in range(shape.decisions)
         ]
     )
@@ -86,7 +91,7 @@ def synthetic_core(
 ) -> EpisodeCore:
     """An episode's facts: task, labels, decisions with scored and rejected candidates, timings."""
     task_id = str(rng.choice(list(TASKS)))
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     decisions = []
     for d in range(shape.decisions):
         scores = rng.uniform(0, 1, shape.candidates)
@@ -141,19 +146,30 @@ def episode_stream(
         yield synthetic_core(rng, f"robot-{i % robots:03d}", shape), *media[i % len(media)]
 
 
-def synthetic_history(seed: int, episodes: int, robots: int, versions: int, span_s: float,
-                      shape: EpisodeShape = EpisodeShape(steps=24, decisions=4, candidates=4)) -> Iterator[Episode]:  # fmt: skip
+def synthetic_history(
+    seed: int,
+    episodes: int,
+    robots: int,
+    versions: int,
+    span_s: float,
+    shape: EpisodeShape = EpisodeShape(steps=24, decisions=4, candidates=4),
+) -> Iterator[Episode]:
     """A fleet's indexed past: episodes spread evenly over the last `span_s` seconds, each version in
     its own stretch of time with its own success rate. Media references are placeholders (nothing
     is in S3): for the index, the dashboard's tables and their benchmark."""
     rng = np.random.default_rng(seed)
     spec = ArraySpec(shape=[1], dtype="uint8")
-    ref = MediaRef(bucket="none", key="none", sha256="0" * 64, nbytes=0, arrays={k: spec for k in MEDIA_ARRAYS})
-    start = datetime.now(timezone.utc) - timedelta(seconds=span_s)
+    ref = MediaRef(bucket="none", key="none", sha256="0" * 64, nbytes=0, arrays=dict.fromkeys(MEDIA_ARRAYS, spec))
+    start = datetime.now(UTC) - timedelta(seconds=span_s)
     rates = rng.uniform(0.2, 0.8, versions)
     for i in range(episodes):
         version = i * versions // episodes
         core = synthetic_core(rng, f"robot-{i % robots:03d}", shape, str(version + 1), float(rates[version]))
         at = start + timedelta(seconds=span_s * i / episodes)
-        yield Episode(**core.model_dump(exclude={"started_at", "ended_at"}), started_at=at, ended_at=at + timedelta(seconds=4),
-                      media=ref, published_at=at + timedelta(seconds=4))  # fmt: skip
+        yield Episode(
+            **core.model_dump(exclude={"started_at", "ended_at"}),
+            started_at=at,
+            ended_at=at + timedelta(seconds=4),
+            media=ref,
+            published_at=at + timedelta(seconds=4),
+        )

@@ -45,14 +45,19 @@ class Task:
 
     @property
     def id(self) -> str:
-        return {"reach": f"reach-{self.colour}", "push": f"push-{self.colour}-{self.target}",
-                "stack": f"stack-{self.colour}-on-{self.target}"}[self.kind]  # fmt: skip
+        return {
+            "reach": f"reach-{self.colour}",
+            "push": f"push-{self.colour}-{self.target}",
+            "stack": f"stack-{self.colour}-on-{self.target}",
+        }[self.kind]
 
     @property
     def instruction(self) -> str:
-        return {"reach": f"reach the {self.colour} block",
-                "push": f"push the {self.colour} block to the {self.target}",
-                "stack": f"put the {self.colour} block on the {self.target} block"}[self.kind]  # fmt: skip
+        return {
+            "reach": f"reach the {self.colour} block",
+            "push": f"push the {self.colour} block to the {self.target}",
+            "stack": f"put the {self.colour} block on the {self.target} block",
+        }[self.kind]
 
     @property
     def colours(self) -> tuple[str, ...]:
@@ -195,8 +200,11 @@ class TabletopEnv(gym.Env):
     # -- contact rules --------------------------------------------------------------------------
     def _block_under_effector(self) -> int:
         """The top-most block under the effector, or -1."""
-        under = [i for i, b in enumerate(self.scene.blocks)
-                 if np.max(np.abs(b.pos - self.scene.effector)) < self.config.block_half]  # fmt: skip
+        under = [
+            i
+            for i, b in enumerate(self.scene.blocks)
+            if np.max(np.abs(b.pos - self.scene.effector)) < self.config.block_half
+        ]
         resting_on = {b.on for b in self.scene.blocks}
         tops = [i for i in under if i not in resting_on]
         return tops[0] if tops else -1
@@ -206,8 +214,11 @@ class TabletopEnv(gym.Env):
 
     def _place(self, i: int) -> None:
         block = self.scene.blocks[i]
-        below = [j for j, b in enumerate(self.scene.blocks) if j != i and b.on == -1
-                 and np.max(np.abs(b.pos - block.pos)) < self.config.block_half]  # fmt: skip
+        below = [
+            j
+            for j, b in enumerate(self.scene.blocks)
+            if j != i and b.on == -1 and np.max(np.abs(b.pos - block.pos)) < self.config.block_half
+        ]
         if below:
             block.on = below[0]
             block.pos = self.scene.blocks[below[0]].pos.copy()

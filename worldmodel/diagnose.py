@@ -36,7 +36,10 @@ def idm_on_real_frames(policy: WorldModelPolicy, episodes: int, seed: int) -> di
         true = log["actions"][1:].clip(-1, 1)  # the first transition has no frame before it
         errors.append(float(np.abs(predicted[0].numpy()[:, :2] - true[:, :2]).mean()))
         agreement.append(_sign_agreement(predicted[0].numpy(), true))
-    return {"idm_action_error": round(float(np.mean(errors)), 4), "idm_sign_agreement": round(float(np.mean(agreement)), 4)}
+    return {
+        "idm_action_error": round(float(np.mean(errors)), 4),
+        "idm_sign_agreement": round(float(np.mean(agreement)), 4),
+    }
 
 
 def idm_on_real_futures(policy: WorldModelPolicy, episodes: int, seed: int) -> float:
@@ -63,8 +66,15 @@ def idm_on_real_futures(policy: WorldModelPolicy, episodes: int, seed: int) -> f
 def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int = 8) -> dict:
     """IDM reading of imagined futures against the expert's actions, with the right and a wrong instruction."""
     env, future = TabletopEnv(split="seen"), policy.video_model.config.future_frames
-    out: dict[str, list[float]] = {"right": [], "wrong": [], "best_of_k": [], "imagined_speed": [], "real_speed": [],
-                                   "grounding": [], "point_sensitivity": []}  # fmt: skip
+    out: dict[str, list[float]] = {
+        "right": [],
+        "wrong": [],
+        "best_of_k": [],
+        "imagined_speed": [],
+        "real_speed": [],
+        "grounding": [],
+        "point_sensitivity": [],
+    }
     for i in range(episodes):
         log = run_expert(env, seed + i, noise=0.0)
         frames = policy.prepare(log["frames"])
@@ -83,17 +93,25 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
                 out[which].append(float(np.mean(per_candidate)))
                 if which == "right":
                     # Same noise, points mirrored through the frame's centre: how much of the motion moves.
-                    moved = policy.video_model.sample(first, text, k, torch.Generator().manual_seed(seed + t0),
-                                                      points=1 - points[t0 : t0 + 1])[0]  # fmt: skip
-                    out["point_sensitivity"].append(float((moved - video).abs().mean() / (video - first).abs().mean().clamp(min=1e-6)))
+                    moved = policy.video_model.sample(
+                        first, text, k, torch.Generator().manual_seed(seed + t0), points=1 - points[t0 : t0 + 1]
+                    )[0]
+                    out["point_sensitivity"].append(
+                        float((moved - video).abs().mean() / (video - first).abs().mean().clamp(min=1e-6))
+                    )
                     out["best_of_k"].append(max(per_candidate))
                     out["imagined_speed"].append(float(np.abs(actions[..., :2]).mean()))
                     out["real_speed"].append(float(np.abs(true[:, :2]).mean()))
     m = {key: round(float(np.mean(v)), 4) for key, v in out.items()}
-    return {"imagined_sign_agreement": m["right"], "imagined_sign_agreement_wrong_instruction": m["wrong"],
-            "imagined_sign_agreement_best_of_k": m["best_of_k"], "imagined_speed": m["imagined_speed"],
-            "expert_speed": m["real_speed"], "grounding_error": m["grounding"],
-            "point_sensitivity": m["point_sensitivity"]}  # fmt: skip
+    return {
+        "imagined_sign_agreement": m["right"],
+        "imagined_sign_agreement_wrong_instruction": m["wrong"],
+        "imagined_sign_agreement_best_of_k": m["best_of_k"],
+        "imagined_speed": m["imagined_speed"],
+        "expert_speed": m["real_speed"],
+        "grounding_error": m["grounding"],
+        "point_sensitivity": m["point_sensitivity"],
+    }
 
 
 @torch.no_grad()

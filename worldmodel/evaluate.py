@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infra.contracts.evaluation import EvaluationReport
 from infra.stats import wilson
 from sim.tabletop import TabletopEnv
 from worldmodel.planner import Planner, PlannerConfig
@@ -38,8 +39,15 @@ def policy_episode(env: TabletopEnv, planner: Planner, seed: int) -> dict:
             done = terminated or truncated
             if done:
                 break
-    return {"success": info["success"], "task_id": info["task_id"], "instruction": info["instruction"],
-            "frames": np.stack(frames), "actions": np.stack(actions), "decisions": decisions, "latencies_ms": latencies}  # fmt: skip
+    return {
+        "success": info["success"],
+        "task_id": info["task_id"],
+        "instruction": info["instruction"],
+        "frames": np.stack(frames),
+        "actions": np.stack(actions),
+        "decisions": decisions,
+        "latencies_ms": latencies,
+    }
 
 
 def random_episode(env: TabletopEnv, seed: int) -> bool:
@@ -51,8 +59,13 @@ def random_episode(env: TabletopEnv, seed: int) -> bool:
     return bool(info["success"])
 
 
-def evaluate(policy: WorldModelPolicy | Path, episodes: int, seed: int = 10_000,
-             planner_config: PlannerConfig | None = None, progress=None) -> dict:  # fmt: skip
+def evaluate(
+    policy: WorldModelPolicy | Path,
+    episodes: int,
+    seed: int = 10_000,
+    planner_config: PlannerConfig | None = None,
+    progress=None,
+) -> EvaluationReport:
     if isinstance(policy, Path):
         policy = WorldModelPolicy.load(policy)
     planner = Planner(policy.eval(), planner_config or PlannerConfig())
@@ -71,17 +84,17 @@ def evaluate(policy: WorldModelPolicy | Path, episodes: int, seed: int = 10_000,
             if progress:
                 progress()
         results[split] = wins
-    return {
-        "success_rate": round(results["seen"] / episodes, 4),
-        "success_ci95": wilson(results["seen"], episodes),
-        "heldout_success_rate": round(results["heldout"] / episodes, 4),
-        "heldout_ci95": wilson(results["heldout"], episodes),
-        "random_success_rate": round(random_wins["seen"] / episodes, 4),
-        "random_ci95": wilson(random_wins["seen"], episodes),
-        "random_heldout_success_rate": round(random_wins["heldout"] / episodes, 4),
-        "random_heldout_ci95": wilson(random_wins["heldout"], episodes),
-        "decision_latency_ms_p50": round(float(np.percentile(latencies, 50)), 1),
-        "decision_latency_ms_p95": round(float(np.percentile(latencies, 95)), 1),
-        "rejection_rate": round(rejected / max(candidates, 1), 4),
-        "episodes_per_split": episodes,
-    }
+    return EvaluationReport(
+        success_rate=round(results["seen"] / episodes, 4),
+        success_ci95=wilson(results["seen"], episodes),
+        heldout_success_rate=round(results["heldout"] / episodes, 4),
+        heldout_ci95=wilson(results["heldout"], episodes),
+        random_success_rate=round(random_wins["seen"] / episodes, 4),
+        random_ci95=wilson(random_wins["seen"], episodes),
+        random_heldout_success_rate=round(random_wins["heldout"] / episodes, 4),
+        random_heldout_ci95=wilson(random_wins["heldout"], episodes),
+        decision_latency_ms_p50=round(float(np.percentile(latencies, 50)), 1),
+        decision_latency_ms_p95=round(float(np.percentile(latencies, 95)), 1),
+        rejection_rate=round(rejected / max(candidates, 1), 4),
+        episodes_per_split=episodes,
+    )

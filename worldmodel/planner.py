@@ -38,8 +38,14 @@ class PlanDecision:
     timings_ms: dict[str, float]
 
     def record(self, step: int, policy_version: str | None = None) -> Decision:
-        return Decision(step=step, candidates=self.candidates, chosen=self.chosen, resamples=self.resamples,
-                        latency_ms=sum(self.timings_ms.values()), policy_version=policy_version)  # fmt: skip
+        return Decision(
+            step=step,
+            candidates=self.candidates,
+            chosen=self.chosen,
+            resamples=self.resamples,
+            latency_ms=sum(self.timings_ms.values()),
+            policy_version=policy_version,
+        )
 
 
 @dataclass
@@ -63,8 +69,14 @@ class Planner:
     def reset(self) -> None:
         self._pending.clear()
 
-    def decide(self, prev_frame: np.ndarray, frame: np.ndarray, instruction: str, step: int,
-               generator: torch.Generator | None = None) -> PlanDecision:  # fmt: skip
+    def decide(
+        self,
+        prev_frame: np.ndarray,
+        frame: np.ndarray,
+        instruction: str,
+        step: int,
+        generator: torch.Generator | None = None,
+    ) -> PlanDecision:
         return self.decide_batch([PlanRequest(prev_frame, frame, instruction, step, self._pending)], generator)[0]
 
     @torch.no_grad()
@@ -100,7 +112,9 @@ class Planner:
                 base = len(videos[i]) * k
                 for c in range(k):
                     reason = self._rejection(actions[j, c], confidence[j, c]) if cfg.use_rejection else None
-                    records[i].append(CandidateRecord(index=base + c, rejected=reason is not None, rejection_reason=reason))
+                    records[i].append(
+                        CandidateRecord(index=base + c, rejected=reason is not None, rejection_reason=reason)
+                    )
                 videos[i].append(video[j])
             timings["reject"] += (clock() - t) * 1000
             todo = [i for i in todo if all(r.rejected for r in records[i])]
@@ -113,8 +127,14 @@ class Planner:
         chosen: list[int | None] = [a[0] if a else None for a in alive]
         rows = [i for i in range(n) if alive[i]]
         if rows and cfg.use_critic:
-            clips = torch.cat([torch.cat([context[i, 1][None, None].expand(len(alive[i]), -1, -1, -1, -1),
-                                          all_video[i][alive[i]]], dim=1) for i in rows])  # fmt: skip
+            clips = torch.cat(
+                [
+                    torch.cat(
+                        [context[i, 1][None, None].expand(len(alive[i]), -1, -1, -1, -1), all_video[i][alive[i]]], dim=1
+                    )
+                    for i in rows
+                ]
+            )
             pooled = p.text_encoder([requests[i].instruction for i in rows]).pooled
             counts = torch.tensor([len(alive[i]) for i in rows])
             scores = p.critic.score(clips, pooled.repeat_interleave(counts, 0)).split(counts.tolist())
@@ -128,8 +148,12 @@ class Planner:
         plans = [torch.cat([context[i], all_video[i][c]]) if c is not None else None for i, c in enumerate(chosen)]
         chunks = self._smoothed_actions(plans, requests, generator)
         timings["smooth"] += (clock() - t) * 1000
-        return [PlanDecision(records[i], chosen[i], chunks[i], tensor_to_frames(all_video[i]), len(videos[i]) - 1,
-                             dict(timings)) for i in range(n)]  # fmt: skip
+        return [
+            PlanDecision(
+                records[i], chosen[i], chunks[i], tensor_to_frames(all_video[i]), len(videos[i]) - 1, dict(timings)
+            )
+            for i in range(n)
+        ]
 
     def _rejection(self, actions: torch.Tensor, confidence: torch.Tensor) -> str | None:
         cfg = self.config
@@ -139,8 +163,9 @@ class Planner:
             return UNTRUSTED
         return None
 
-    def _smoothed_actions(self, plans: list[torch.Tensor | None], requests: list[PlanRequest],
-                          generator) -> list[np.ndarray]:  # fmt: skip
+    def _smoothed_actions(
+        self, plans: list[torch.Tensor | None], requests: list[PlanRequest], generator
+    ) -> list[np.ndarray]:
         """IDM actions of each chosen plan averaged over noise samples (one IDM call for all
         robots), then over the robot's sliding window. No plan: hold still, gripper unchanged."""
         cfg = self.config

@@ -41,7 +41,9 @@ class Clip:
 
 
 # -- (a) internet video ---------------------------------------------------------------------------
-def internet_clips(n: int, seed: int, size: int = 64, frames: int = 16, captioner: Captioner = TemplateCaptioner()) -> list[Clip]:
+def internet_clips(
+    n: int, seed: int, size: int = 64, frames: int = 16, captioner: Captioner = TemplateCaptioner()
+) -> list[Clip]:
     rng = np.random.default_rng(seed)
     palette = {**COLOURS, **DISTRACTOR_COLOURS}
     names = list(palette)
@@ -88,19 +90,25 @@ def human_pov_clips(n: int, seed: int, size: int = 64, captioner: Captioner = Te
     clips = []
     for i in range(n):
         config = TabletopConfig(
-            size=size, embodiment="human", camera_turns=int(rng.integers(4)),
+            size=size,
+            embodiment="human",
+            camera_turns=int(rng.integers(4)),
             camera_shift=tuple(int(v) for v in rng.integers(-size // 10, size // 10 + 1, 2)),
-        )  # fmt: skip
+        )
         env = TabletopEnv(config)
         log = run_expert(env, seed=_episode_seed("human_pov", seed, i), noise=0.15)
         clips.append(_task_clip("human_pov", env, log, captioner, "human hand", keep_actions=False))
     return clips
 
 
-def robot_logs(n: int, seed: int, size: int = 64, noise: float = 0.2, captioner: Captioner = TemplateCaptioner()) -> list[Clip]:
+def robot_logs(
+    n: int, seed: int, size: int = 64, noise: float = 0.2, captioner: Captioner = TemplateCaptioner()
+) -> list[Clip]:
     env = TabletopEnv(TabletopConfig(size=size))
     return [
-        _task_clip("robot", env, run_expert(env, _episode_seed("robot", seed, i), noise), captioner, "robot gripper", True)
+        _task_clip(
+            "robot", env, run_expert(env, _episode_seed("robot", seed, i), noise), captioner, "robot gripper", True
+        )
         for i in range(n)
     ]
 
@@ -173,7 +181,9 @@ class StageData:
             texts.append(clip.detailed_caption if rng.uniform() < 0.5 else clip.caption)
             succeeded.append(clip.success is not False)  # action-free clips carry no label
             points.append(torch.as_tensor(clip.points[t]) if clip.points is not None else torch.full((2, 2), torch.nan))
-        return VideoBatch(torch.stack(firsts), torch.stack(futures), texts, torch.tensor(succeeded), torch.stack(points))
+        return VideoBatch(
+            torch.stack(firsts), torch.stack(futures), texts, torch.tensor(succeeded), torch.stack(points)
+        )
 
 
 @dataclass

@@ -127,7 +127,7 @@ def fit(
         engine.step()
         losses.append(loss.item())
         if after_step:
-            after_step(step + 1, losses[-1], {k: float(v) for k, v in parts.items()})
+            after_step(step + 1, losses[-1], {k: v.item() for k, v in parts.items()})
     return losses
 
 

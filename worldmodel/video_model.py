@@ -74,17 +74,20 @@ class Grounding(nn.Module):
         self.read = nn.MultiheadAttention(text_dim, 4, batch_first=True)
         # Coordinates go in too, so a query can also name a place ("to the left") with no object.
         self.pixels = nn.Sequential(
-            nn.Conv2d(5, channels, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(5, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(),
             nn.Conv2d(channels, text_dim, 1),
-        )  # fmt: skip
+        )
 
     def forward(self, first: torch.Tensor, text: TextFeatures) -> torch.Tensor:
         """Points (B, 2, 2) as (x, y) in [0, 1] for frames (B, 3, S, S)."""
         b, _, s, _ = first.shape
         grid = pixel_grid(s, first.device)
-        queries, _ = self.read(self.queries.expand(b, -1, -1), text.tokens, text.tokens, key_padding_mask=text.pad,
-                               need_weights=False)  # fmt: skip
+        queries, _ = self.read(
+            self.queries.expand(b, -1, -1), text.tokens, text.tokens, key_padding_mask=text.pad, need_weights=False
+        )
         keys = self.pixels(torch.cat([first, grid.expand(b, -1, -1, -1)], dim=1)).flatten(2)  # (B, D, S*S)
         similarity = nn.functional.normalize(queries, dim=-1) @ nn.functional.normalize(keys, dim=1)
         weights = torch.softmax(similarity * self.log_sharpness.exp(), dim=-1)  # (B, 2, S*S)
@@ -102,8 +105,11 @@ class VideoGenerator(nn.Module):
         super().__init__()
         self.config = config
         c, f = config.channels, config.future_frames
-        self.cond = nn.Sequential(nn.Linear(config.cond_dim + config.text_dim, config.cond_dim), nn.SiLU(),
-                                  nn.Linear(config.cond_dim, config.cond_dim))  # fmt: skip
+        self.cond = nn.Sequential(
+            nn.Linear(config.cond_dim + config.text_dim, config.cond_dim),
+            nn.SiLU(),
+            nn.Linear(config.cond_dim, config.cond_dim),
+        )
         self.grounding = Grounding(config.text_dim, config.grounding_channels)
         # noisy future frames, the first frame, and the offsets to the grounded points
         self.stem = nn.Conv2d(3 * f + 3 + 2 * Grounding.POINTS, c[0], 3, padding=1)
@@ -120,8 +126,9 @@ class VideoGenerator(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, first: torch.Tensor, text: TextFeatures,
-                points: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, first: torch.Tensor, text: TextFeatures, points: torch.Tensor
+    ) -> torch.Tensor:
         """Velocity for noisy futures x_t (B, F, 3, S, S) at times t (B,), given the grounded points."""
         b, f, _, s, _ = x_t.shape
         cond = self.cond(torch.cat([timestep_embedding(t, self.config.cond_dim), text.pooled], dim=-1))
@@ -138,8 +145,9 @@ class VideoGenerator(nn.Module):
             h = h + inject(Grounding.offset_maps(points, h.shape[-1]))
         return self.head(h).reshape(b, f, 3, s, s)
 
-    def loss(self, video: torch.Tensor, first: torch.Tensor, text: TextFeatures,
-             true_points: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def loss(
+        self, video: torch.Tensor, first: torch.Tensor, text: TextFeatures, true_points: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Flow-matching loss on future frames `video` (B, F, 3, S, S) in [-1, 1], as changes from `first`,
         plus the grounding loss on rows whose true points (B, 2, 2) are known (NaN where not)."""
         change = (video - first[:, None]) * self.config.change_scale
@@ -156,8 +164,15 @@ class VideoGenerator(nn.Module):
         return loss
 
     @torch.no_grad()
-    def sample(self, first: torch.Tensor, text: TextFeatures, k: int, generator: torch.Generator | None = None,
-               steps: int | None = None, points: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def sample(
+        self,
+        first: torch.Tensor,
+        text: TextFeatures,
+        k: int,
+        generator: torch.Generator | None = None,
+        steps: int | None = None,
+        points: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """K imagined futures per conditioning row: (B, K, F, 3, S, S), Euler-integrated.
 
         `points` (B, 2, 2) overrides the grounding head's, to ask what the generator makes of them."""

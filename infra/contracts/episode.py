@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 from uuid import UUID
@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("episode.schema.json")
 
 
-class SuccessSource(str, Enum):
+class SuccessSource(StrEnum):
     environment = "environment"  # the simulator's or task's own success check
     operator = "operator"  # a person labelled it
 
@@ -125,7 +125,6 @@ class EpisodeCore(BaseModel):
         if start is not None and v < start:
             raise ValueError("ended_at is before started_at")
         return v
-
 
 
 class Episode(EpisodeCore):

@@ -6,14 +6,14 @@ alone; it still resolves the version in the registry and checks the weights' dig
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class RolloutState(str, Enum):
+class RolloutState(StrEnum):
     registered = "registered"
     canary = "canary"
     champion = "champion"  # promoted, and still what the fleet runs
@@ -31,4 +31,25 @@ class RolloutEvent(BaseModel):
     aliases: dict[str, str] = Field(description="alias -> version after the transition")
     canary_fraction: float = Field(0.0, ge=0, le=1, description="share of robots that run the canary")
     reason: str = ""
-    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class CanaryDecision(StrEnum):
+    """The canary analysis' verdict on live telemetry."""
+
+    wait = "wait"
+    promote = "promote"
+    rollback = "rollback"
+
+
+class RoundDecision(StrEnum):
+    """What an improvement round did with its candidate (the past tense of the canary's verdict)."""
+
+    baseline = "baseline"  # the demo's round 0: no candidate, the base champion measured
+    skipped = "skipped"  # nothing to learn from: no candidate was trained
+    promoted = "promoted"
+    rolled_back = "rolled_back"
+
+    @classmethod
+    def after(cls, verdict: CanaryDecision) -> RoundDecision:
+        return {CanaryDecision.promote: cls.promoted, CanaryDecision.rollback: cls.rolled_back}[CanaryDecision(verdict)]

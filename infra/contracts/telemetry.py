@@ -6,7 +6,7 @@ it live, while the full episode travels on the episodes topic.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
@@ -19,7 +19,7 @@ class Heartbeat(BaseModel):
     robot_id: str
     policy_version: str
     episodes: int = Field(ge=0, description="episodes this robot has finished since its agent started")
-    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class EpisodeTelemetry(BaseModel):
@@ -35,7 +35,7 @@ class EpisodeTelemetry(BaseModel):
     decisions: int
     rejections: int
     candidates: int
-    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class ModelRefused(BaseModel):
@@ -45,7 +45,7 @@ class ModelRefused(BaseModel):
     version: str
     reason: str
     kept_version: str | None
-    at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 Telemetry = Heartbeat | EpisodeTelemetry | ModelRefused

@@ -7,14 +7,15 @@ restarts a recorded one that died. Everything a service writes stays under the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from infra.clients import port_open
 from infra.settings import SERVICES, Service, Settings
@@ -136,10 +137,8 @@ def stop_service(s: Settings, name: Service, sig: int = signal.SIGTERM, timeout:
         return False
     pid = record["pid"]
     if _ours(pid, record):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while not _exited(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -220,9 +219,12 @@ def start_supervisor(s: Settings) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "stack", "supervise"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=os.environ | {"FLEET_STACK__STATE_DIR": str(s.state_dir)}, start_new_session=True,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=os.environ | {"FLEET_STACK__STATE_DIR": str(s.state_dir)},
+            start_new_session=True,
+        )
     state[SUPERVISOR] = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "log": str(log)}
     _write_state(s, state)
     return proc.pid
@@ -279,5 +281,3 @@ def status(s: Settings) -> dict:
             entry["log"] = record["log"]
         out[name] = entry
     return {"services": out}
-
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from infra.clients import kafka_admin, s3_client, unavailable
 from infra.settings import Settings
 
@@ -23,19 +25,20 @@ def ensure_topics(s: Settings, extra: tuple[str, ...] = ()) -> None:
     admin = kafka_admin(s)
     try:
         existing = set(admin.list_topics())
-        wanted = [s.kafka.episodes_topic, s.kafka.dead_letter_topic, s.kafka.rollouts_topic,
-                  s.kafka.telemetry_topic, *extra]  # fmt: skip
+        wanted = [
+            s.kafka.episodes_topic,
+            s.kafka.dead_letter_topic,
+            s.kafka.rollouts_topic,
+            s.kafka.telemetry_topic,
+            *extra,
+        ]
         new = [
             NewTopic(t, num_partitions=s.kafka.partitions, replication_factor=s.kafka.replication_factor)
             for t in wanted
             if t not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
-
-

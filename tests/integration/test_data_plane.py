@@ -12,6 +12,7 @@ import pytest
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.clients import kafka_consumer, kafka_producer, s3_client
+from infra.contracts.dead_letter import DeadLetter
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
@@ -99,7 +100,10 @@ def test_malformed_messages_go_to_the_dead_letter_topic_while_good_ones_flow(pla
     blob = b"these are not the frames you hashed"
     s3.put_object(plane.s3.episodes_bucket, corrupt_key, io.BytesIO(blob), len(blob))
     missing = template.model_copy(
-        update={"episode_id": uuid.uuid4(), "media": template.media.model_copy(update={"key": f"tests/{uuid.uuid4()}.npz.zst"})}
+        update={
+            "episode_id": uuid.uuid4(),
+            "media": template.media.model_copy(update={"key": f"tests/{uuid.uuid4()}.npz.zst"}),
+        }
     )
     corrupt = template.model_copy(
         update={"episode_id": uuid.uuid4(), "media": template.media.model_copy(update={"key": corrupt_key})}
@@ -126,8 +130,9 @@ def test_malformed_messages_go_to_the_dead_letter_topic_while_good_ones_flow(pla
     assert stats.dead_lettered == 4
 
     dlq = topic_records(plane, plane.kafka.dead_letter_topic)
-    letters = {dict(m.headers)["reason"].decode().split(":")[0]: m.value for m in dlq}
-    assert letters == bad  # each with its reason, each with its original bytes
+    letters = {DeadLetter.from_headers(m.headers): m.value for m in dlq}
+    assert {letter.reason.value: value for letter, value in letters.items()} == bad  # each reason, its original bytes
+    assert all(letter.detail for letter in letters)  # and what was wrong with it
 
 
 def topic_records(settings, topic: str) -> list:

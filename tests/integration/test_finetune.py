@@ -27,7 +27,9 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     clips = robot_logs(8, 0, size=64)
     clips[0].success = False  # one failure, for the critic
-    parent = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS] + [c.caption for c in clips])).save(root / "parent")
+    parent = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS] + [c.caption for c in clips])).save(
+        root / "parent"
+    )
     return parent, save_clips(clips, root / "data", "scripted")
 
 

@@ -35,7 +35,9 @@ def _versions(fleet: Fleet) -> set[str]:
     return {r.version for r in fleet.robots}
 
 
-def test_robots_swap_on_rollout_between_decisions_and_every_episode_reaches_the_index(tracked, tiny_policy_dir, tmp_path):
+def test_robots_swap_on_rollout_between_decisions_and_every_episode_reaches_the_index(
+    tracked, tiny_policy_dir, tmp_path
+):
     store, rollout = ModelStore(tracked), Rollout(tracked)
     v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
     rollout.crown(v1)
@@ -72,8 +74,11 @@ def test_a_tampered_canary_is_refused_and_robots_keep_their_model(tracked, tiny_
     v1, v2 = store.register(tiny_policy_dir).version, store.register(tiny_policy_dir).version
     rollout.crown(v1)
     s3 = s3_client(tracked)
-    key = next(o.object_name for o in s3.list_objects(tracked.s3.mlflow_bucket, recursive=True)
-               if store.get(v2).run_id in o.object_name and o.object_name.endswith("video_model.safetensors"))  # fmt: skip
+    key = next(
+        o.object_name
+        for o in s3.list_objects(tracked.s3.mlflow_bucket, recursive=True)
+        if store.get(v2).run_id in o.object_name and o.object_name.endswith("video_model.safetensors")
+    )
     forged = b"\x00" * 64
     s3.put_object(tracked.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
 

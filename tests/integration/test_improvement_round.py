@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -46,13 +46,25 @@ def publish_expert_episodes(settings, n: int) -> list[str]:
             future = frames[step + 1 : step + 1 + F]
             future = np.concatenate([future, np.repeat(future[-1:], F - len(future), 0)])
             imagined.append(np.stack([future, future[::-1]]))  # chosen 0 as executed, 1 a decoy
-            decisions.append(Decision(step=step, candidates=[CandidateRecord(index=0), CandidateRecord(index=1)], chosen=0,
-                                      latency_ms=1.0))  # fmt: skip
-        now = datetime.now(timezone.utc)
-        core = EpisodeCore(episode_id=uuid.uuid4(), robot_id="expert", task_id=ep["task_id"], instruction=ep["instruction"],
-                           model_versions=ModelVersions(policy="1", world_model="1", idm="1"), started_at=now, ended_at=now,
-                           success=True, success_source=SuccessSource.environment, actions=ep["actions"].tolist(),
-                           decisions=decisions)  # fmt: skip
+            decisions.append(
+                Decision(
+                    step=step, candidates=[CandidateRecord(index=0), CandidateRecord(index=1)], chosen=0, latency_ms=1.0
+                )
+            )
+        now = datetime.now(UTC)
+        core = EpisodeCore(
+            episode_id=uuid.uuid4(),
+            robot_id="expert",
+            task_id=ep["task_id"],
+            instruction=ep["instruction"],
+            model_versions=ModelVersions(policy="1", world_model="1", idm="1"),
+            started_at=now,
+            ended_at=now,
+            success=True,
+            success_source=SuccessSource.environment,
+            actions=ep["actions"].tolist(),
+            decisions=decisions,
+        )
         ids.append(str(publisher.publish(core, frames, np.stack(imagined)).episode_id))
     assert publisher.close(60)
     return ids
@@ -73,8 +85,15 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
     runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True)
     runner.start()
     replay = save_clips(robot_logs(2, seed=0), tmp_path / "replay", "scripted robot logs")
-    config = RoundConfig(finetune=FinetuneJob(steps=3, batch=2), eval_episodes=1, eval_candidates=2, replay_dir=replay,
-                         analysis=AnalysisConfig(min_episodes=1), canary_timeout_s=600, work_dir=tmp_path / "rounds")  # fmt: skip
+    config = RoundConfig(
+        finetune=FinetuneJob(steps=3, batch=2),
+        eval_episodes=1,
+        eval_candidates=2,
+        replay_dir=replay,
+        analysis=AnalysisConfig(min_episodes=1),
+        canary_timeout_s=600,
+        work_dir=tmp_path / "rounds",
+    )
     learning = []  # what the round tells a fleet that shares the learner's cores
     try:
         report = improvement_round(settings, config, round_id=1, learning=learning.append)
@@ -86,11 +105,15 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
     assert report["decision"] in ("promoted", "rolled_back") and report["champion_version"] == v1
     manifest = load_manifest(settings, report["curation"]["manifest"])
     assert {e.episode_id for e in manifest.of_role("world_model_and_idm")} >= set(expert_ids)
-    trained_on = json.loads((tmp_path / "rounds" / f"{settings.registry.model_name}-round-1" / "dataset" / "episodes.json").read_text())
+    trained_on = json.loads(
+        (tmp_path / "rounds" / f"{settings.registry.model_name}-round-1" / "dataset" / "episodes.json").read_text()
+    )
     assert len(trained_on["episodes"]) == len(manifest.entries) + 2, "the manifest's episodes and the replay's clips"
     assert learning == [True, False]
     candidate = ModelStore(settings).get(report["candidate_version"])
-    assert candidate.tags["parent_version"] == v1 and candidate.tags["dataset_manifest"] == report["curation"]["manifest"]
+    assert (
+        candidate.tags["parent_version"] == v1 and candidate.tags["dataset_manifest"] == report["curation"]["manifest"]
+    )
     assert "eval.success_rate" in candidate.tags and "canary_analysis" in candidate.tags
     assert set(report["evaluation"]) == {"candidate", "champion"}
     champion = ModelStore(settings).aliases()["champion"]

@@ -28,8 +28,11 @@ def _rollout_events(settings) -> list[RolloutEvent]:
 
 def test_a_registered_version_carries_lineage_and_loads_verified(tracked, tiny_policy_dir):
     store = ModelStore(tracked)
-    v = store.register(tiny_policy_dir, lineage={"parent_version": "base", "dataset_manifest": "s3://m/1.json"},
-                       metrics={"success_rate": 0.25})  # fmt: skip
+    v = store.register(
+        tiny_policy_dir,
+        lineage={"parent_version": "base", "dataset_manifest": "s3://m/1.json"},
+        metrics={"success_rate": 0.25},
+    )
 
     assert v.version == "1" and v.digests == file_digests(tiny_policy_dir)
     assert v.tags["parent_version"] == "base" and v.tags["eval.success_rate"] == "0.25"
@@ -46,8 +49,11 @@ def test_weights_tampered_in_storage_are_refused(tracked, tiny_policy_dir):
     v = store.register(tiny_policy_dir)
     # Someone with write access to the artifact bucket swaps the IDM weights for other bytes.
     s3 = s3_client(tracked)
-    key = next(o.object_name for o in s3.list_objects(tracked.s3.mlflow_bucket, recursive=True)
-               if v.run_id in o.object_name and o.object_name.endswith("policy/idm.safetensors"))  # fmt: skip
+    key = next(
+        o.object_name
+        for o in s3.list_objects(tracked.s3.mlflow_bucket, recursive=True)
+        if v.run_id in o.object_name and o.object_name.endswith("policy/idm.safetensors")
+    )
     forged = (tiny_policy_dir / "idm.safetensors").read_bytes()[:-8] + b"\x00" * 8
     s3.put_object(tracked.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
 
@@ -92,8 +98,14 @@ def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on
 
     events = _rollout_events(tracked)
     assert [(e.version, e.state.value) for e in events] == [
-        (v1, "champion"), (v2, "canary"), (v2, "rolled_back"), (v3, "canary"),
-        (v1, "retired"), (v3, "champion"), (v3, "rolled_back"), (v1, "champion"),
-    ]  # fmt: skip
+        (v1, "champion"),
+        (v2, "canary"),
+        (v2, "rolled_back"),
+        (v3, "canary"),
+        (v1, "retired"),
+        (v3, "champion"),
+        (v3, "rolled_back"),
+        (v1, "champion"),
+    ]
     assert events[1].canary_fraction == 0.25 and events[-1].aliases == {"champion": v1, "previous": v3}
     rollout.close()

@@ -36,8 +36,10 @@ def test_status_json_from_the_command_line(services):
         env["FLEET_STACK__MLFLOW_PORT"] = str(s.getsockname()[1])
     out = subprocess.run(
         [sys.executable, "-m", "infra.cli", "stack", "status", "--json"],
-        capture_output=True, text=True, env={**os.environ, **env},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     services_json = json.loads(out.stdout)["services"]
     assert services_json["s3"] == {**services_json["s3"], "healthy": True, "url": services.s3_endpoint}
     assert services_json["mlflow"]["healthy"] is False

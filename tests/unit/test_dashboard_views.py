@@ -22,8 +22,13 @@ def _sources(tmp_path, episodes=(), kafka=None, registry=None, registry_error=No
         index = EpisodeIndex(settings.index_path)
         index.record([(e, Provenance("t", 0, i, e.published_at.timestamp())) for i, e in enumerate(episodes)])
         index.close()
-    return Sources(settings, IndexReader(settings.index_path), Poller.reading("kafka", kafka or KafkaView()),
-                   Poller.reading("mlflow", registry, registry_error), Poller.reading("prefect", []))  # fmt: skip
+    return Sources(
+        settings,
+        IndexReader(settings.index_path),
+        Poller.reading("kafka", kafka or KafkaView()),
+        Poller.reading("mlflow", registry, registry_error),
+        Poller.reading("prefect", []),
+    )
 
 
 def _text(component) -> str:
@@ -78,7 +83,9 @@ def test_robot_and_task_tables_hold_one_row_per_robot_and_task_with_their_succes
 
 
 def test_a_missing_service_is_named_in_the_view_not_raised(tmp_path):
-    down = "mlflow at http://127.0.0.1:9 did not answer (list versions: connection refused); is `fleet stack up` running?"
+    down = (
+        "mlflow at http://127.0.0.1:9 did not answer (list versions: connection refused); is `fleet stack up` running?"
+    )
     src = _sources(tmp_path, registry_error=down)
     assert down in _text(views.rollout(src))
 
@@ -87,12 +94,21 @@ def test_the_live_canary_verdict_is_the_analysis_of_its_telemetry(tmp_path):
     from dashboard.sources import VersionInfo
 
     started = time.time() - 60
-    history = [{"state": "canary", "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(started)), "reason": "test"}]
-    registry = {"aliases": {"champion": "1", "canary": "2"},
-                "versions": [VersionInfo("1", "champion", ("champion",), [], {}), VersionInfo("2", "canary", ("canary",), history, {})]}  # fmt: skip
+    history = [
+        {"state": "canary", "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(started)), "reason": "test"}
+    ]
+    registry = {
+        "aliases": {"champion": "1", "canary": "2"},
+        "versions": [
+            VersionInfo("1", "champion", ("champion",), [], {}),
+            VersionInfo("2", "canary", ("canary",), history, {}),
+        ],
+    }
     kafka = KafkaView()
     for i in range(40):  # canary 5/20, champion 15/20; and older episodes that must not count
-        kafka.episodes.append((started + 1 + i, "2" if i % 2 else "1", (i % 2 == 0 and i < 30) or i % 8 == 1, 100.0, 150.0, 0, 8))
+        kafka.episodes.append(
+            (started + 1 + i, "2" if i % 2 else "1", (i % 2 == 0 and i < 30) or i % 8 == 1, 100.0, 150.0, 0, 8)
+        )
         kafka.episodes.append((started - 100, "2", True, 100.0, 150.0, 0, 8))
     page = views.rollout(_sources(tmp_path, kafka=kafka, registry=registry))
     canary, champion = Arm(5, 20), Arm(15, 20)

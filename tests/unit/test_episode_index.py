@@ -10,7 +10,13 @@ from sim.synthetic import synthetic_core
 def episodes(n: int, seed: int = 0) -> list[Episode]:
     rng = np.random.default_rng(seed)
     spec = {"shape": [1], "dtype": "uint8"}
-    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1, "arrays": {"executed_frames": spec, "imagined_videos": spec}}
+    ref = {
+        "bucket": "b",
+        "key": "k",
+        "sha256": "0" * 64,
+        "nbytes": 1,
+        "arrays": {"executed_frames": spec, "imagined_videos": spec},
+    }
     out = []
     for i in range(n):
         core = synthetic_core(rng, f"robot-{i % 3}", policy_version=f"v{i % 2}")
@@ -41,7 +47,9 @@ def test_index_survives_a_restart_and_answers_queries(tmp_path):
         e.model_versions.policy == "v0" and e.success for e in eps
     )
     task = eps[0].task_id
-    assert {str(e.episode_id) for e in index.query(task_id=task)} == {str(e.episode_id) for e in eps if e.task_id == task}
+    assert {str(e.episode_id) for e in index.query(task_id=task)} == {
+        str(e.episode_id) for e in eps if e.task_id == task
+    }
     since = eps[10].started_at
     assert index.count(since=since, until=eps[20].started_at) == 10
     assert index.query(limit=1)[0] == eps[0]

@@ -104,7 +104,9 @@ def test_robots_deciding_in_one_batch_each_get_their_own_candidates_and_window(p
     frame, _ = scene
     planner = Planner(policy, PlannerConfig(candidates=3, smooth_window=3))
     windows = [defaultdict(list) for _ in range(3)]
-    requests = [PlanRequest(frame, frame, t.instruction, step=0, pending=w) for t, w in zip(ALL_TASKS[:3], windows, strict=True)]
+    requests = [
+        PlanRequest(frame, frame, t.instruction, step=0, pending=w) for t, w in zip(ALL_TASKS[:3], windows, strict=True)
+    ]
     decisions = planner.decide_batch(requests, torch.Generator().manual_seed(0))
     assert len(decisions) == 3
     for d, w in zip(decisions, windows, strict=True):

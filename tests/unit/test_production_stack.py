@@ -14,7 +14,12 @@ from infra.settings import Settings
 
 PRODUCTION = Path(__file__).parents[2] / "infra" / "production"
 # `make install` fetches the docker-compose wheel that carries the Compose specification schema.
-SPEC_WHEEL = Path(os.environ.get("FLEET_COMPOSE_SPEC_WHEEL", Path(__file__).parents[2] / ".venv" / "compose-spec" / "docker_compose-1.29.2-py2.py3-none-any.whl"))
+SPEC_WHEEL = Path(
+    os.environ.get(
+        "FLEET_COMPOSE_SPEC_WHEEL",
+        Path(__file__).parents[2] / ".venv" / "compose-spec" / "docker_compose-1.29.2-py2.py3-none-any.whl",
+    )
+)
 
 
 def interpolated(text: str) -> dict:

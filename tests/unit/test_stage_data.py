@@ -9,7 +9,8 @@ from worldmodel.stage_data import human_pov_clips, internet_clips, load_clips, r
 
 def test_caption_upsampling_names_objects_places_and_motion_deterministically():
     scene = SceneDescription(
-        [ObjectTrack("red", (0.1, 0.9), (0.9, 0.9)), ObjectTrack("orange", (0.5, 0.5), (0.5, 0.5))], actor="robot gripper"
+        [ObjectTrack("red", (0.1, 0.9), (0.9, 0.9)), ObjectTrack("orange", (0.5, 0.5), (0.5, 0.5))],
+        actor="robot gripper",
     )
     detailed = TemplateCaptioner().upsample("push the red block to the right", scene)
     assert detailed == TemplateCaptioner().upsample("push the red block to the right", scene)
@@ -46,7 +47,12 @@ def test_clips_round_trip_through_disk_without_pickle(tmp_path):
     for a, b in zip(clips, loaded, strict=True):
         assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
         assert np.array_equal(a.points, b.points)
-        assert (a.caption, a.detailed_caption, a.success, a.task_id) == (b.caption, b.detailed_caption, b.success, b.task_id)
+        assert (a.caption, a.detailed_caption, a.success, a.task_id) == (
+            b.caption,
+            b.detailed_caption,
+            b.success,
+            b.task_id,
+        )
 
 
 def test_grounding_points_are_the_object_and_where_it_must_go():

@@ -25,7 +25,9 @@ def test_speed_limit_and_workspace_bounds_hold_and_breaches_are_reported():
     start = scene.effector.copy()
     _, _, _, _, info = env.step([5.0, 0.0, OPEN])
     assert info["limit_violation"]
-    assert np.isclose(scene.effector[0] - start[0], env.config.max_speed) or scene.effector[0] == env.config.workspace[1]
+    assert (
+        np.isclose(scene.effector[0] - start[0], env.config.max_speed) or scene.effector[0] == env.config.workspace[1]
+    )
     for _ in range(40):
         _, _, _, _, info = env.step([1.0, 1.0, OPEN])
     assert np.all(scene.effector <= env.config.workspace[1])

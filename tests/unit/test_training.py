@@ -24,10 +24,20 @@ def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
     report = train_all(PROFILES["ci"], tmp_path)
     assert set(report["timings_s"]) >= {"pretrain_s", "midtrain_s", "posttrain_s", "idm_s", "idm_adapt_s", "critic_s"}
     policy = WorldModelPolicy.load(tmp_path / "policy")
-    result = evaluate(policy, episodes=1)
+    assert WorldModelPolicy.locate(tmp_path) == tmp_path / "policy"  # `fleet eval --policy RUN_DIR` finds it
+    result = evaluate(policy, episodes=1).model_dump(mode="json")
     assert json.loads(json.dumps(result)) == result  # plain JSON, no numpy scalars
-    assert {"success_rate", "success_ci95", "heldout_success_rate", "heldout_ci95", "random_success_rate", "random_heldout_success_rate",
-            "decision_latency_ms_p50", "decision_latency_ms_p95", "rejection_rate"} <= set(result)  # fmt: skip
+    assert {
+        "success_rate",
+        "success_ci95",
+        "heldout_success_rate",
+        "heldout_ci95",
+        "random_success_rate",
+        "random_heldout_success_rate",
+        "decision_latency_ms_p50",
+        "decision_latency_ms_p95",
+        "rejection_rate",
+    } <= set(result)
 
     found = diagnose(policy, episodes=1)
     rates = [v for k, v in found.items() if "agreement" in k or "success" in k]
@@ -65,7 +75,6 @@ def test_imagined_windows_start_from_real_frames_and_carry_the_robots_actions():
     assert all(origin(f, a) is not None for f, a in zip(windows.frames, windows.actions, strict=True))
     losses = train_idm(policy, data, 5, PROFILES["ci"], np.random.default_rng(0), imagined=windows)
     assert np.isfinite(losses).all()
-
 
 
 def test_a_non_finite_loss_stops_training_and_names_the_loss():

@@ -93,9 +93,13 @@ def test_critic_scores_are_probabilities():
 
 @pytest.mark.parametrize(
     ("cls", "config"),
-    [(VideoGenerator, VideoModelConfig()), (InverseDynamics, IdmConfig()), (SuccessCritic, CriticConfig()),
-     (TextEncoder, TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS)))],
-)  # fmt: skip
+    [
+        (VideoGenerator, VideoModelConfig()),
+        (InverseDynamics, IdmConfig()),
+        (SuccessCritic, CriticConfig()),
+        (TextEncoder, TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS))),
+    ],
+)
 def test_save_and_load_round_trip_exactly(tmp_path, cls, config):
     torch.manual_seed(0)
     model = cls(config).eval()

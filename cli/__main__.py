@@ -1,0 +1,5 @@
+"""`python -m cli`: the same as `fleet`."""
+
+from cli import main
+
+main()
