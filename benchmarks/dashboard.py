@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import plotly
 
+from benchmarks import BenchResult
 from dashboard import views
 from dashboard.app import TABS, DashboardServer
-from dashboard.sources import KafkaView, Poller, Sources, VersionInfo
+from dashboard.sources import EpisodeSummary, KafkaView, Poller, Sources, VersionInfo
 from infra.contracts.dead_letter import DeadLetterReason
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
@@ -50,7 +51,7 @@ def fill_index(path: Path, episodes: int, progress=None) -> KafkaView:
         batch.append((ep, Provenance("bench", 0, i, ep.published_at.timestamp() + 0.3)))
         rejected = sum(c.rejected for d in ep.decisions for c in d.candidates)
         view.episodes.append(
-            (
+            EpisodeSummary(
                 ep.ended_at.timestamp(),
                 ep.model_versions.policy,
                 ep.success,
@@ -106,7 +107,21 @@ def registry_reading() -> dict:
     return {"aliases": {"champion": str(VERSIONS)}, "versions": versions}
 
 
-def bench_dashboard(episodes: int, work: Path, repeats: int = 3, progress=None) -> dict:
+class DashboardBench(BenchResult):
+    episodes: int
+    robots: int
+    versions: int
+    telemetry_episodes: int
+    index_fill_s: float
+    repeats: int
+    view_load_s_max: dict[str, float]
+    view_load_s_median: dict[str, float]
+    server_view_ms_median: dict[str, float]
+    target_s: float
+    all_under_target: bool
+
+
+def bench_dashboard(episodes: int, work: Path, repeats: int = 3, progress=None) -> DashboardBench:
     settings = Settings().isolated("bench-dashboard", work)
     settings.index_path.unlink(missing_ok=True)
     t = time.perf_counter()
@@ -141,16 +156,16 @@ def bench_dashboard(episodes: int, work: Path, repeats: int = 3, progress=None) 
     finally:
         driver.quit()
         server.stop()
-    return {
-        "episodes": src.index.count(),
-        "robots": ROBOTS,
-        "versions": VERSIONS,
-        "telemetry_episodes": len(kafka.episodes),
-        "index_fill_s": round(fill_s, 1),
-        "repeats": repeats,
-        "view_load_s_max": {tab: max(v) for tab, v in browser_s.items()},
-        "view_load_s_median": {tab: float(np.median(v)) for tab, v in browser_s.items()},
-        "server_view_ms_median": server_ms,
-        "target_s": 2.0,
-        "all_under_target": all(max(v) < 2.0 for v in browser_s.values()),
-    }
+    return DashboardBench(
+        episodes=src.index.count(),
+        robots=ROBOTS,
+        versions=VERSIONS,
+        telemetry_episodes=len(kafka.episodes),
+        index_fill_s=round(fill_s, 1),
+        repeats=repeats,
+        view_load_s_max={tab: max(v) for tab, v in browser_s.items()},
+        view_load_s_median={tab: float(np.median(v)) for tab, v in browser_s.items()},
+        server_view_ms_median=server_ms,
+        target_s=2.0,
+        all_under_target=all(max(v) < 2.0 for v in browser_s.values()),
+    )

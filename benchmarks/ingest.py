@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import BenchResult
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.settings import Settings
@@ -35,6 +36,24 @@ def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:
     index.close()
 
 
+class IngestBench(BenchResult):
+    episodes_sent: int
+    episodes_indexed: int
+    lost: int
+    duplicated: int
+    duplicates_dropped: int
+    dead_lettered: int
+    episodes_per_s: float
+    mb_per_s: float
+    mb_per_episode: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    elapsed_s: float
+    offered_rate: float | None
+    shape: dict
+    work_dir: str
+
+
 def bench_ingest(
     settings: Settings,
     episodes: int = 1000,
@@ -42,7 +61,7 @@ def bench_ingest(
     camera_noise: float = 2.0,
     rate: float | None = None,
     progress=None,
-) -> dict:
+) -> IngestBench:
     """Send `episodes` as fast as possible (or at `rate` per second) and measure what arrives."""
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"ingest-{run}"
@@ -84,20 +103,20 @@ def bench_ingest(
     indexed_ids = index.episode_ids()
     latencies_ms = np.array(index.latencies_s()) * 1000
     index.close()
-    return {
-        "episodes_sent": len(sent_ids),
-        "episodes_indexed": len(set(indexed_ids)),
-        "lost": len(sent_ids - set(indexed_ids)),
-        "duplicated": len(indexed_ids) - len(set(indexed_ids)) + len(set(indexed_ids) - sent_ids),
-        "duplicates_dropped": result["duplicates"],
-        "dead_lettered": result["dead_lettered"],
-        "episodes_per_s": round(len(indexed_ids) / elapsed, 1),
-        "mb_per_s": round(nbytes / elapsed / 1e6, 2),
-        "mb_per_episode": round(nbytes / episodes / 1e6, 3),
-        "latency_ms_p50": round(float(np.percentile(latencies_ms, 50)), 1),
-        "latency_ms_p99": round(float(np.percentile(latencies_ms, 99)), 1),
-        "elapsed_s": round(elapsed, 2),
-        "offered_rate": rate,
-        "shape": shape.__dict__,
-        "work_dir": str(Path(work)),
-    }
+    return IngestBench(
+        episodes_sent=len(sent_ids),
+        episodes_indexed=len(set(indexed_ids)),
+        lost=len(sent_ids - set(indexed_ids)),
+        duplicated=len(indexed_ids) - len(set(indexed_ids)) + len(set(indexed_ids) - sent_ids),
+        duplicates_dropped=result["duplicates"],
+        dead_lettered=result["dead_lettered"],
+        episodes_per_s=round(len(indexed_ids) / elapsed, 1),
+        mb_per_s=round(nbytes / elapsed / 1e6, 2),
+        mb_per_episode=round(nbytes / episodes / 1e6, 3),
+        latency_ms_p50=round(float(np.percentile(latencies_ms, 50)), 1),
+        latency_ms_p99=round(float(np.percentile(latencies_ms, 99)), 1),
+        elapsed_s=round(elapsed, 2),
+        offered_rate=rate,
+        shape=shape.__dict__,
+        work_dir=str(Path(work)),
+    )

@@ -7,12 +7,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import BenchResult
 from sim.tabletop import TabletopEnv
 from worldmodel.planner import Planner, PlannerConfig
 from worldmodel.policy import WorldModelPolicy
 
 
-def bench_policy(policy_dir: Path, decisions: int = 30, candidates: int = 8, seed: int = 0) -> dict:
+class PolicyBench(BenchResult):
+    decision_ms_p50: float
+    decision_ms_p95: float
+    stages_ms: dict[str, float]
+    candidates: int
+    torch_threads: int
+    decisions: int
+
+
+def bench_policy(policy_dir: Path, decisions: int = 30, candidates: int = 8, seed: int = 0) -> PolicyBench:
     planner = Planner(WorldModelPolicy.load(policy_dir), PlannerConfig(candidates=candidates))
     env = TabletopEnv()
     obs, info = env.reset(seed=seed)
@@ -27,11 +37,11 @@ def bench_policy(policy_dir: Path, decisions: int = 30, candidates: int = 8, see
         obs, _, terminated, truncated, info = env.step(d.actions[0])
         if terminated or truncated:
             obs, info = env.reset(seed=seed + i + 1)
-    return {
-        "decision_ms_p50": round(float(np.percentile(totals, 50)), 1),
-        "decision_ms_p95": round(float(np.percentile(totals, 95)), 1),
-        "stages_ms": {k: round(float(np.median(v)), 2) for k, v in stages.items()},
-        "candidates": candidates,
-        "torch_threads": torch.get_num_threads(),
-        "decisions": decisions,
-    }
+    return PolicyBench(
+        decision_ms_p50=round(float(np.percentile(totals, 50)), 1),
+        decision_ms_p95=round(float(np.percentile(totals, 95)), 1),
+        stages_ms={k: round(float(np.median(v)), 2) for k, v in stages.items()},
+        candidates=candidates,
+        torch_threads=torch.get_num_threads(),
+        decisions=decisions,
+    )

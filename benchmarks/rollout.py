@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import BenchResult
 from fleet_agent.fleet import Fleet, FleetConfig
 from infra import stack
 from infra.settings import Settings
@@ -41,6 +42,22 @@ def _behind(fleet: Fleet, target: str) -> bool:
     return any(r.version != target or r.swapped_at is not None for r in fleet.robots)
 
 
+class RolloutBench(BenchResult):
+    robots: int
+    swaps: int
+    batch_robots: int
+    candidates: int
+    rollout_propagation_s_p50: float
+    rollout_propagation_s_p95: float
+    rollout_propagation_s_max: float
+    first_decision_s_p50: float
+    first_decision_s_p95: float
+    samples: int
+    swaps_timed_out: int
+    decisions_per_s: dict[str, float]
+    episodes_published: int
+
+
 def bench_rollout(
     settings: Settings,
     policy_dir: Path,
@@ -50,7 +67,7 @@ def bench_rollout(
     candidates: int = 8,
     throughput_ticks: int = 2,
     progress=None,
-) -> dict:
+) -> RolloutBench:
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"rollout-{run}"
     settings = settings.isolated(f"bench-{run}", work)
@@ -83,18 +100,18 @@ def bench_rollout(
     fleet.close()
     rollout.close()
     switch, first = np.array(fleet.propagation_s), np.array(fleet.first_decision_s)
-    return {
-        "robots": robots,
-        "swaps": swaps,
-        "batch_robots": batch_robots,
-        "candidates": candidates,
-        "rollout_propagation_s_p50": round(float(np.percentile(switch, 50)), 3),
-        "rollout_propagation_s_p95": round(float(np.percentile(switch, 95)), 3),
-        "rollout_propagation_s_max": round(float(switch.max()), 3),
-        "first_decision_s_p50": round(float(np.percentile(first, 50)), 3),
-        "first_decision_s_p95": round(float(np.percentile(first, 95)), 3),
-        "samples": len(switch),
-        "swaps_timed_out": timed_out,
-        "decisions_per_s": throughput,
-        "episodes_published": len(fleet.finished),
-    }
+    return RolloutBench(
+        robots=robots,
+        swaps=swaps,
+        batch_robots=batch_robots,
+        candidates=candidates,
+        rollout_propagation_s_p50=round(float(np.percentile(switch, 50)), 3),
+        rollout_propagation_s_p95=round(float(np.percentile(switch, 95)), 3),
+        rollout_propagation_s_max=round(float(switch.max()), 3),
+        first_decision_s_p50=round(float(np.percentile(first, 50)), 3),
+        first_decision_s_p95=round(float(np.percentile(first, 95)), 3),
+        samples=len(switch),
+        swaps_timed_out=timed_out,
+        decisions_per_s=throughput,
+        episodes_published=len(fleet.finished),
+    )

@@ -6,10 +6,19 @@ import time
 
 import numpy as np
 
+from benchmarks import BenchResult
 from sim.tabletop import TabletopConfig, TabletopEnv
 
 
-def bench_sim(steps: int = 20_000, size: int = 64, seed: int = 0) -> dict:
+class SimBench(BenchResult):
+    steps: int
+    size: int
+    episodes: int
+    steps_per_s: float
+    us_per_step: float
+
+
+def bench_sim(steps: int = 20_000, size: int = 64, seed: int = 0) -> SimBench:
     env = TabletopEnv(TabletopConfig(size=size))
     rng = np.random.default_rng(seed)
     actions = rng.uniform(-1, 1, (steps, 3)).astype(np.float32)
@@ -22,10 +31,10 @@ def bench_sim(steps: int = 20_000, size: int = 64, seed: int = 0) -> dict:
             env.reset()
             episodes += 1
     elapsed = time.perf_counter() - start
-    return {
-        "steps": steps,
-        "size": size,
-        "episodes": episodes,
-        "steps_per_s": round(steps / elapsed, 1),
-        "us_per_step": round(elapsed / steps * 1e6, 1),
-    }
+    return SimBench(
+        steps=steps,
+        size=size,
+        episodes=episodes,
+        steps_per_s=round(steps / elapsed, 1),
+        us_per_step=round(elapsed / steps * 1e6, 1),
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from benchmarks import BenchResult
 from learner.dataset import save_clips
 from learner.finetune import FinetuneJob, prepare_run, run_finetune
 from sim.tabletop import ALL_TASKS
@@ -22,6 +23,18 @@ from worldmodel.text_encoder import build_vocab
 VARIANTS = (("torch", "torch", 1), ("deepspeed_world_1", "deepspeed", 1), ("deepspeed_world_2", "deepspeed", 2))
 
 
+class TrainBench(BenchResult):
+    windows_per_s: dict[str, float]
+    speedup_vs_torch: dict[str, float]
+    variants: dict[str, dict]
+    steps: int
+    batch_per_rank: int
+    zero_stage: int
+    trainable_parameters: int
+    clips: int
+    policy: str
+
+
 def bench_train(
     work: Path,
     policy_dir: Path | None = None,
@@ -30,7 +43,7 @@ def bench_train(
     batch: int = 8,
     zero_stage: int = 1,
     progress=None,
-) -> dict:
+) -> TrainBench:
     shutil.rmtree(work, ignore_errors=True)
     logs = robot_logs(clips, 0, size=64)
     data = save_clips(logs, work / "data", "scripted robot logs")
@@ -51,14 +64,14 @@ def bench_train(
         if progress:
             progress(name)
     base = results["torch"]["windows_per_s"]
-    return {
-        "windows_per_s": {k: v["windows_per_s"] for k, v in results.items()},
-        "speedup_vs_torch": {k: round(v["windows_per_s"] / base, 2) for k, v in results.items()},
-        "variants": results,
-        "steps": steps,
-        "batch_per_rank": batch,
-        "zero_stage": zero_stage,
-        "trainable_parameters": trainable,
-        "clips": clips,
-        "policy": str(policy_dir),
-    }
+    return TrainBench(
+        windows_per_s={k: v["windows_per_s"] for k, v in results.items()},
+        speedup_vs_torch={k: round(v["windows_per_s"] / base, 2) for k, v in results.items()},
+        variants=results,
+        steps=steps,
+        batch_per_rank=batch,
+        zero_stage=zero_stage,
+        trainable_parameters=trainable,
+        clips=clips,
+        policy=str(policy_dir),
+    )

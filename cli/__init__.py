@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sys
 
+from pydantic import ValidationError
+from rich.markup import escape
+
 from cli import agents, bench, contracts, dashboard, demo, episodes, loop, policy, rollout, stack, train  # noqa: F401
 from cli.app import app, console
-from infra.errors import FleetError
+from infra.errors import FleetError, UsageError
 
 
 def main() -> None:
@@ -15,5 +18,12 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except FleetError as e:
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True, highlight=False, markup=True)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code)
+    except ValidationError as e:  # a configuration out of range, from an option, FLEET_* or fleet.toml
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or e.title}: {err['msg']}" for err in e.errors())
+        _fail(f"invalid {e.title}: {problems}", UsageError.exit_code)
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    sys.exit(code)

@@ -120,7 +120,7 @@ def sim(
     from benchmarks.sim import bench_sim
 
     result = bench_sim(steps, size)
-    console.print(f"{result['steps_per_s']} steps/s ({result['us_per_step']} us/step) at {size}x{size}")
+    console.print(f"{result.steps_per_s} steps/s ({result.us_per_step} us/step) at {size}x{size}")
     write_json(result, out)
 
 
@@ -136,8 +136,8 @@ def policy(
 
     result = bench_policy(policy, decisions, candidates)
     table = Table("stage", "ms (median)")
-    for stage, ms in result["stages_ms"].items():
+    for stage, ms in result.stages_ms.items():
         table.add_row(stage, f"{ms:.1f}")
     console.print(table)
-    console.print(f"decision p50 {result['decision_ms_p50']} ms, p95 {result['decision_ms_p95']} ms")
+    console.print(f"decision p50 {result.decision_ms_p50} ms, p95 {result.decision_ms_p95} ms")
     write_json(result, out)

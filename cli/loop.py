@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -66,7 +65,7 @@ def round_now(
 
     with tags(fleet.registry.flow_run_tag):
         result = improvement_round(fleet, config, round_id)
-    console.print_json(json.dumps({k: v for k, v in result.items() if k != "evaluation"}, default=str))
+    console.print_json(result.model_dump_json(exclude={"evaluation"}))
 
 
 @loop_app.command("serve")

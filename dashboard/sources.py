@@ -17,6 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from infra.contracts.dead_letter import DeadLetter
 from infra.contracts.telemetry import EpisodeTelemetry
@@ -76,11 +77,23 @@ class Poller:
         self._stop.set()
 
 
+class EpisodeSummary(NamedTuple):
+    """One episode's telemetry, as the dashboard keeps it (a tuple: 50,000 of them stay in memory)."""
+
+    at: float
+    version: str
+    success: bool
+    decision_ms_p50: float
+    decision_ms_p95: float
+    rejections: int
+    candidates: int
+
+
 @dataclass
 class KafkaView:
     """Recent episode telemetry, the robots' latest heartbeats and dead-letter counts by reason."""
 
-    episodes: deque = field(default_factory=lambda: deque(maxlen=50_000))
+    episodes: deque[EpisodeSummary] = field(default_factory=lambda: deque(maxlen=50_000))
     heartbeats: dict[str, dict] = field(default_factory=dict)
     refused: deque = field(default_factory=lambda: deque(maxlen=200))
     dead_letters: Counter = field(default_factory=Counter)
@@ -137,7 +150,7 @@ class KafkaTail:
         if kind == "episode":
             t = EpisodeTelemetry.model_validate(message)
             self.view.episodes.append(
-                (
+                EpisodeSummary(
                     t.at.timestamp(),
                     t.policy_version,
                     t.success,

@@ -252,9 +252,9 @@ def _canary(src: Sources, aliases: dict, versions: dict) -> list:
 
 def _live_arms(src: Sources, since: float) -> dict[str, Arm]:
     arms: dict[str, Arm] = {}
-    for at, version, success, _, _, rejections, candidates in list(_service(src, "kafka").episodes):
-        if at >= since:
-            arms[version] = arms.get(version, Arm(0, 0)) + Arm(int(success), 1, rejections, candidates)
+    for e in list(_service(src, "kafka").episodes):
+        if e.at >= since:
+            arms[e.version] = arms.get(e.version, Arm(0, 0)) + Arm(int(e.success), 1, e.rejections, e.candidates)
     return arms
 
 
@@ -331,8 +331,10 @@ def health(src: Sources) -> list:
     figs = []
     if telemetry is not None and telemetry.episodes:
         by_version: dict[str, list] = {}
-        for _, version, _, p50, p95, rejections, candidates in list(telemetry.episodes):
-            by_version.setdefault(version, []).append((p50, p95, rejections, candidates))
+        for e in list(telemetry.episodes):
+            by_version.setdefault(e.version, []).append(
+                (e.decision_ms_p50, e.decision_ms_p95, e.rejections, e.candidates)
+            )
         versions = sorted(by_version, key=_version_key)
         lat = go.Figure()
         for label, column, q in (("p50", 0, 50), ("p95", 1, 95), ("p99", 1, 99)):

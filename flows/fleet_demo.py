@@ -25,6 +25,7 @@ from fleet_agent.fleet import Fleet, FleetConfig
 from flows.config import DEMO_PROFILES
 from flows.improvement import improvement_round
 from infra.contracts.rollout import RoundDecision
+from infra.contracts.rounds import RoundReport, RoundSuccess
 from infra.settings import Settings
 from infra.stats import wilson
 from learner.dataset import save_clips
@@ -74,15 +75,15 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
         since = time.monotonic()
         wins, n = _champion_success(fleet, base.version, since, demo.episodes_per_round)
         rounds.append(
-            {
-                "round": 0,
-                "champion_version": base.version,
-                "candidate_version": None,
-                "decision": RoundDecision.baseline.value,
-                "success_rate": round(wins / n, 4),
-                "success_ci95": wilson(wins, n),
-                "episodes": n,
-            }
+            RoundSuccess(
+                round=0,
+                champion_version=base.version,
+                candidate_version=None,
+                decision=RoundDecision.baseline,
+                success_rate=round(wins / n, 4),
+                success_ci95=wilson(wins, n),
+                episodes=n,
+            )
         )
         print(f"round 0: champion {base.version} succeeds {wins}/{n}")
         for round_id in range(1, demo.rounds + 1):
@@ -97,21 +98,21 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
             # the round's champion episodes: a promoted candidate's canary episodes count too
             wins, n = _champion_success(fleet, champion, started, demo.episodes_per_round)
             rounds.append(
-                {
-                    "round": round_id,
-                    "champion_version": champion,
-                    "candidate_version": report.get("candidate_version"),
-                    "decision": report["decision"],
-                    "degraded_on_purpose": degrade,
-                    "success_rate": round(wins / n, 4),
-                    "success_ci95": wilson(wins, n),
-                    "episodes": n,
-                    "canary": report.get("canary"),
-                    "evaluation_same_seeds": _evaluation(report),
-                }
+                RoundSuccess(
+                    round=round_id,
+                    champion_version=champion,
+                    candidate_version=report.candidate_version,
+                    decision=report.decision,
+                    degraded_on_purpose=degrade,
+                    success_rate=round(wins / n, 4),
+                    success_ci95=wilson(wins, n),
+                    episodes=n,
+                    canary=report.canary,
+                    evaluation_same_seeds=_evaluation(report),
+                )
             )
             print(
-                f"round {round_id}: candidate {report.get('candidate_version')} {report['decision']}; "
+                f"round {round_id}: candidate {report.candidate_version} {report.decision}; "
                 f"champion {champion} succeeds {wins}/{n}"
             )
     finally:
@@ -122,12 +123,15 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
     return rounds_summary(settings, fleet, rounds, time.monotonic() - t0)
 
 
-def _evaluation(report: dict) -> dict | None:
-    figures = report.get("evaluation")
-    return figures and {arm: {k: figures[arm][k] for k in ("success_rate", "heldout_success_rate")} for arm in figures}
+def _evaluation(report: RoundReport) -> dict[str, dict[str, float]] | None:
+    figures = report.evaluation
+    return figures and {
+        arm: {"success_rate": f.success_rate, "heldout_success_rate": f.heldout_success_rate}
+        for arm, f in figures.items()
+    }
 
 
-def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds: float) -> dict:
+def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[RoundSuccess], seconds: float) -> dict:
     from flows.improvement import ingest_new
 
     ingest_new.fn(settings, idle_s=10)
@@ -136,7 +140,7 @@ def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[dict], seconds
         indexed = set(index.episode_ids()) & published
         rows = index.count()
     return {
-        "rounds": rounds,
+        "rounds": [r.model_dump(mode="json", exclude_unset=True) for r in rounds],
         "episodes_published": len(published),
         "episodes_indexed": len(indexed),
         "lost": len(published - indexed),

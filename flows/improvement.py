@@ -27,6 +27,7 @@ from flows.config import RoundConfig
 from infra.clients import kafka_consumer
 from infra.contracts.evaluation import EvaluationReport
 from infra.contracts.rollout import CanaryDecision, RoundDecision
+from infra.contracts.rounds import RoundReport
 from infra.contracts.telemetry import EpisodeTelemetry
 from infra.settings import Settings
 from learner.curation import CurationConfig, curate, load_manifest, save_manifest
@@ -182,7 +183,7 @@ def improvement_round(
     round_id: int,
     since: datetime | None = None,
     learning: Callable[[bool], None] | None = None,
-) -> dict:
+) -> RoundReport:
     """One round: ingest, curate, train, evaluate, register, canary, analyse, promote or roll back.
 
     `learning(True)` is called before ingest and `learning(False)` once the candidate is trained and
@@ -202,13 +203,13 @@ def improvement_round(
         report = {
             "round": round_id,
             "champion_version": champion.version,
-            "started_at": started.isoformat(),
+            "started_at": started,
             "ingest": ingested,
             "curation": curated,
         }
         if curated["kept_successes"] == 0:
             print(f"round {round_id}: no successful episodes consistent with their imagined futures; nothing to learn")
-            return report | {"decision": RoundDecision.skipped.value, "candidate_version": None}
+            return RoundReport(**report, decision=RoundDecision.skipped)
         run_dir = config.work_dir / f"{settings.registry.model_name}-round-{round_id}"
         candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)
         store = ModelStore(settings)
@@ -227,10 +228,9 @@ def improvement_round(
     version = register_candidate(settings, candidate_dir, lineage, figures["candidate"].metrics())
     since_canary = start_canary(settings, version, config.canary_fraction)
     verdict = analyse_canary(settings, version, champion.version, since_canary, config)
-    decision = RoundDecision.after(verdict["decision"]).value
+    decision = RoundDecision.after(verdict["decision"])
     print(f"round {round_id}: candidate {version} {decision} ({verdict['reason']})")
-    evaluation = {arm: figures[arm].model_dump(mode="json") for arm in figures}
-    return report | {"candidate_version": version, "evaluation": evaluation, "canary": verdict, "decision": decision}
+    return RoundReport(**report, candidate_version=version, evaluation=figures, canary=verdict, decision=decision)
 
 
 @flow(name="improvement-loop", log_prints=True)
@@ -241,7 +241,7 @@ def improvement_loop(
     min_new_successes: int = 20,
     poll_s: float = 10.0,
     degrade_round: int | None = None,
-) -> list[dict]:
+) -> list[RoundReport]:
     """Rounds whenever `min_new_successes` successful episodes have been indexed since the last one.
 
     Served as a deployment it reads its settings from the environment (FLEET_*), so no secret

@@ -73,7 +73,8 @@ def publish_expert_episodes(settings, n: int) -> list[str]:
 def test_an_improvement_round_trains_registers_and_decides_on_live_canary_results(tracked, tiny_policy_dir, tmp_path):
     settings = tracked
     use_prefect(settings)
-    from flows.improvement import RoundConfig, improvement_round
+    from flows.config import RoundConfig
+    from flows.improvement import improvement_round
 
     v1 = ModelStore(settings).register(tiny_policy_dir).version
     rollout = Rollout(settings)
@@ -102,21 +103,19 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
         runner.join(120)
         fleet.close()
 
-    assert report["decision"] in ("promoted", "rolled_back") and report["champion_version"] == v1
-    manifest = load_manifest(settings, report["curation"]["manifest"])
+    assert report.decision in ("promoted", "rolled_back") and report.champion_version == v1
+    manifest = load_manifest(settings, report.curation["manifest"])
     assert {e.episode_id for e in manifest.of_role("world_model_and_idm")} >= set(expert_ids)
     trained_on = json.loads(
         (tmp_path / "rounds" / f"{settings.registry.model_name}-round-1" / "dataset" / "episodes.json").read_text()
     )
     assert len(trained_on["episodes"]) == len(manifest.entries) + 2, "the manifest's episodes and the replay's clips"
     assert learning == [True, False]
-    candidate = ModelStore(settings).get(report["candidate_version"])
-    assert (
-        candidate.tags["parent_version"] == v1 and candidate.tags["dataset_manifest"] == report["curation"]["manifest"]
-    )
+    candidate = ModelStore(settings).get(report.candidate_version)
+    assert candidate.tags["parent_version"] == v1 and candidate.tags["dataset_manifest"] == report.curation["manifest"]
     assert "eval.success_rate" in candidate.tags and "canary_analysis" in candidate.tags
-    assert set(report["evaluation"]) == {"candidate", "champion"}
+    assert set(report.evaluation) == {"candidate", "champion"}
     champion = ModelStore(settings).aliases()["champion"]
-    assert champion == (candidate.version if report["decision"] == "promoted" else v1)
+    assert champion == (candidate.version if report.decision == "promoted" else v1)
     assert "canary" not in ModelStore(settings).aliases()
     rollout.close()

@@ -71,6 +71,11 @@ def test_an_unknown_profile_is_a_usage_error_in_one_line(tmp_path):
     assert_one_line_error(fleet("demo", "--profile", "nope"), 2, "nope", "quick")
 
 
+def test_an_option_out_of_range_is_a_usage_error_naming_the_setting():
+    assert_one_line_error(fleet("loop", "round", "--canary-fraction", "2"), 2, "RoundConfig", "canary_fraction")
+    assert_one_line_error(fleet("agents", "run", "--split", "tuesday"), 2, "FleetConfig", "split")
+
+
 def test_a_directory_without_a_policy_is_a_usage_error_that_says_what_to_pass(tmp_path):
     assert_one_line_error(fleet("eval", "--policy", str(tmp_path)), 2, str(tmp_path), "fleet train all --out DIR")
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from dashboard import views
 from dashboard.media import chosen_imagined
-from dashboard.sources import KafkaView, Poller, Sources
+from dashboard.sources import EpisodeSummary, KafkaView, Poller, Sources
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
 from registry.analysis import AnalysisConfig, Arm, analyse
@@ -106,10 +106,9 @@ def test_the_live_canary_verdict_is_the_analysis_of_its_telemetry(tmp_path):
     }
     kafka = KafkaView()
     for i in range(40):  # canary 5/20, champion 15/20; and older episodes that must not count
-        kafka.episodes.append(
-            (started + 1 + i, "2" if i % 2 else "1", (i % 2 == 0 and i < 30) or i % 8 == 1, 100.0, 150.0, 0, 8)
-        )
-        kafka.episodes.append((started - 100, "2", True, 100.0, 150.0, 0, 8))
+        success = (i % 2 == 0 and i < 30) or i % 8 == 1
+        kafka.episodes.append(EpisodeSummary(started + 1 + i, "2" if i % 2 else "1", success, 100.0, 150.0, 0, 8))
+        kafka.episodes.append(EpisodeSummary(started - 100, "2", True, 100.0, 150.0, 0, 8))
     page = views.rollout(_sources(tmp_path, kafka=kafka, registry=registry))
     canary, champion = Arm(5, 20), Arm(15, 20)
     expected = analyse(canary, champion, AnalysisConfig()).decision
