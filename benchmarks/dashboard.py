@@ -40,12 +40,15 @@ VERSIONS, ROBOTS, SPAN_S = 8, 50, 7 * 86400
 
 def fill_index(path: Path, episodes: int, progress=None) -> KafkaView:
     """The index, and the Kafka reading those episodes' telemetry would give."""
-    index, view = (
-        EpisodeIndex(path),
-        KafkaView(
-            dead_letters=Counter({DeadLetterReason.schema.value: 12, DeadLetterReason.checksum_mismatch.value: 3})
-        ),
+    view = KafkaView(
+        dead_letters=Counter({DeadLetterReason.schema.value: 12, DeadLetterReason.checksum_mismatch.value: 3})
     )
+    with EpisodeIndex(path) as index:
+        _fill(index, view, episodes, progress)
+    return view
+
+
+def _fill(index: EpisodeIndex, view: KafkaView, episodes: int, progress) -> None:
     batch = []
     for i, ep in enumerate(synthetic_history(0, episodes, ROBOTS, VERSIONS, SPAN_S), 1):
         batch.append((ep, Provenance("bench", 0, i, ep.published_at.timestamp() + 0.3)))
@@ -71,8 +74,6 @@ def fill_index(path: Path, episodes: int, progress=None) -> KafkaView:
             batch = []
             if progress:
                 progress(i)
-    index.close()
-    return view
 
 
 def registry_reading() -> dict:

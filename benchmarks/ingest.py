@@ -24,16 +24,17 @@ from sim.synthetic import EpisodeShape, episode_stream
 
 
 def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:
-    index = EpisodeIndex(settings.index_path)
-    ingestor = EpisodeIngestor(settings, index)
-    # Join the group before the clock starts: a join is a one-off cost, not throughput.
-    while not ingestor.consumer.assignment():
-        ingestor.consumer.poll(timeout_ms=200)
-    ready.set()
-    stats = ingestor.run(until_indexed=expected, idle_timeout_s=120)
+    with EpisodeIndex(settings.index_path) as index:
+        ingestor = EpisodeIngestor(settings, index)
+        try:
+            # Join the group before the clock starts: a join is a one-off cost, not throughput.
+            while not ingestor.consumer.assignment():
+                ingestor.consumer.poll(timeout_ms=200)
+            ready.set()
+            stats = ingestor.run(until_indexed=expected, idle_timeout_s=120)
+        finally:
+            ingestor.close()
     done.put({"indexed": stats.indexed, "duplicates": stats.duplicates, "dead_lettered": stats.dead_lettered})
-    ingestor.close()
-    index.close()
 
 
 class IngestBench(BenchResult):
@@ -99,10 +100,9 @@ def bench_ingest(
     worker.join(10)
     publisher.close()
 
-    index = EpisodeIndex(settings.index_path)
-    indexed_ids = index.episode_ids()
-    latencies_ms = np.array(index.latencies_s()) * 1000
-    index.close()
+    with EpisodeIndex(settings.index_path) as index:
+        indexed_ids = index.episode_ids()
+        latencies_ms = np.array(index.latencies_s()) * 1000
     return IngestBench(
         episodes_sent=len(sent_ids),
         episodes_indexed=len(set(indexed_ids)),

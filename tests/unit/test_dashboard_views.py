@@ -19,9 +19,8 @@ from sim.synthetic import synthetic_history
 def _sources(tmp_path, episodes=(), kafka=None, registry=None, registry_error=None) -> Sources:
     settings = Settings().isolated("dash", tmp_path)
     if episodes:
-        index = EpisodeIndex(settings.index_path)
-        index.record([(e, Provenance("t", 0, i, e.published_at.timestamp())) for i, e in enumerate(episodes)])
-        index.close()
+        with EpisodeIndex(settings.index_path) as index:
+            index.record([(e, Provenance("t", 0, i, e.published_at.timestamp())) for i, e in enumerate(episodes)])
     return Sources(
         settings,
         IndexReader(settings.index_path),

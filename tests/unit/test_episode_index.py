@@ -1,9 +1,11 @@
+import sqlite3
 from datetime import timedelta
 
 import numpy as np
+import pytest
 
 from infra.contracts.episode import Episode
-from learner.episode_index import EpisodeIndex, Provenance
+from learner.episode_index import EpisodeIndex, IndexMissing, IndexReader, Provenance
 from sim.synthetic import synthetic_core
 
 
@@ -36,9 +38,10 @@ def test_duplicates_are_dropped_by_episode_id(tmp_path):
 
 def test_index_survives_a_restart_and_answers_queries(tmp_path):
     eps = episodes(30)
-    index = EpisodeIndex(tmp_path / "i.sqlite")
-    index.record([(e, Provenance("t", 0, i, 0.0)) for i, e in enumerate(eps)])
-    index.close()
+    with EpisodeIndex(tmp_path / "i.sqlite") as index:
+        index.record([(e, Provenance("t", 0, i, 0.0)) for i, e in enumerate(eps)])
+    with pytest.raises(sqlite3.ProgrammingError):  # the block closed it
+        index.count()
 
     index = EpisodeIndex(tmp_path / "i.sqlite")
     assert index.count() == 30
@@ -53,3 +56,14 @@ def test_index_survives_a_restart_and_answers_queries(tmp_path):
     since = eps[10].started_at
     assert index.count(since=since, until=eps[20].started_at) == 10
     assert index.query(limit=1)[0] == eps[0]
+
+
+def test_the_dashboards_read_only_reader_answers_as_the_learners_index(tmp_path):
+    with pytest.raises(IndexMissing, match="no episode index"):
+        IndexReader(tmp_path / "i.sqlite").count()
+    with EpisodeIndex(tmp_path / "i.sqlite") as index:
+        index.record([(e, Provenance("t", 0, i, 0.0)) for i, e in enumerate(episodes(20))])
+        reader = IndexReader(tmp_path / "i.sqlite")
+        assert reader.count() == index.count() == 20
+        assert reader.per("robot_id") == index.per("robot_id") and len(index.per("robot_id")) > 1
+        assert reader.latest(5) == index.latest(5)
