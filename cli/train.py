@@ -12,6 +12,8 @@ from infra.errors import UsageError
 
 train_app = group("train", "Train the world-model policy: three video stages, IDM, IDM adaptation, critic.")
 
+# Stage (c)'s old name: "fine-tune" now means only the learner's DeepSpeed job on fleet data.
+OLD_NAMES = {"finetune": "posttrain"}
 PROFILE = typer.Option("quick", help="quick (minutes on 2 cores), full, or ci (seconds)")
 OUT = typer.Option(Path("out/train"), help="run directory: checkpoints, report, policy/")
 
@@ -21,6 +23,7 @@ def _train(profile: str, out: Path, only: str | None, skip: tuple[str, ...] = ()
 
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(PROFILES)}")
+    skip = tuple(OLD_NAMES.get(s, s) for s in skip)
     if unknown := set(skip) - set(STAGES):
         raise UsageError(f"unknown stage {', '.join(sorted(unknown))}", hint=f"stages: {', '.join(STAGES)}")
     skip = tuple(s for s in STAGES if (only and s != only) or s in skip)
@@ -65,5 +68,4 @@ for _stage, _doc in {
     "critic": "The success critic, on the robot's logs.",
 }.items():
     _stage_command(_stage, _doc)
-# Stage (c)'s old name: "fine-tune" now means only the learner's DeepSpeed job on fleet data.
 _stage_command("posttrain", "Stage (c) under its old name; use `fleet train posttrain`.", name="finetune", hidden=True)

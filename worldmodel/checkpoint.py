@@ -45,7 +45,7 @@ def load_state(path: Path, modules: dict[str, nn.Module]) -> dict | None:
     if not path.exists():
         return None
     with safe_open(path, framework="pt") as f:
-        progress = json.loads(f.metadata()["progress"])
+        progress = json.loads((f.metadata() or {}).get("progress", "{}"))  # {}: written before progress was kept
     weights = load_file(path)
     for name, module in modules.items():
         module.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(name + ".")})

@@ -130,7 +130,10 @@ def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stag
 
     modules = {name: getattr(policy, name) for name in ("text_encoder", "video_model", "idm", "critic")}
     state = out / "checkpoints" / "state.safetensors"
-    done: list[str] = (load_state(state, modules) or {"done": []})["done"]
+    progress = load_state(state, modules)
+    if progress == {} and (legacy := state.with_name("progress.json")).exists():  # a run from before one format
+        progress = {"done": ["posttrain" if s == "finetune" else s for s in json.loads(legacy.read_text())]}
+    done: list[str] = (progress or {"done": []})["done"]
     for stage in STAGES:
         if stage in done or stage in skip_stages:
             continue

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from worldmodel.diagnose import diagnose
 from worldmodel.evaluate import evaluate
@@ -87,3 +88,12 @@ def test_a_non_finite_loss_stops_training_and_names_the_loss():
 def test_a_profile_out_of_range_is_refused_when_it_is_made():
     with pytest.raises(ValueError, match="batch"):
         PROFILES["ci"].__class__(batch=0)
+
+
+def test_a_run_directory_from_before_the_one_checkpoint_format_resumes_where_it_stopped(tmp_path):
+    train_all(PROFILES["ci"], tmp_path)
+    state = tmp_path / "checkpoints" / "state.safetensors"
+    save_file(load_file(state), state)  # the old format: weights only, progress in a JSON file beside them
+    old_names = ["pretrain", "midtrain", "finetune", "idm", "idm_adapt", "critic"]
+    (tmp_path / "checkpoints" / "progress.json").write_text(json.dumps(old_names))
+    assert set(train_all(PROFILES["ci"], tmp_path)["timings_s"]) == {"data_s"}
