@@ -35,7 +35,7 @@ def test_status_json_from_the_command_line(services):
         s.bind(("127.0.0.1", 0))
         env["FLEET_STACK__MLFLOW_PORT"] = str(s.getsockname()[1])
     out = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "stack", "status", "--json"],
+        [sys.executable, "-m", "cli", "stack", "status", "--json"],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
