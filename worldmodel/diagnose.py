@@ -9,6 +9,11 @@ Success alone does not say which part failed. On seeded expert episodes of seen 
 5. Does the generator use the grounded points? Point sensitivity is how much of the imagined
    change moves when the points are mirrored through the centre of the frame, same noise: near 0,
    the generator ignores them.
+6. What decides push and stack: does the gripper open and close when the expert's does (on real
+   frames and in imagined futures)?
+7. Does the critic rank a decision's K candidates by how well they agree with the expert? The
+   within-decision Spearman correlation of its score with each candidate's agreement; the same
+   with each candidate's motion size is a bias check (a critic that prefers big motions).
 """
 
 from __future__ import annotations
@@ -28,17 +33,41 @@ def _sign_agreement(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean(np.sign(predicted[..., :2]) == np.sign(true[..., :2])))
 
 
+def _gripper_agreement(predicted: np.ndarray, true: np.ndarray) -> float:
+    """Share of steps whose gripper command (> 0 closes) is the expert's."""
+    return float(np.mean((predicted[..., 2] > 0) == (true[..., 2] > 0)))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Rank correlation of two samples (average ranks for ties); None when either is constant."""
+    ranks = [_ranks(np.asarray(x, dtype=float)) for x in (a, b)]
+    if any(np.ptp(r) == 0 for r in ranks):
+        return None
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=float)
+    for value in np.unique(x):  # ties share their average rank
+        ranks[x == value] = ranks[x == value].mean()
+    return ranks
+
+
 def idm_on_real_frames(policy: WorldModelPolicy, episodes: int, seed: int) -> dict:
-    env, errors, agreement = TabletopEnv(split="seen"), [], []
+    env, errors, agreement, gripper = TabletopEnv(split="seen"), [], [], []
     for i in range(episodes):
         log = run_expert(env, seed + i, noise=0.2)
         predicted, _ = policy.idm.actions(policy.prepare(log["frames"])[None])
         true = log["actions"][1:].clip(-1, 1)  # the first transition has no frame before it
         errors.append(float(np.abs(predicted[0].numpy()[:, :2] - true[:, :2]).mean()))
         agreement.append(_sign_agreement(predicted[0].numpy(), true))
+        gripper.append(_gripper_agreement(predicted[0].numpy(), true))
     return {
         "idm_action_error": round(float(np.mean(errors)), 4),
         "idm_sign_agreement": round(float(np.mean(agreement)), 4),
+        "idm_gripper_agreement": round(float(np.mean(gripper)), 4),
     }
 
 
@@ -74,6 +103,9 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
         "real_speed": [],
         "grounding": [],
         "point_sensitivity": [],
+        "gripper": [],
+        "critic_rank": [],
+        "critic_motion_rank": [],
     }
     for i in range(episodes):
         log = run_expert(env, seed + i, noise=0.0)
@@ -92,6 +124,13 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
                 per_candidate = [_sign_agreement(a, true) for a in actions]
                 out[which].append(float(np.mean(per_candidate)))
                 if which == "right":
+                    out["gripper"].append(float(np.mean([_gripper_agreement(a, true) for a in actions])))
+                    clips = torch.cat([first[:, None].expand(k, -1, -1, -1, -1), video], dim=1)
+                    scores = policy.critic.score(clips, text.pooled.expand(k, -1)).numpy()
+                    motion = np.abs(actions[..., :2]).mean(axis=(1, 2))
+                    for key, against in (("critic_rank", per_candidate), ("critic_motion_rank", motion)):
+                        if (rho := spearman(scores, np.asarray(against))) is not None:
+                            out[key].append(rho)
                     # Same noise, points mirrored through the frame's centre: how much of the motion moves.
                     moved = policy.video_model.sample(
                         first, text, k, torch.Generator().manual_seed(seed + t0), points=1 - points[t0 : t0 + 1]
@@ -102,7 +141,7 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
                     out["best_of_k"].append(max(per_candidate))
                     out["imagined_speed"].append(float(np.abs(actions[..., :2]).mean()))
                     out["real_speed"].append(float(np.abs(true[:, :2]).mean()))
-    m = {key: round(float(np.mean(v)), 4) for key, v in out.items()}
+    m = {key: round(float(np.mean(v)), 4) if v else None for key, v in out.items()}
     return {
         "imagined_sign_agreement": m["right"],
         "imagined_sign_agreement_wrong_instruction": m["wrong"],
@@ -111,6 +150,10 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
         "expert_speed": m["real_speed"],
         "grounding_error": m["grounding"],
         "point_sensitivity": m["point_sensitivity"],
+        "imagined_gripper_agreement": m["gripper"],
+        "critic_rank_correlation": m["critic_rank"],  # within a decision, score against agreement with the expert
+        "critic_motion_rank_correlation": m["critic_motion_rank"],  # a bias check: score against motion size
+        "critic_ranked_decisions": len(out["critic_rank"]),
     }
 
 

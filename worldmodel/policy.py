@@ -83,6 +83,14 @@ class WorldModelPolicy:
             raise UsageError(f"{directory} holds policy format {manifest.get('format')}, this code reads 1")
         return cls(**{name: checkpoint.load(m, c, directory, name) for name, (m, c) in PARTS.items()})
 
+    def with_sample_steps(self, steps: int | None) -> WorldModelPolicy:
+        """Imagine with `steps` sampler steps instead of the trained default (None keeps it)."""
+        if steps is not None:
+            if steps < 1:
+                raise UsageError(f"sample steps must be at least 1, not {steps}")
+            self.video_model.config.sample_steps = steps
+        return self
+
     def eval(self) -> WorldModelPolicy:
         for name in PARTS:
             getattr(self, name).eval()

@@ -42,7 +42,8 @@ def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
 
     found = diagnose(policy, episodes=1)
     rates = [v for k, v in found.items() if "agreement" in k or "success" in k]
-    assert len(rates) == 5 and all(0 <= r <= 1 for r in rates)
+    assert len(rates) == 7 and all(0 <= r <= 1 for r in rates)
+    assert found["critic_rank_correlation"] is None or -1 <= found["critic_rank_correlation"] <= 1
     assert found["point_sensitivity"] >= 0
 
     again = train_all(PROFILES["ci"], tmp_path)  # every stage is checkpointed: nothing is redone
