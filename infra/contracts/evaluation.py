@@ -3,6 +3,8 @@ registry records (as `eval.*` tags). Rates are shares in [0, 1]; intervals are W
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 Rate = float
@@ -24,7 +26,38 @@ class EvaluationReport(BaseModel):
     decision_latency_ms_p95: float
     rejection_rate: Rate = Field(ge=0, le=1, description="share of imagined candidates the planner rejected")
     episodes_per_split: int = Field(ge=1)
+    first_seed: int = Field(10_000, description="episode i of each split ran on seed first_seed + i")
+    phrasing: Literal["simulator", "operator"] = Field(
+        "simulator", description="the simulator's instructions, or the same tasks in words training never used"
+    )
+    outcomes: dict[str, list[bool]] = Field(
+        default_factory=dict, description="per split, each seed's success: what a paired test compares"
+    )
 
     def metrics(self) -> dict[str, float]:
         """The scalar figures, as the registry's `eval.*` tags hold them."""
         return {k: v for k, v in self.model_dump().items() if isinstance(v, float)}
+
+
+class PairedTest(BaseModel):
+    """Two policies on the same seeds: the seeds only one of them won, and the exact McNemar p."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    episodes: int
+    a_successes: int
+    b_successes: int
+    a_only: int = Field(description="seeds A won and B lost")
+    b_only: int = Field(description="seeds B won and A lost")
+    p_value: float = Field(ge=0, le=1, description="two-sided exact McNemar")
+
+
+class PairedComparison(BaseModel):
+    """What `fleet compare` writes: per split, and over both splits pooled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    a: str
+    b: str
+    first_seed: int
+    splits: dict[str, PairedTest]
