@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sim.tabletop import ALL_TASKS
+from sim.tabletop import ALL_TASKS, TabletopConfig
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import StageData
 
@@ -99,18 +99,121 @@ def critic_instructions(data: StageData) -> list[str]:
     return sorted({c.caption for c in data.clips} | {t.instruction for t in ALL_TASKS})
 
 
+@dataclass
+class RankedFutures:
+    """K futures imagined from one real frame each, scored by how well the IDM's reading of each
+    agrees with what the robot really did from that frame: the ranking a decision needs."""
+
+    clips: torch.Tensor  # (N, K, 1 + F, 3, S, S): the real frame, then F imagined
+    texts: list[str]
+    agreement: torch.Tensor  # (N, K): minus the mean absolute error of the read actions
+
+
+@torch.no_grad()
+def imagine_ranked(
+    policy: WorldModelPolicy, data: StageData, n: int, rng: np.random.Generator, k: int = 4, batch: int = 16
+) -> RankedFutures:
+    future = policy.video_model.config.future_frames
+    long_enough = [i for i, f in enumerate(data.frames) if len(f) > future + 2]
+    policy.eval()
+    clips, texts, agreement = [], [], []
+    for start in range(0, n, batch):
+        context, logged, captions = [], [], []
+        for i in rng.choice(long_enough, size=min(batch, n - start)):
+            frames, clip = data.frames[i], data.clips[i]
+            t = int(rng.integers(1, len(frames) - future))
+            context.append(frames[t - 1 : t + 1])
+            logged.append(torch.as_tensor(clip.actions[t : t + future]).float())
+            captions.append(clip.caption)
+        context_t = torch.stack(context)  # (B, 2, 3, S, S)
+        video = policy.video_model.sample(context_t[:, 1], policy.text_encoder(captions), k)  # (B, K, F, 3, S, S)
+        read, _ = policy.idm.actions(
+            torch.cat([context_t[:, None].expand(-1, k, -1, -1, -1, -1), video], 2).flatten(0, 1)
+        )
+        error = (read.unflatten(0, (len(captions), k)) - torch.stack(logged)[:, None]).abs().mean((2, 3))
+        clips.append(torch.cat([context_t[:, 1, None, None].expand(-1, k, -1, -1, -1, -1), video], dim=2))
+        texts += captions
+        agreement.append(-error)
+    return RankedFutures(torch.cat(clips), texts, torch.cat(agreement))
+
+
+def _window(frames: torch.Tensor, steps) -> torch.Tensor:
+    """Frames at `steps`, each held at the clip's first or last frame where it runs past an end."""
+    return frames[[min(max(k, 0), len(frames) - 1) for k in steps]]
+
+
 def critic_loss(
-    policy: WorldModelPolicy, data: StageData, batch: int, rng: np.random.Generator, instructions: list[str]
+    policy: WorldModelPolicy,
+    data: StageData,
+    batch: int,
+    rng: np.random.Generator,
+    instructions: list[str],
+    ranked: RankedFutures | None = None,
 ) -> torch.Tensor:
-    """Positives: a window of a successful episode with its own instruction; negatives: the same
-    window with another task's instruction, or a failed episode's window."""
-    b = data.video_batch(rng, batch, policy.critic.config.frames - 1)
-    texts, labels = b.texts, b.succeeded.float()
-    for j in range(len(texts)):
-        if rng.uniform() < 0.5:
-            texts[j] = str(rng.choice([s for s in instructions if s != texts[j]]))
-            labels[j] = 0.0
+    """The evaluator learns progress, as value functions for video planning do, not only whether
+    the scene matches the instruction. Its score for (frame, future, instruction) is the progress
+    1 - steps-to-go / horizon at the future's end:
+
+    - regression: a successful log's window has exact steps-to-go; a failed one's are censored (at
+      least the steps it had left), so it is only pushed below that bound;
+    - ranking: the same frame and instruction with a worse future must score lower (a logistic
+      pairwise loss): a static future, the past replayed backwards, a window from another time of
+      the episode, another episode's future, or the right future under another task's instruction.
+      Among a decision's candidates, all from one frame, this is the ordering that matters.
+    - with `ranked`: the generator's own futures from one frame, ordered by how well their
+      IDM-read actions agree with the logged ones (pairs closer than 0.02 carry no order).
+      Real futures are crisp and imagined ones blurred: this is the ranking the planner asks for.
+    """
+    future, horizon = policy.critic.config.frames - 1, TabletopConfig().max_steps
+    first, real, worse, texts, worse_texts, target, bound = [], [], [], [], [], [], []
+    rows = rng.integers(len(data.clips), size=batch)
+    for j, i in enumerate(rows):
+        frames, clip = data.frames[i], data.clips[i]
+        t = int(rng.integers(0, max(len(frames) - future, 1)))
+        first.append(frames[t])
+        real.append(_window(frames, range(t + 1, t + future + 1)))
+        togo = (len(frames) - 1 - min(t + future, len(frames) - 1)) / horizon
+        # a success's exact progress; a failure's upper bound (it needed more steps than it had)
+        target.append(1 - togo if clip.success else float("nan"))
+        bound.append(1 - togo)
+        texts.append(clip.caption)
+        kind = rng.integers(5)
+        worse_texts.append(clip.caption)
+        if kind == 0:
+            worse.append(frames[t].expand(future, -1, -1, -1))
+        elif kind == 1:
+            worse.append(_window(frames, range(t - 1, t - future - 1, -1)))
+        elif kind == 2:
+            other = (t + int(rng.integers(future + 1, max(len(frames), future + 2)))) % len(frames)
+            worse.append(_window(frames, range(other + 1, other + future + 1)))
+        elif kind == 3:
+            k = int(rows[(j + 1) % batch])
+            u = int(rng.integers(0, max(len(data.frames[k]) - future, 1)))
+            worse.append(_window(data.frames[k], range(u + 1, u + future + 1)))
+        else:
+            worse.append(real[-1])
+            worse_texts[-1] = str(rng.choice([s for s in instructions if s != clip.caption]))
     with torch.no_grad():
-        text = policy.text_encoder(texts).pooled
-    logits = policy.critic(torch.cat([b.first[:, None], b.future], dim=1), text)
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        text = policy.text_encoder(texts + worse_texts).pooled
+    first_t = torch.stack(first)[:, None]
+    videos = torch.cat([torch.cat([first_t, torch.stack(real)], 1), torch.cat([first_t, torch.stack(worse)], 1)])
+    scores = policy.critic(videos, text)
+    good, bad = scores[:batch], scores[batch:]
+    target_t, bound_t = torch.tensor(target), torch.tensor(bound)
+    exact = ~target_t.isnan()
+    loss = torch.nn.functional.softplus(bad - good).mean()
+    if exact.any():
+        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(good[exact], target_t[exact])
+    if (~exact).any():
+        loss = loss + torch.relu(torch.sigmoid(good[~exact]) - bound_t[~exact]).square().mean()
+    if ranked is not None:
+        rows = torch.as_tensor(rng.integers(len(ranked.texts), size=max(batch // 4, 1)))
+        k = ranked.clips.shape[1]
+        with torch.no_grad():
+            text = policy.text_encoder([ranked.texts[int(i)] for i in rows]).pooled.repeat_interleave(k, 0)
+        s = policy.critic(ranked.clips[rows].flatten(0, 1), text).unflatten(0, (len(rows), k))
+        a = ranked.agreement[rows]
+        better = (a[:, :, None] - a[:, None, :]) > 0.02  # [n, i, j]: candidate i agrees clearly better than j
+        if better.any():
+            loss = loss + torch.nn.functional.softplus(s[:, None, :] - s[:, :, None])[better].mean()
+    return loss
