@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from cli.app import console, group, progress, report, settings, with_bar, write_json
+from infra.errors import UsageError
 
 bench_app = group("bench", "Benchmarks: each measures the real path and writes JSON.")
 
@@ -145,4 +146,30 @@ def policy(
         f"decision p50 {result.decision_ms_p50} ms, p95 {result.decision_ms_p95} ms (wall clock); "
         f"stage timers add up to {result.stage_sum_ms_p50} ms at p50"
     )
+    write_json(result, out)
+
+
+@bench_app.command("data-scaling")
+def data_scaling(
+    logs: list[int] = typer.Option([25, 50, 100, 200], help="robot-log counts to train with (repeatable)"),
+    profile: str = typer.Option("quick", help="training profile, the same steps for every count: quick, full, ci"),
+    episodes: int = typer.Option(100, help="seeded evaluation episodes per split"),
+    work: Path = typer.Option(Path(".fleet/bench-data-scaling"), help="run directories, one per count (resumable)"),
+    plot: Path = typer.Option(Path("out/data_scaling.png"), help="where to draw the curve"),
+    out: Path = typer.Option(Path("out/bench_data_scaling.json"), help="where to write the JSON result"),
+) -> None:
+    """Success with 95% intervals against the number of robot logs, at fixed training compute."""
+    from benchmarks.data_scaling import bench_data_scaling
+    from worldmodel.train import PROFILES
+
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(PROFILES)}")
+    result = with_bar(
+        "training and evaluating", len(logs), lambda done: bench_data_scaling(logs, profile, episodes, work, plot, done)
+    )
+    table = Table("robot logs", "seen", "95% CI", "held-out", "95% CI", "train s")
+    for p in result.points:
+        table.add_row(*(str(v) for v in (p.robot_logs, p.seen, p.seen_ci95, p.heldout, p.heldout_ci95, p.train_s)))
+    console.print(table)
+    console.print(f"plot: {result.plot}")
     write_json(result, out)

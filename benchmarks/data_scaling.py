@@ -1,0 +1,88 @@
+"""`fleet bench data-scaling`: what more robot logs buy at fixed compute.
+
+The same training profile (the same steps, batch and seed) runs with 25, 50, 100 and 200 robot
+logs, and each policy is evaluated on the same seeds. The curve says how much a round's new
+episodes can be worth to the loop: steep where the policy is data-bound, flat where it is
+compute-bound. Each size trains into its own run directory, so an interrupted bench resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from benchmarks import BenchResult
+from infra.contracts.evaluation import Interval
+from worldmodel.evaluate import evaluate
+from worldmodel.policy import WorldModelPolicy
+from worldmodel.train import PROFILES, train_all
+
+
+class ScalingPoint(BenchResult):
+    robot_logs: int
+    seen: float
+    seen_ci95: Interval
+    heldout: float
+    heldout_ci95: Interval
+    train_s: float
+
+
+class DataScalingBench(BenchResult):
+    profile: str
+    episodes_per_split: int
+    first_seed: int
+    points: list[ScalingPoint]
+    plot: str
+
+
+def bench_data_scaling(
+    sizes: list[int], profile: str, episodes: int, work: Path, plot: Path, progress=None
+) -> DataScalingBench:
+    points, first_seed = [], 0
+    for n in sizes:
+        run = work / f"logs-{n}"
+        trained = train_all(dataclasses.replace(PROFILES[profile], robot_clips=n), run)
+        result = evaluate(WorldModelPolicy.load(run), episodes)
+        first_seed = result.first_seed
+        points.append(
+            ScalingPoint(
+                robot_logs=n,
+                seen=result.success_rate,
+                seen_ci95=result.success_ci95,
+                heldout=result.heldout_success_rate,
+                heldout_ci95=result.heldout_ci95,
+                train_s=round(sum(v for k, v in trained["timings_s"].items()), 1),
+            )
+        )
+        if progress:
+            progress(len(points))
+    draw(points, plot, f"profile {profile}, {episodes} episodes per split")
+    return DataScalingBench(
+        profile=profile, episodes_per_split=episodes, first_seed=first_seed, points=points, plot=str(plot)
+    )
+
+
+def draw(points: list[ScalingPoint], path: Path, subtitle: str) -> None:
+    """Success against robot logs (log scale), seen and held-out, with the 95% intervals as bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    x = [p.robot_logs for p in points]
+    for label, rate, ci in (("seen tasks", "seen", "seen_ci95"), ("held-out tasks", "heldout", "heldout_ci95")):
+        ax.plot(x, [getattr(p, rate) for p in points], marker="o", label=label)
+        ax.fill_between(x, [getattr(p, ci)[0] for p in points], [getattr(p, ci)[1] for p in points], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("robot logs in training (fixed compute)")
+    ax.set_ylabel("success rate")
+    ax.set_title(f"Data scaling ({subtitle})", fontsize=10)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
