@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
-from cli.app import app, console, progress, report, settings
+from cli.app import app, console, progress, report, settings, write_json
+from infra.errors import UsageError
 
 SAMPLE_STEPS = typer.Option(None, help="sampler steps when imagining (unset: the policy's own); fewer is faster")
 
@@ -25,6 +27,10 @@ def evaluate(
     ),
     no_critic: bool = typer.Option(False, "--no-critic", help="ablation: take the first candidate, not the best of K"),
     sample_steps: int | None = SAMPLE_STEPS,
+    phrasing: str = typer.Option(
+        "simulator",
+        help="simulator: the tasks' own instructions; operator: the same tasks in words training never used",
+    ),
 ) -> None:
     """Success on seen and held-out tasks against a random policy on the same seeds."""
     from registry.model_store import resolve_policy
@@ -32,12 +38,36 @@ def evaluate(
     from worldmodel.planner import PlannerConfig
     from worldmodel.policy import WorldModelPolicy
 
+    if phrasing not in ("simulator", "operator"):
+        raise UsageError(f"unknown phrasing {phrasing!r}", hint="simulator or operator")
     config = PlannerConfig(use_rejection=not no_rejection, use_critic=not no_critic)
     loaded = WorldModelPolicy.load(resolve_policy(settings(), policy)).with_sample_steps(sample_steps)
     with progress() as bars:
         bar = bars.add_task("episodes", total=2 * episodes)
-        result = evaluate(loaded, episodes, planner_config=config, progress=lambda: bars.advance(bar))
-    report(result, out)
+        result = evaluate(
+            loaded, episodes, planner_config=config, progress=lambda: bars.advance(bar), phrasing=phrasing
+        )
+    report(result, out, keys=tuple(k for k in type(result).model_fields if k != "outcomes"))
+
+
+@app.command("compare")
+def compare(
+    a: Path = typer.Argument(..., help="the JSON of one `fleet eval` run"),
+    b: Path = typer.Argument(..., help="the JSON of another, on the same seeds"),
+    out: Path = typer.Option(Path("out/compare.json"), help="where to write the JSON result"),
+) -> None:
+    """Whether two policies (or a policy and its ablation) differ, on the seeds both ran: exact McNemar."""
+    from infra.contracts.evaluation import EvaluationReport
+    from worldmodel.evaluate import compare
+
+    result = compare(*(EvaluationReport.model_validate_json(p.read_text()) for p in (a, b)), names=(str(a), str(b)))
+    table = Table("split", "episodes", "A wins", "B wins", "only A", "only B", "p (McNemar)")
+    for split, t in result.splits.items():
+        table.add_row(
+            split, *(str(v) for v in (t.episodes, t.a_successes, t.b_successes, t.a_only, t.b_only, t.p_value))
+        )
+    console.print(table)
+    write_json(result, out)
 
 
 @app.command("diagnose")

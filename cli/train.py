@@ -18,11 +18,26 @@ PROFILE = typer.Option("quick", help="quick (minutes on 2 cores), full, or ci (s
 OUT = typer.Option(Path("out/train"), help="run directory: checkpoints, report, policy/")
 
 
-def _train(profile: str, out: Path, only: str | None, skip: tuple[str, ...] = ()) -> None:
+def _train(
+    profile: str,
+    out: Path,
+    only: str | None,
+    skip: tuple[str, ...] = (),
+    again: bool = False,
+    text_encoder: str | None = None,
+) -> None:
+    import dataclasses
+
+    from worldmodel.text_encoder import PRETRAINED
     from worldmodel.train import PROFILES, STAGES, train_all
 
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(PROFILES)}")
+    chosen = PROFILES[profile]
+    if text_encoder is not None:
+        if text_encoder not in ("trained", *PRETRAINED):
+            raise UsageError(f"unknown text encoder {text_encoder!r}", hint=f"trained, {', '.join(PRETRAINED)}")
+        chosen = dataclasses.replace(chosen, pretrained_text=None if text_encoder == "trained" else text_encoder)
     skip = tuple(OLD_NAMES.get(s, s) for s in skip)
     if unknown := set(skip) - set(STAGES):
         raise UsageError(f"unknown stage {', '.join(sorted(unknown))}", hint=f"stages: {', '.join(STAGES)}")
@@ -34,7 +49,7 @@ def _train(profile: str, out: Path, only: str | None, skip: tuple[str, ...] = ()
             ids[stage] = bars.add_task(stage, total=steps)
             return lambda step, loss: bars.update(ids[stage], completed=step, description=f"{stage} loss {loss:.3f}")
 
-        result = train_all(PROFILES[profile], out, bar, skip_stages=skip)
+        result = train_all(chosen, out, bar, skip_stages=skip, redo_stages=(only,) if again and only else ())
     console.print_json(json.dumps(result["timings_s"]))
     console.print(f"policy written to {out / 'policy'}")
 
@@ -46,14 +61,23 @@ def all_stages(
     skip: list[str] = typer.Option(
         [], help="a stage to leave out, for ablations (repeatable): --skip pretrain --skip midtrain"
     ),
+    text_encoder: str | None = typer.Option(
+        None,
+        help="instruction encoder: `trained` (words learned from the captions) or all-MiniLM-L6-v2 "
+        "(frozen, pretrained, with a trained adapter); unset: the profile's",
+    ),
 ) -> None:
     """Every stage in order; resumes from the run directory's checkpoint."""
-    _train(profile, out, None, tuple(skip))
+    _train(profile, out, None, tuple(skip), text_encoder=text_encoder)
 
 
 def _stage_command(stage: str, doc: str, name: str | None = None, hidden: bool = False) -> None:
-    def command(profile: str = PROFILE, out: Path = OUT) -> None:
-        _train(profile, out, stage)
+    def command(
+        profile: str = PROFILE,
+        out: Path = OUT,
+        again: bool = typer.Option(False, "--again", help="train the stage again even if the run finished it"),
+    ) -> None:
+        _train(profile, out, stage, again=again)
 
     command.__doc__ = doc
     train_app.command(name or stage.replace("_", "-"), hidden=hidden)(command)

@@ -23,7 +23,14 @@ from pydantic.dataclasses import dataclass
 
 from sim.tabletop import ALL_TASKS
 from worldmodel.checkpoint import load_state, save_state
-from worldmodel.objectives import critic_instructions, critic_loss, idm_loss, imagine_windows, video_loss
+from worldmodel.objectives import (
+    critic_instructions,
+    critic_loss,
+    idm_loss,
+    imagine_ranked,
+    imagine_windows,
+    video_loss,
+)
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import StageData, human_pov_clips, internet_clips, robot_logs
 from worldmodel.text_encoder import build_vocab
@@ -44,10 +51,14 @@ class TrainProfile:
     idm_steps: Count = 5000
     imagined_windows: Positive = 6000  # imagined futures the IDM adapts to after its real-frame training
     idm_adapt_steps: Count = 2000
+    ranked_frames: Positive = 1000  # real frames the critic sees 4 imagined futures of, ranked
     critic_steps: Count = 400
     batch: Positive = 32
     lr: Annotated[float, Field(gt=0, lt=1)] = 2e-3
     preset: Literal["tiny", "small"] = "tiny"
+    # Conditioning on a frozen pretrained sentence encoder understands instructions in words the
+    # simulator never uses; None trains a word embedding from the captions alone.
+    pretrained_text: Literal["all-MiniLM-L6-v2"] | None = None
     seed: int = 0
 
 
@@ -62,6 +73,7 @@ PROFILES = {
         idm_steps=3,
         imagined_windows=8,
         idm_adapt_steps=3,
+        ranked_frames=4,
         critic_steps=3,
         batch=4,
     ),
@@ -76,6 +88,7 @@ PROFILES = {
         idm_steps=15000,
         imagined_windows=20000,
         idm_adapt_steps=6000,
+        ranked_frames=4000,
         critic_steps=3000,
         preset="small",
     ),
@@ -99,7 +112,8 @@ def stage_objective(
         networks, loss = [policy.idm], lambda: idm_loss(policy, robot, b, rng, imagined)
     else:
         instructions = critic_instructions(robot)
-        networks, loss = [policy.critic], lambda: critic_loss(policy, robot, b, rng, instructions)
+        ranked = imagine_ranked(policy, robot, profile.ranked_frames, rng)
+        networks, loss = [policy.critic], lambda: critic_loss(policy, robot, b, rng, instructions, ranked)
     return StageObjective(stage, networks, loss)
 
 
@@ -107,10 +121,17 @@ def stage_objective(
 MAX_GRAD_NORM = {"pretrain": 1.0, "midtrain": 1.0, "posttrain": 1.0}
 
 
-def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stages: tuple[str, ...] = ()) -> dict:
+def train_all(
+    profile: TrainProfile,
+    out: Path,
+    progress_factory=None,
+    skip_stages: tuple[str, ...] = (),
+    redo_stages: tuple[str, ...] = (),
+) -> dict:
     """Every stage, resumable, then the policy directory at `out/policy`.
 
     `progress_factory(stage, steps)` returns a callback `(step, loss)` for that stage's progress.
+    A stage in `redo_stages` trains again from the checkpoint even if it finished.
     """
     torch.manual_seed(profile.seed)
     rng = np.random.default_rng(profile.seed)
@@ -124,7 +145,8 @@ def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stag
         "posttrain": robot_logs(profile.robot_clips, profile.seed, size=64),
     }
     texts = [text for cs in clips.values() for c in cs for text in (c.caption, c.detailed_caption)]
-    policy = WorldModelPolicy.create(build_vocab(texts + [task.instruction for task in ALL_TASKS]), profile.preset)
+    vocab = build_vocab(texts + [task.instruction for task in ALL_TASKS])
+    policy = WorldModelPolicy.create(vocab, profile.preset, profile.pretrained_text)
     data = {k: StageData.build(v, policy) for k, v in clips.items()}
     timings["data_s"] = time.perf_counter() - t
 
@@ -133,7 +155,7 @@ def train_all(profile: TrainProfile, out: Path, progress_factory=None, skip_stag
     progress = load_state(state, modules)
     if progress == {} and (legacy := state.with_name("progress.json")).exists():  # a run from before one format
         progress = {"done": ["posttrain" if s == "finetune" else s for s in json.loads(legacy.read_text())]}
-    done: list[str] = (progress or {"done": []})["done"]
+    done: list[str] = [s for s in (progress or {"done": []})["done"] if s not in redo_stages]
     for stage in STAGES:
         if stage in done or stage in skip_stages:
             continue

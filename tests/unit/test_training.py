@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from worldmodel.diagnose import diagnose
 from worldmodel.evaluate import evaluate
-from worldmodel.objectives import idm_loss, imagine_windows
+from worldmodel.objectives import critic_instructions, critic_loss, idm_loss, imagine_windows
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import StageData, robot_logs
 from worldmodel.train import PROFILES, train_all
@@ -98,3 +98,35 @@ def test_a_run_directory_from_before_the_one_checkpoint_format_resumes_where_it_
     old_names = ["pretrain", "midtrain", "finetune", "idm", "idm_adapt", "critic"]
     (tmp_path / "checkpoints" / "progress.json").write_text(json.dumps(old_names))
     assert set(train_all(PROFILES["ci"], tmp_path)["timings_s"]) == {"data_s"}
+
+
+def test_a_finished_stage_trains_again_when_asked_and_the_others_stay(tmp_path):
+    train_all(PROFILES["ci"], tmp_path)
+    again = train_all(PROFILES["ci"], tmp_path, redo_stages=("critic",))
+    assert set(again["timings_s"]) == {"data_s", "critic_s"}
+
+
+def test_the_critic_learns_that_a_future_making_progress_beats_a_worse_one_from_the_same_frame():
+    torch.manual_seed(0)
+    policy = WorldModelPolicy.create(["<pad>", "<unk>"])
+    data = StageData.build(robot_logs(30, seed=0, size=64), policy)
+    rng = np.random.default_rng(0)
+    instructions = critic_instructions(data)
+    objective = StageObjective("critic", [policy.critic], lambda: critic_loss(policy, data, 16, rng, instructions))
+    fit(TorchEngine(objective, 2e-3), 300)
+
+    unseen = StageData.build(robot_logs(8, seed=99, size=64), policy)
+    future, wins, pairs = policy.critic.config.frames - 1, {"static": 0, "backward": 0}, 0
+    for frames, clip in zip(unseen.frames, unseen.clips, strict=True):
+        text = policy.text_encoder([clip.caption]).pooled.expand(3, -1)
+        for t in range(future, len(frames) - future, 3):
+            first = frames[t : t + 1]
+            real = frames[t + 1 : t + future + 1]
+            static = frames[t].expand(future, -1, -1, -1)
+            backward = frames[t - future : t].flip(0)
+            scores = policy.critic.score(torch.stack([torch.cat([first, v]) for v in (real, static, backward)]), text)
+            wins["static"] += bool(scores[0] > scores[1])
+            wins["backward"] += bool(scores[0] > scores[2])
+            pairs += 1
+    assert pairs >= 20
+    assert wins["static"] / pairs >= 0.75 and wins["backward"] / pairs >= 0.75, (wins, pairs)
