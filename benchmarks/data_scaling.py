@@ -4,18 +4,23 @@ The same training profile (the same steps, batch and seed) runs with 25, 50, 100
 logs, and each policy is evaluated on the same seeds. The curve says how much a round's new
 episodes can be worth to the loop: steep where the policy is data-bound, flat where it is
 compute-bound. Each size trains into its own run directory, so an interrupted bench resumes.
+
+Stages (a) and (b), generic and human point-of-view video, never see a robot log, so they are
+trained once and every count starts stage (c) from that same video prior: the counts differ only
+in what the robot logs can change, and the bench costs one prior plus the robot stages per count.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 from benchmarks import BenchResult
 from infra.contracts.evaluation import Interval
 from worldmodel.evaluate import evaluate
 from worldmodel.policy import WorldModelPolicy
-from worldmodel.train import PROFILES, train_all
+from worldmodel.train import POLICY_STAGES, PROFILES, VIDEO_STAGES, train_all
 
 
 class ScalingPoint(BenchResult):
@@ -31,6 +36,7 @@ class DataScalingBench(BenchResult):
     profile: str
     episodes_per_split: int
     first_seed: int
+    prior_train_s: float  # stages (a)+(b), trained once for every count
     points: list[ScalingPoint]
     plot: str
 
@@ -39,8 +45,15 @@ def bench_data_scaling(
     sizes: list[int], profile: str, episodes: int, work: Path, plot: Path, progress=None
 ) -> DataScalingBench:
     points, first_seed = [], 0
+    prior = work / "video-prior"
+    robot_stages = (VIDEO_STAGES[2], *POLICY_STAGES)
+    prior_report = train_all(PROFILES[profile], prior, skip_stages=robot_stages)
     for n in sizes:
         run = work / f"logs-{n}"
+        state = run / "checkpoints" / "state.safetensors"
+        if not state.exists():
+            state.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(prior / "checkpoints" / "state.safetensors", state)
         trained = train_all(dataclasses.replace(PROFILES[profile], robot_clips=n), run)
         result = evaluate(WorldModelPolicy.load(run), episodes)
         first_seed = result.first_seed
@@ -51,14 +64,19 @@ def bench_data_scaling(
                 seen_ci95=result.success_ci95,
                 heldout=result.heldout_success_rate,
                 heldout_ci95=result.heldout_ci95,
-                train_s=round(sum(v for k, v in trained["timings_s"].items()), 1),
+                train_s=round(sum(trained["timings_s"].values()), 1),
             )
         )
         if progress:
             progress(len(points))
     draw(points, plot, f"profile {profile}, {episodes} episodes per split")
     return DataScalingBench(
-        profile=profile, episodes_per_split=episodes, first_seed=first_seed, points=points, plot=str(plot)
+        profile=profile,
+        episodes_per_split=episodes,
+        first_seed=first_seed,
+        prior_train_s=round(sum(prior_report["timings_s"].values()), 1),
+        points=points,
+        plot=str(plot),
     )
 
 

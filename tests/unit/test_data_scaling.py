@@ -21,3 +21,7 @@ def test_the_data_scaling_bench_trains_each_count_and_draws_the_curve(tmp_path):
     reports = [json.loads((tmp_path / "runs" / f"logs-{n}" / "train_report.json").read_text()) for n in (4, 8)]
     assert [r["profile"]["robot_clips"] for r in reports] == [4, 8]
     assert reports[0]["profile"]["posttrain_steps"] == reports[1]["profile"]["posttrain_steps"]
+    # stages (a)+(b) see no robot log: trained once, and every count starts stage (c) from them
+    for report in reports:
+        assert "pretrain_s" not in report["timings_s"] and "posttrain_s" in report["timings_s"]
+    assert found["prior_train_s"] > 0
