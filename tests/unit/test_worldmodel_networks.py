@@ -31,14 +31,28 @@ def test_word_order_changes_the_instruction_embedding():
 
 def test_a_pretrained_encoder_reads_words_the_simulator_never_uses():
     torch.manual_seed(0)
-    encoder = TextEncoder(TextEncoderConfig(pretrained="all-MiniLM-L6-v2"))
-    # the frozen model is not part of the policy's weights: only the adapter and the two layers are
+    vocab = build_vocab(INSTRUCTIONS)
+    encoder = TextEncoder(TextEncoderConfig(vocab=vocab, pretrained="all-MiniLM-L6-v2")).eval()
+    # the frozen model is not part of the policy's weights: only the words, the adapter and the two layers are
     assert not any(name.startswith(("model", "frozen")) for name in encoder.state_dict())
     assert sum(p.numel() for p in encoder.parameters()) < 200_000
-    text = encoder(["place the red cube onto the blue one", "place the green cube onto the blue one"])
-    assert text.tokens.shape[-1] == 64 and not text.pad.any()
-    red, green = text.pooled
-    assert not torch.allclose(red, green, atol=1e-3)  # unseen verb and noun, and the colour still counts
+    # "place", "slide", "cube" and "onto" are all <unk> to the learned words
+    operator = ["place the red cube onto the blue one", "slide the red cube onto the blue one"]
+    words_only = TextEncoder(TextEncoderConfig(vocab=vocab)).eval()(operator).pooled
+    assert torch.equal(*words_only)
+    text = encoder(operator)
+    assert text.tokens.shape == (2, 8, 64) and not text.pad.any()  # still one feature per word
+    place, slide = text.pooled
+    assert not torch.allclose(place, slide, atol=1e-3)
+
+
+def test_training_drops_known_words_so_the_pretrained_features_must_carry_them():
+    torch.manual_seed(0)
+    config = TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS), pretrained="all-MiniLM-L6-v2", word_dropout=0.5)
+    encoder = TextEncoder(config)
+    assert not torch.equal(encoder(INSTRUCTIONS * 8).pooled, encoder(INSTRUCTIONS * 8).pooled)
+    encoder.eval()
+    assert torch.equal(encoder(INSTRUCTIONS).pooled, encoder(INSTRUCTIONS).pooled)
 
 
 @pytest.mark.parametrize("preset", sorted(VIDEO_PRESETS))
@@ -110,7 +124,7 @@ def test_critic_scores_are_probabilities():
         (InverseDynamics, IdmConfig()),
         (SuccessCritic, CriticConfig()),
         (TextEncoder, TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS))),
-        (TextEncoder, TextEncoderConfig(pretrained="all-MiniLM-L6-v2")),
+        (TextEncoder, TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS), pretrained="all-MiniLM-L6-v2")),
         (VideoGenerator, VideoModelConfig(patch=2)),
     ],
 )
