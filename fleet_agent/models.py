@@ -1,8 +1,10 @@
 """Which policy version each robot of this process runs, kept current by rollout events.
 
 The registry's aliases decide: every robot runs `champion`, except a `canary_fraction` of them
-that run `canary`. Which robots are canaries is a stable hash of robot id and version, so every
-process agrees without talking. A version is fetched, checked against the sha256 the registry
+that run `canary`. Each robot decides alone: it is a canary when a hash of its id and the version,
+read as a number in [0, 1), falls under the fraction. So the fleet's canary share is the fraction
+however the robots are split among processes (one robot per process included), every process
+agrees without talking, and no robot is always the guinea pig. A version is fetched, checked against the sha256 the registry
 recorded, and loaded before any robot is pointed at it; a version that fails the check is refused
 and reported, and the robots keep the model they have.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def canary_robots(robot_ids: list[str], version: str, fraction: float) -> set[str]:
-    """ceil(fraction x robots) robots, chosen by a hash that every process computes alike."""
-    if fraction <= 0:
-        return set()
-    ranked = sorted(robot_ids, key=lambda r: hashlib.sha256(f"{version}/{r}".encode()).hexdigest())
-    return set(ranked[: math.ceil(fraction * len(robot_ids))])
+    """The robots among `robot_ids` whose hash with `version` falls under `fraction`."""
+    return {r for r in robot_ids if _unit_hash(f"{version}/{r}") < fraction}
+
+
+def _unit_hash(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
 class FleetModels:
