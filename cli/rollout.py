@@ -62,11 +62,15 @@ def canary(
 
 
 @rollout_app.command("promote")
-def promote(reason: str = typer.Option("promoted by an operator", help="recorded with the transition")) -> None:
-    """Make the canary champion; the old champion becomes `previous`."""
+def promote(
+    version: str | None = typer.Argument(None, help="the canary's version; refused if the canary is another one"),
+    reason: str = typer.Option("promoted by an operator", help="recorded with the transition"),
+) -> None:
+    """Make the canary champion; the old champion becomes `previous`. Safe to repeat: an interrupted
+    promotion is completed, a finished one announced again."""
     from registry.rollout import Rollout
 
-    event = Rollout(settings()).promote(reason)
+    event = Rollout(settings()).promote(version, reason)
     console.print(f"version {event.version} is champion; aliases {event.aliases}")
 
 
@@ -80,3 +84,20 @@ def rollback(
 
     event = Rollout(settings()).rollback(to, reason)
     console.print(f"version {event.version} is now {event.state.value}; aliases {event.aliases}")
+
+
+@rollout_app.command("history")
+def history(as_json: bool = typer.Option(False, "--json", help="print JSON for scripts")) -> None:
+    """Every rollout transition, oldest first, from the append-only log in S3."""
+    from registry.rollout import Rollout
+
+    events = Rollout(settings()).history()
+    if as_json:
+        console.print_json(json.dumps([e.model_dump(mode="json") for e in events]))
+        return
+    table = Table("at (UTC)", "version", "from", "to", "aliases after", "reason")
+    for e in events:
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(e.aliases.items()))
+        previous = e.previous_state.value if e.previous_state else ""
+        table.add_row(f"{e.at:%Y-%m-%d %H:%M:%S}", e.version, previous, e.state.value, aliases, e.reason)
+    console.print(table)

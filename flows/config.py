@@ -62,12 +62,14 @@ class DemoProfile(BaseModel):
     rounds: Annotated[int, Field(ge=1)] = 3  # improvement rounds, the degraded one included
     degrade_round: Annotated[int, Field(ge=0)] = 2  # 0: none
     episodes_per_round: Annotated[int, Field(ge=1)] = 50  # champion episodes that measure a round's fleet success
-    # A 5-point margin: at ~20 episodes an arm, a good candidate can trail by chance.
+    # The canary is promoted once shown not worse than the champion by 10 points (one-sided 95%
+    # bound): at the demo's rates of 5-15%, about 60 episodes an arm. Past 80 an arm it cannot
+    # tell, and the champion is kept.
     round: RoundConfig = RoundConfig(
         finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100),
         eval_episodes=2,
         eval_candidates=4,
-        analysis=AnalysisConfig(min_episodes=20, margin=0.05),
+        analysis=AnalysisConfig(min_episodes=20, margin=0.10, max_episodes=80),
         canary_fraction=0.5,
         canary_timeout_s=900,
     )
@@ -97,7 +99,7 @@ DEMO_PROFILES = {
             finetune=FinetuneJob(steps=3, batch=2),
             eval_episodes=1,
             eval_candidates=2,
-            analysis=AnalysisConfig(min_episodes=1),
+            analysis=AnalysisConfig(min_episodes=1, max_episodes=2),
             canary_timeout_s=600,
         ),
     ),

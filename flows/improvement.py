@@ -35,7 +35,7 @@ from learner.dataset import build_training_set
 from learner.episode_index import EpisodeIndex
 from learner.finetune import prepare_run, run_finetune
 from learner.ingest import EpisodeIngestor
-from registry.analysis import Arm, analyse
+from registry.analysis import Arm
 from registry.model_store import ModelStore, NoChampion
 from registry.rollout import Rollout
 
@@ -131,46 +131,45 @@ def start_canary(settings: Settings, version: str, fraction: float) -> float:
         rollout.close()
 
 
-def live_arms(settings: Settings, canary: str, champion: str, since: float, consumer) -> tuple[Arm, Arm]:
-    """Success of each version on episodes finished since the canary started, from the telemetry topic.
-    Episodes that straddled a model swap count for neither."""
-    arms = {canary: Arm(0, 0), champion: Arm(0, 0)}
+def live_arms(settings: Settings, canary: str, champion: str, since: float, consumer) -> tuple[Arm, Arm, int]:
+    """Success of each version on episodes finished since the canary started, from the telemetry
+    topic, and the count of records that are not telemetry (skipped: one bad record must not stop
+    the analysis). Episodes that straddled a model swap count for neither."""
+    arms, bad = {canary: Arm(0, 0), champion: Arm(0, 0)}, 0
     for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
         for record in batch:
-            message = json.loads(record.value)
-            if message.get("kind") != "episode":
+            try:
+                message = json.loads(record.value)
+                if message.get("kind") != "episode":
+                    continue
+                t = EpisodeTelemetry.model_validate(message)
+            except (TypeError, ValueError, AttributeError):  # not JSON, not an object, not the contract
+                bad += 1
                 continue
-            t = EpisodeTelemetry.model_validate(message)
             if t.at.timestamp() >= since and t.policy_version in arms:
                 arms[t.policy_version] += Arm(int(t.success), 1, t.rejections, t.candidates)
-    return arms[canary], arms[champion]
+    return arms[canary], arms[champion], bad
 
 
 @task
 def analyse_canary(settings: Settings, canary: str, champion: str, since: float, config: RoundConfig) -> dict:
-    """Watch live telemetry until the analysis decides, then act on it (promote or roll back)."""
+    """Watch live telemetry until the analysis decides, then act on it: promote, roll back, or,
+    when the canary's time is up without an answer, keep the champion. Every transition names the
+    canary's version, so it can never demote the champion or end another canary."""
     log = get_run_logger()
     rollout = Rollout(settings)
     consumer = kafka_consumer(settings, settings.kafka.telemetry_topic, group_id=None)
-    totals = {canary: Arm(0, 0), champion: Arm(0, 0)}
+    totals, skipped = {canary: Arm(0, 0), champion: Arm(0, 0)}, 0
     deadline = time.monotonic() + config.canary_timeout_s
     try:
         while True:
-            c, h = live_arms(settings, canary, champion, since, consumer)
-            totals = {canary: totals[canary] + c, champion: totals[champion] + h}
-            if time.monotonic() > deadline:
-                rollout.rollback(reason=f"canary analysis timed out after {config.canary_timeout_s:.0f} s")
-                return {
-                    "decision": CanaryDecision.rollback.value,
-                    "reason": "timeout",
-                    "canary": vars(totals[canary]),
-                    "champion": vars(totals[champion]),
-                }
-            if analyse(totals[canary], totals[champion], config.analysis).decision == CanaryDecision.wait:
-                continue
-            verdict = rollout.decide(totals[canary], totals[champion], config.analysis)  # records and acts
-            log.info("canary %s: %s (%s)", canary, verdict.decision, verdict.reason)
-            return verdict.as_dict()
+            c, h, bad = live_arms(settings, canary, champion, since, consumer)
+            totals, skipped = {canary: totals[canary] + c, champion: totals[champion] + h}, skipped + bad
+            timed_out = time.monotonic() > deadline
+            verdict = rollout.decide(canary, totals[canary], totals[champion], config.analysis, final=timed_out)
+            if verdict.decision != CanaryDecision.wait:
+                log.info("canary %s: %s (%s)", canary, verdict.decision, verdict.reason)
+                return {**verdict.as_dict(), "timed_out": timed_out, "skipped_records": skipped}
     finally:
         consumer.close()
         rollout.close()

@@ -1,21 +1,24 @@
-"""Canary analysis: is the canary's live success rate worse than the champion's?
+"""Canary analysis: is the canary shown not worse than the champion, shown worse, or neither yet?
 
-The test is Fisher's exact test, one-sided (H1: the canary succeeds less often), on the 2x2 table
-of successes and failures of each arm; exact, so sound at the small counts of a short canary.
 A guardrail comes first, once both arms have `guardrail_episodes`: roll back if the canary's
 planner rejects a larger share of its imagined candidates than the champion's, by more than
 `max_rejection_increase`. Rejections come by the dozen per episode, so a broken IDM or world model
 shows there long before success rates, which at a few percent need hundreds of episodes to tell
 apart. Then, once both arms have `min_episodes`:
-- roll back if the canary is worse at level `alpha`;
-- else promote if the canary's rate is at least the champion's minus `margin`;
-- else roll back (not shown worse, but not as good either).
-Before that, the verdict is "wait".
+- roll back if the canary is worse: Fisher's exact test, one-sided, at level `alpha` (exact, so
+  sound at the small counts of a short canary);
+- promote if it is shown not worse by more than `margin`: the one-sided (1 - alpha) lower bound on
+  canary rate minus champion rate (Newcombe's hybrid score interval, from the two Wilson
+  intervals) is above -margin;
+- otherwise wait for more episodes; when the canary's time is up (`final`), or both arms reach
+  `max_episodes`, keep the champion: a canary that cannot be told apart is not promoted.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -29,8 +32,9 @@ from infra.stats import wilson
 @pydantic.dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
     min_episodes: Annotated[int, Field(ge=1)] = 30
+    max_episodes: Annotated[int, Field(ge=1)] = 400  # per arm: past this the champion is kept
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    margin: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    margin: Annotated[float, Field(ge=0, lt=1)] = 0.10  # how much worse than the champion still counts as not worse
     guardrail_episodes: Annotated[int, Field(ge=1)] = 5
     max_rejection_increase: Annotated[float, Field(ge=0, le=1)] = 0.25  # share of candidates, absolute
 
@@ -63,6 +67,7 @@ class Arm:
 class Verdict:
     decision: CanaryDecision
     p_worse: float
+    lower_bound: float  # one-sided lower confidence bound on canary rate minus champion rate
     canary: Arm
     champion: Arm
     reason: str
@@ -71,8 +76,9 @@ class Verdict:
         return {
             "decision": self.decision.value,
             "p_worse": round(self.p_worse, 5),
+            "difference_lower_bound": round(self.lower_bound, 4),
             "reason": self.reason,
-            "test": "Fisher exact, one-sided (canary worse)",
+            "test": "Fisher exact, one-sided (canary worse); Newcombe lower bound (not worse by the margin)",
             **{
                 f"{name}_{k}": v
                 for name, arm in (("canary", self.canary), ("champion", self.champion))
@@ -106,47 +112,47 @@ def fisher_less(canary: Arm, champion: Arm) -> float:
     )
 
 
-def analyse(canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig()) -> Verdict:
+def difference_lower_bound(canary: Arm, champion: Arm, alpha: float) -> float:
+    """One-sided (1 - alpha) lower bound on canary rate minus champion rate (Newcombe's method 10)."""
+    z = statistics.NormalDist().inv_cdf(1 - alpha)
+    p1, p2 = canary.rate, champion.rate
+    l1, _ = wilson(canary.successes, canary.episodes, z)
+    _, u2 = wilson(champion.successes, champion.episodes, z)
+    return p1 - p2 - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+
+
+def analyse(canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig(), final: bool = False) -> Verdict:
+    """`final`: the canary's time is up, so what would be "wait" is "keep"."""
     p = fisher_less(canary, champion) if canary.episodes and champion.episodes else 1.0
+    bound = difference_lower_bound(canary, champion, config.alpha)
+    verdict = functools.partial(Verdict, p_worse=p, lower_bound=bound, canary=canary, champion=champion)
+    n = min(canary.episodes, champion.episodes)
     excess = canary.rejection_rate - champion.rejection_rate
-    if min(canary.episodes, champion.episodes) >= config.guardrail_episodes and excess > config.max_rejection_increase:
-        return Verdict(
+    if n >= config.guardrail_episodes and excess > config.max_rejection_increase:
+        return verdict(
             CanaryDecision.rollback,
-            p,
-            canary,
-            champion,
-            f"guardrail: canary rejects {canary.rejection_rate:.0%} of its candidates, "
+            reason=f"guardrail: canary rejects {canary.rejection_rate:.0%} of its candidates, "
             f"champion {champion.rejection_rate:.0%}",
         )
-    if min(canary.episodes, champion.episodes) < config.min_episodes:
-        need = config.min_episodes
-        return Verdict(
-            CanaryDecision.wait,
-            p,
-            canary,
-            champion,
-            f"need {need} episodes per arm, have {canary.episodes} and {champion.episodes}",
+    if n >= config.min_episodes:
+        if p < config.alpha:
+            return verdict(
+                CanaryDecision.rollback, reason=f"canary worse than champion (Fisher p={p:.4f} < {config.alpha})"
+            )
+        if bound > -config.margin:
+            return verdict(
+                CanaryDecision.promote,
+                reason=f"canary {canary.rate:.1%} vs champion {champion.rate:.1%}: not worse by more than "
+                f"{config.margin:.0%} (lower bound {bound:+.3f})",
+            )
+    if final or n >= config.max_episodes:
+        return verdict(
+            CanaryDecision.keep,
+            reason=f"cannot tell after {canary.episodes} and {champion.episodes} episodes "
+            f"(canary {canary.rate:.1%}, champion {champion.rate:.1%}, lower bound {bound:+.3f}); champion kept",
         )
-    if p < config.alpha:
-        return Verdict(
-            CanaryDecision.rollback,
-            p,
-            canary,
-            champion,
-            f"canary worse than champion (Fisher p={p:.4f} < {config.alpha})",
-        )
-    if canary.rate >= champion.rate - config.margin:
-        return Verdict(
-            CanaryDecision.promote,
-            p,
-            canary,
-            champion,
-            f"canary {canary.rate:.1%} vs champion {champion.rate:.1%}, not worse (p={p:.3f})",
-        )
-    return Verdict(
-        CanaryDecision.rollback,
-        p,
-        canary,
-        champion,
-        f"canary {canary.rate:.1%} below champion {champion.rate:.1%} by more than {config.margin:.1%}",
-    )
+    if n < config.min_episodes:
+        reason = f"need {config.min_episodes} episodes per arm, have {canary.episodes} and {champion.episodes}"
+    else:
+        reason = f"not yet shown not worse: lower bound {bound:+.3f} against margin -{config.margin:.2f}"
+    return verdict(CanaryDecision.wait, reason=reason)

@@ -1,20 +1,31 @@
 """Rollout as a state machine over registry aliases; every transition recorded and announced.
 
     registered --canary--> canary --promote--> champion --(next promotion)--> retired
-                                  \\--rollback--> rolled_back
+                                  \\--end (rollback, or champion kept)--> rolled_back
 
 Aliases: `champion` is what the fleet runs, `canary` what the canary robots run, `previous` the
-champion before the last promotion (what a rollback without a canary restores). Each transition
-sets the version's `rollout_state` tag, appends to its `rollout_history` tag in MLflow, and
-publishes a `RolloutEvent` on the rollouts topic, on which agents swap models.
+champion before the last promotion (what a rollback without a canary restores).
+
+Every transition names the version it acts on and is a compare-and-set on the registry: promoting
+or ending version 7 does nothing to a canary that is now version 8, and ending a canary never
+touches the champion. Aliases move first, in an order where every intermediate state is one the
+fleet can run, and the states are recorded from what the aliases say; so a transition interrupted
+anywhere (a kill -9, a registry error) is completed by calling it again, and calling a finished one
+again only re-announces it. Events are built from the registry's state and published last (the
+registry is the outbox): a failed publish loses nothing, and the retry publishes it.
+
+Each transition appends one object to `rollout-history/<model>/` in the registry's bucket, never
+rewritten (`fleet rollout history`), and the version's `rollout_state` and `rollout_history` tags
+(its last transitions, for the dashboard) are set in MLflow.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime
 
-from infra.clients import ServiceUnavailable, kafka_producer
+from infra.clients import ServiceUnavailable, kafka_producer, s3_client
 from infra.contracts.rollout import CanaryDecision, RolloutEvent, RolloutState
 from infra.errors import FleetError
 from infra.settings import Settings
@@ -22,6 +33,7 @@ from registry.analysis import AnalysisConfig, Arm, Verdict, analyse
 from registry.model_store import ModelStore, PolicyVersion
 
 STATE_TAG, HISTORY_TAG, FRACTION_TAG = "rollout_state", "rollout_history", "canary_fraction"
+HISTORY_PREFIX = "rollout-history"
 
 
 class RolloutError(FleetError):
@@ -37,59 +49,71 @@ class Rollout:
     # -- transitions --------------------------------------------------------------------------
     def crown(self, version: str, reason: str = "first champion") -> RolloutEvent:
         """Make a version champion directly: the fleet's first model, or an operator's choice."""
-        current = self.store.by_alias("champion")
-        if current and current.version == str(version):
-            raise RolloutError(f"version {version} is already champion")
-        if current:
-            self.store.set_alias("previous", current.version)
-            self._record(current, RolloutState.retired, f"replaced by version {version}")
-        self.store.set_alias("champion", str(version))
-        return self._record(self.store.get(version), RolloutState.champion, reason)
+        return self._make_champion(str(version), reason, old_state=RolloutState.retired)
 
     def start_canary(self, version: str, fraction: float, reason: str = "candidate from the learner") -> RolloutEvent:
+        version = str(version)
         if not 0 < fraction < 1:
             raise RolloutError(f"canary fraction must be in (0, 1), got {fraction}")
         if self.store.by_alias("champion") is None:
             raise RolloutError("no champion to compare a canary with; crown a first version")
         if (running := self.store.by_alias("canary")) is not None:
+            if running.version == version:  # a retry: the alias is set, the state may not be
+                return self._settle(self.store.get(version), RolloutState.canary, reason, fraction)
             raise RolloutError(f"version {running.version} is already in canary; promote or roll it back first")
-        self.store.tag(str(version), FRACTION_TAG, str(fraction))
-        self.store.set_alias("canary", str(version))
-        return self._record(self.store.get(version), RolloutState.canary, reason, fraction)
+        if self.store.by_alias("champion").version == version:
+            raise RolloutError(f"version {version} is the champion; a canary must be another version")
+        self.store.tag(version, FRACTION_TAG, str(fraction))
+        self.store.set_alias("canary", version)
+        return self._settle(self.store.get(version), RolloutState.canary, reason, fraction)
 
-    def promote(self, reason: str = "promoted by an operator") -> RolloutEvent:
-        canary = self._canary()
+    def promote(self, version: str | None = None, reason: str = "promoted by an operator") -> RolloutEvent:
+        """Make the canary (`version`, if given, must be it) champion; the old champion becomes `previous`."""
+        canary, champion = self.store.by_alias("canary"), self.store.by_alias("champion")
+        version = str(version) if version is not None else (canary.version if canary else None)
+        if version is None:
+            raise RolloutError("no canary is running")
+        finished = champion is not None and champion.version == version
+        if not finished and (canary is None or canary.version != version):
+            raise RolloutError(f"version {version} is not in canary (canary: {canary.version if canary else 'none'})")
+        return self._make_champion(version, reason, old_state=RolloutState.retired)
+
+    def end_canary(self, version: str, reason: str) -> RolloutEvent:
+        """End version's canary without promoting it. The champion is never touched."""
+        version, canary = str(version), self.store.by_alias("canary")
+        if canary is None or canary.version != version:
+            mv = self.store.get(version)
+            if self._state(mv) == RolloutState.rolled_back:  # a retry of this very transition
+                return self._settle(mv, RolloutState.rolled_back, reason)
+            raise RolloutError(f"version {version} is not in canary (canary: {canary.version if canary else 'none'})")
         self.store.delete_alias("canary")
-        return self.crown(canary.version, reason)
+        return self._settle(self.store.get(version), RolloutState.rolled_back, reason)
 
     def rollback(self, to: str | None = None, reason: str = "rolled back by an operator") -> RolloutEvent:
-        """End a canary; with no canary running, restore `previous` (or `to`) as champion."""
+        """End the canary; with no canary running, restore `previous` (or `to`) as champion."""
         canary = self.store.by_alias("canary")
         if canary is not None and to is None:
-            self.store.delete_alias("canary")
-            return self._record(canary, RolloutState.rolled_back, reason)
-        champion = self.store.by_alias("champion")
-        target = to or (self.store.by_alias("previous").version if self.store.by_alias("previous") else None)
+            return self.end_canary(canary.version, reason)
+        if canary is not None:
+            self.end_canary(canary.version, reason)
+        target = to or (p.version if (p := self.store.by_alias("previous")) else None)
         if target is None:
             raise RolloutError("no canary running and no previous champion to roll back to")
-        if canary is not None:
-            self.store.delete_alias("canary")
-            self._record(canary, RolloutState.rolled_back, reason)
-        self.store.set_alias("champion", str(target))
-        if champion is not None and champion.version != str(target):
-            self.store.set_alias("previous", champion.version)
-            self._record(champion, RolloutState.rolled_back, f"{reason}; version {target} restored")
-        return self._record(self.store.get(target), RolloutState.champion, reason)
+        return self._make_champion(str(target), reason, old_state=RolloutState.rolled_back)
 
-    def decide(self, canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig()) -> Verdict:
-        """Analyse live results and act on them: promote, roll back, or wait."""
-        verdict = analyse(canary, champion, config)
-        version = self._canary().version
-        self.store.tag(version, "canary_analysis", json.dumps(verdict.as_dict()))
+    def decide(
+        self, version: str, canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig(), final: bool = False
+    ) -> Verdict:
+        """Analyse version's live results and act on them: promote, roll back, keep the champion, or
+        wait. `final` (the canary's time is up) turns "wait" into "keep"."""
+        verdict = analyse(canary, champion, config, final)
+        if verdict.decision == CanaryDecision.wait:
+            return verdict
+        self.store.tag(str(version), "canary_analysis", json.dumps(verdict.as_dict()))
         if verdict.decision == CanaryDecision.promote:
-            self.promote(f"canary analysis: {verdict.reason}")
-        elif verdict.decision == CanaryDecision.rollback:
-            self.rollback(reason=f"canary analysis: {verdict.reason}")
+            self.promote(version, f"canary analysis: {verdict.reason}")
+        else:
+            self.end_canary(version, f"canary analysis: {verdict.reason}")
         return verdict
 
     # -- reading ------------------------------------------------------------------------------
@@ -111,32 +135,85 @@ class Rollout:
             ],
         }
 
-    # -- internals ----------------------------------------------------------------------------
-    def _canary(self) -> PolicyVersion:
-        canary = self.store.by_alias("canary")
-        if canary is None:
-            raise RolloutError("no canary is running")
-        return canary
+    def history(self) -> list[RolloutEvent]:
+        """Every transition of this model, oldest first, from the append-only log in S3."""
+        s3, bucket = s3_client(self.settings), self.settings.s3.mlflow_bucket
+        prefix = f"{HISTORY_PREFIX}/{self.store.name}/"
+        try:
+            names = sorted(o.object_name for o in s3.list_objects(bucket, prefix=prefix, recursive=True))
+            return [RolloutEvent.model_validate_json(s3.get_object(bucket, n).read()) for n in names]
+        except Exception as e:  # noqa: BLE001 - minio and urllib3 raise several types for one cause
+            raise ServiceUnavailable(f"S3 at {self.settings.s3_endpoint} did not list the rollout history: {e}") from e
 
-    def _record(self, version: PolicyVersion, state: RolloutState, reason: str, fraction: float = 0.0) -> RolloutEvent:
-        previous = version.tags.get(STATE_TAG)
-        event = RolloutEvent(
+    # -- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _state(version: PolicyVersion) -> RolloutState:
+        return RolloutState(version.tags.get(STATE_TAG, RolloutState.registered.value))
+
+    def _make_champion(self, version: str, reason: str, old_state: RolloutState) -> RolloutEvent:
+        """champion := version, old champion := previous and `old_state`, canary cleared if it was
+        version. Each alias move is one the fleet can run; a retry picks up where one stopped."""
+        self.store.get(version)  # a version that does not exist fails here, before anything moves
+        champion = self.store.by_alias("champion")
+        if champion is not None and champion.version != version:
+            self.store.set_alias("previous", champion.version)
+            self.store.set_alias("champion", version)
+        elif champion is None:
+            self.store.set_alias("champion", version)
+        canary = self.store.by_alias("canary")
+        if canary is not None and canary.version == version:
+            self.store.delete_alias("canary")
+        previous = self.store.by_alias("previous")
+        if previous is not None and previous.version != version and self._state(previous) == RolloutState.champion:
+            self._settle(previous, old_state, f"{reason}; version {version} is champion")
+        return self._settle(self.store.get(version), RolloutState.champion, reason)
+
+    def _settle(self, version: PolicyVersion, state: RolloutState, reason: str, fraction: float = 0.0) -> RolloutEvent:
+        """Record that `version` is in `state` (once), then announce it from the registry's state."""
+        before = self._state(version)
+        if before != state:
+            entry = {
+                "state": state.value,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "reason": reason[:300],
+            }
+            history = [*json.loads(version.tags.get(HISTORY_TAG, "[]")), entry]
+            event = self._event(version.version, state, before, reason, fraction)
+            self._append_history(event)
+            self.store.tag(version.version, HISTORY_TAG, json.dumps(history[-12:]))  # MLflow caps a tag at 5,000 chars
+            self.store.tag(version.version, STATE_TAG, state.value)
+        else:  # already recorded: a retry re-announces it, for agents that missed the first publish
+            if state == RolloutState.canary:
+                fraction = float(version.tags.get(FRACTION_TAG, fraction))
+            event = self._event(version.version, state, None, reason, fraction)
+        self._publish(event)
+        return event
+
+    def _event(
+        self, version: str, state: RolloutState, before: RolloutState | None, reason: str, fraction: float
+    ) -> RolloutEvent:
+        return RolloutEvent(
             model=self.store.name,
-            version=version.version,
+            version=version,
             state=state,
-            previous_state=RolloutState(previous) if previous else None,
+            previous_state=before,
             aliases=self.store.aliases(),
             canary_fraction=fraction,
             reason=reason,
         )
-        history = json.loads(version.tags.get(HISTORY_TAG, "[]"))
-        history.append(
-            {"state": state.value, "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason[:300]}
-        )
-        self.store.tag(version.version, STATE_TAG, state.value)
-        self.store.tag(version.version, HISTORY_TAG, json.dumps(history[-12:]))  # MLflow caps a tag at 5,000 chars
-        self._publish(event)
-        return event
+
+    def _append_history(self, event: RolloutEvent) -> None:
+        body = event.model_dump_json().encode()
+        name = f"{HISTORY_PREFIX}/{self.store.name}/{event.at:%Y%m%dT%H%M%S%f}-{event.version}-{event.state.value}.json"
+        try:
+            s3_client(self.settings).put_object(
+                self.settings.s3.mlflow_bucket, name, io.BytesIO(body), len(body), content_type="application/json"
+            )
+        except Exception as e:  # noqa: BLE001 - minio and urllib3 raise several types for one cause
+            raise ServiceUnavailable(
+                f"S3 at {self.settings.s3_endpoint} did not take the rollout history of version {event.version} "
+                f"(nothing was recorded; retry the transition): {e}"
+            ) from e
 
     def _publish(self, event: RolloutEvent) -> None:
         if self._producer is None:

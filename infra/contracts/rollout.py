@@ -38,8 +38,9 @@ class CanaryDecision(StrEnum):
     """The canary analysis' verdict on live telemetry."""
 
     wait = "wait"
-    promote = "promote"
-    rollback = "rollback"
+    promote = "promote"  # shown not worse than the champion by more than the margin
+    rollback = "rollback"  # shown worse, or failed the guardrail
+    keep = "keep"  # could not tell in the time given: the champion stays, the canary ends
 
 
 class RoundDecision(StrEnum):
@@ -49,7 +50,12 @@ class RoundDecision(StrEnum):
     skipped = "skipped"  # nothing to learn from: no candidate was trained
     promoted = "promoted"
     rolled_back = "rolled_back"
+    kept = "kept"  # the canary could not be told apart from the champion, which stays
 
     @classmethod
     def after(cls, verdict: CanaryDecision) -> RoundDecision:
-        return {CanaryDecision.promote: cls.promoted, CanaryDecision.rollback: cls.rolled_back}[CanaryDecision(verdict)]
+        return {
+            CanaryDecision.promote: cls.promoted,
+            CanaryDecision.rollback: cls.rolled_back,
+            CanaryDecision.keep: cls.kept,
+        }[CanaryDecision(verdict)]

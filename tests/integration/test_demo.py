@@ -20,7 +20,7 @@ def test_the_ci_demo_runs_every_round_and_accounts_for_every_episode(tracked, tm
     assert [r["round"] for r in result["rounds"]] == list(range(profile.rounds + 1))
     for r in result["rounds"]:
         assert r["episodes"] == profile.episodes_per_round and 0 <= r["success_rate"] <= 1
-        assert r["decision"] in ("baseline", "promoted", "rolled_back", "skipped")
+        assert r["decision"] in ("baseline", "promoted", "rolled_back", "kept", "skipped")
     assert result["episodes_published"] >= profile.episodes_per_round * len(result["rounds"])
     assert result["episodes_indexed"] == result["episodes_published"]
     assert result["lost"] == 0 and result["duplicated"] == 0

@@ -81,13 +81,13 @@ def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on
     rollout.start_canary(v2, fraction=0.25)
     with pytest.raises(RolloutError, match="already in canary"):
         rollout.start_canary(v3, fraction=0.25)
-    assert rollout.decide(Arm(2, 10), Arm(30, 60)).decision == "wait"
-    verdict = rollout.decide(Arm(3, 40), Arm(30, 60))
+    assert rollout.decide(v2, Arm(2, 10), Arm(30, 60)).decision == "wait"
+    verdict = rollout.decide(v2, Arm(3, 40), Arm(30, 60))
     assert verdict.decision == "rollback" and verdict.p_worse < 0.05
     assert store.aliases() == {"champion": v1}
 
     rollout.start_canary(v3, fraction=0.25)
-    assert rollout.decide(Arm(28, 40), Arm(30, 60)).decision == "promote"
+    assert rollout.decide(v3, Arm(28, 40), Arm(30, 60)).decision == "promote"
     assert store.aliases() == {"champion": v3, "previous": v1}
 
     rollout.rollback()
@@ -108,4 +108,65 @@ def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on
         (v1, "champion"),
     ]
     assert events[1].canary_fraction == 0.25 and events[-1].aliases == {"champion": v1, "previous": v3}
+    # the append-only history in S3 holds the same transitions
+    assert [(e.version, e.state) for e in rollout.history()] == [(e.version, e.state) for e in events]
+    rollout.close()
+
+
+def test_a_timed_out_canary_keeps_the_champion_and_never_demotes_it(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2, v3 = (store.register(tiny_policy_dir).version for _ in range(3))
+    rollout.crown(v1)
+    rollout.crown(v2)  # v1 is now `previous`: what a blind rollback would restore
+    rollout.start_canary(v3, fraction=0.25)
+
+    verdict = rollout.decide(v3, Arm(0, 3), Arm(1, 3), final=True)  # time is up, nothing can be told
+    assert verdict.decision == "keep"
+    assert store.aliases() == {"champion": v2, "previous": v1}
+    # the same verdict acted on twice (a retried task) changes nothing
+    rollout.decide(v3, Arm(0, 3), Arm(1, 3), final=True)
+    assert store.aliases() == {"champion": v2, "previous": v1}
+    states = {v["version"]: v["state"] for v in rollout.status()["versions"]}
+    assert states == {v1: "retired", v2: "champion", v3: "rolled_back"}
+    rollout.close()
+
+
+def test_a_transition_names_its_version_and_leaves_another_canary_alone(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2, v3 = (store.register(tiny_policy_dir).version for _ in range(3))
+    rollout.crown(v1)
+    rollout.start_canary(v2, fraction=0.25)
+    rollout.end_canary(v2, "an operator stopped it")
+    rollout.start_canary(v3, fraction=0.25)
+    # a learner still analysing v2 acts late: it must not promote or end v3
+    with pytest.raises(RolloutError, match=f"version {v2} is not in canary"):
+        rollout.promote(v2, "late verdict")
+    rollout.end_canary(v2, "late verdict")  # already ended: announced again, nothing moves
+    assert store.aliases() == {"champion": v1, "canary": v3}
+    rollout.close()
+
+
+def test_a_promote_interrupted_between_alias_moves_is_completed_by_a_retry(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    v1, v2 = (store.register(tiny_policy_dir).version for _ in range(2))
+    rollout.crown(v1)
+    rollout.start_canary(v2, fraction=0.25)
+    # the learner was killed after moving the champion alias, before clearing the canary and the states
+    store.set_alias("previous", v1)
+    store.set_alias("champion", v2)
+
+    event = rollout.promote(v2, "canary analysis: retried")
+    assert event.state == "champion" and store.aliases() == {"champion": v2, "previous": v1}
+    states = {v["version"]: v["state"] for v in rollout.status()["versions"]}
+    assert states == {v1: "retired", v2: "champion"}
+    rollout.promote(v2, "canary analysis: retried again")  # a second retry only re-announces
+    assert [(e.version, e.state) for e in rollout.history()] == [
+        (v1, "champion"),
+        (v2, "canary"),
+        (v1, "retired"),
+        (v2, "champion"),
+    ]
+    assert [(e.version, e.state) for e in _rollout_events(tracked)][-3:] == [(v1, "retired"), (v2, "champion")] + [
+        (v2, "champion")
+    ]
     rollout.close()

@@ -1,4 +1,5 @@
-"""The canary analysis: Fisher's exact test, the minimum episodes, and the promote/rollback rules."""
+"""The canary analysis: Fisher's exact test, the non-inferiority bound, the minimum episodes, and
+the promote / roll back / keep rules."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 
 from infra.stats import wilson
-from registry.analysis import AnalysisConfig, Arm, analyse, fisher_less
+from registry.analysis import AnalysisConfig, Arm, analyse, difference_lower_bound, fisher_less
 
 
 def test_fisher_matches_the_hypergeometric_tail_by_hand():
@@ -27,11 +28,28 @@ def test_a_significantly_worse_canary_is_rolled_back():
     assert verdict.decision == "rollback" and verdict.p_worse < 0.05
 
 
-def test_a_canary_as_good_or_better_is_promoted_and_a_lower_one_within_noise_is_not():
-    assert analyse(Arm(22, 40), Arm(20, 40)).decision == "promote"
-    lower = analyse(Arm(17, 40), Arm(20, 40))
-    assert lower.p_worse > 0.05 and lower.decision == "rollback"
-    assert analyse(Arm(17, 40), Arm(20, 40), AnalysisConfig(margin=0.1)).decision == "promote"
+def test_the_lower_bound_matches_newcombes_published_interval():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II: 56/70 against 48/80, method 10
+    # (hybrid score) gives 0.0524 to 0.3339 at 95%, so the one-sided 97.5% lower bound is 0.0524.
+    assert difference_lower_bound(Arm(56, 70), Arm(48, 80), alpha=0.025) == pytest.approx(0.0524, abs=2e-4)
+
+
+def test_a_canary_is_promoted_only_once_shown_not_worse_by_more_than_the_margin():
+    # a little better, but 40 episodes an arm cannot rule out being 10 points worse
+    early = analyse(Arm(22, 40), Arm(20, 40))
+    assert early.decision == "wait" and early.lower_bound < -0.10
+    later = analyse(Arm(110, 200), Arm(100, 200))
+    assert later.decision == "promote" and later.lower_bound > -0.10
+    assert analyse(Arm(110, 200), Arm(100, 200), AnalysisConfig(margin=0.02)).decision == "wait"
+
+
+def test_a_canary_that_cannot_be_told_apart_keeps_the_champion():
+    # 0 of 20 against 1 of 20 (p = 0.5) is no evidence the canary is as good: never promoted
+    assert analyse(Arm(0, 20), Arm(1, 20), AnalysisConfig(min_episodes=20)).decision == "wait"
+    timed_out = analyse(Arm(0, 20), Arm(1, 20), AnalysisConfig(min_episodes=20), final=True)
+    assert timed_out.decision == "keep" and "champion kept" in timed_out.reason
+    enough = AnalysisConfig(min_episodes=20, max_episodes=40)
+    assert analyse(Arm(12, 40), Arm(12, 40), enough).decision == "keep"
 
 
 def test_wilson_interval_behaves_at_the_edges():
