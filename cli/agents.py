@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import typer
 
 from cli.app import console, default, group, progress, settings
@@ -29,6 +32,7 @@ def run(
 
     Models are loaded by alias from MLflow and checked against the sha256 the registry recorded;
     a rollout event swaps them between decisions. Telemetry goes to the telemetry topic.
+    Ctrl-C or SIGTERM (what a service manager sends) stops between decisions and drains the spool.
     """
     from fleet_agent import metrics
     from fleet_agent.fleet import Fleet
@@ -54,12 +58,19 @@ def run(
         versions = ",".join(sorted({r.version for r in fleet.robots}))
         bars.update(bar, advance=1, description=f"episodes (success {wins / done:.0%}, versions {versions})")
 
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        console.print(f"{signal.Signals(signum).name}: stopping between decisions, publishing what is spooled")
+        stop.set()
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with progress() as bars:
             bar = bars.add_task("episodes", total=episodes)
-            fleet.run(episodes, duration, on_episode=lambda core: show(core, bars, bar))
-    except KeyboardInterrupt:
-        console.print("stopping: publishing what is spooled")
+            fleet.run(episodes, duration, on_episode=lambda core: show(core, bars, bar), stop=stop)
     finally:
         drained = fleet.close()
-    console.print(f"{len(fleet.published)} episodes, {wins} successes; spool {'drained' if drained else 'NOT drained'}")
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    console.print(f"{len(fleet.finished)} episodes, {wins} successes; spool {'drained' if drained else 'NOT drained'}")

@@ -4,6 +4,10 @@ rollout events without losing an episode in flight, every episode through Kafka 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -134,3 +138,38 @@ def test_robots_leaving_a_rolled_back_canary_time_their_switch_from_the_rollback
     assert len(fleet.propagation_s) == len(canaries) > 0 and max(fleet.propagation_s) < 2.5
     assert fleet.close()
     rollout.close()
+
+
+def _cli_env(settings) -> dict[str, str]:
+    """The environment that gives a `fleet` process these settings."""
+    env = {f"FLEET_STACK__{k.upper()}": str(v) for k, v in settings.stack.model_dump().items()}
+    for section, keys in {
+        "kafka": ("episodes_topic", "dead_letter_topic", "consumer_group", "rollouts_topic", "telemetry_topic"),
+        "registry": ("model_name", "cache_dir"),
+        "agent": ("spool_dir",),
+        "learner": ("index_path",),
+    }.items():
+        for key in keys:
+            env[f"FLEET_{section.upper()}__{key.upper()}"] = str(getattr(getattr(settings, section), key))
+    return {**os.environ, **env}
+
+
+def test_fleet_agents_run_finishes_its_episodes_and_reports_them(tracked, tiny_policy_dir):
+    Rollout(tracked).crown(ModelStore(tracked).register(tiny_policy_dir).version)
+    args = [sys.executable, "-m", "cli", "agents", "run", "--robots", "2", "--episodes", "2", "--candidates", "2"]
+    out = subprocess.run(args, capture_output=True, text=True, env=_cli_env(tracked), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 episodes" in out.stdout and "spool drained" in out.stdout
+
+
+def test_sigterm_stops_the_agents_between_decisions_and_drains_the_spool(tracked, tiny_policy_dir):
+    Rollout(tracked).crown(ModelStore(tracked).register(tiny_policy_dir).version)
+    args = [sys.executable, "-m", "cli", "agents", "run", "--robots", "2", "--candidates", "2"]
+    agents = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(tracked))
+    deadline = time.monotonic() + 300
+    while not _telemetry(tracked, "episode") and time.monotonic() < deadline:  # running, and publishing
+        time.sleep(2)
+    agents.send_signal(signal.SIGTERM)
+    stdout, stderr = agents.communicate(timeout=120)
+    assert agents.returncode == 0, stderr[-2000:]
+    assert "SIGTERM" in stdout and "spool drained" in stdout
