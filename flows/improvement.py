@@ -13,6 +13,7 @@ a schedule, when served as a deployment with `fleet loop serve --cron ...`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -90,6 +91,13 @@ def train_candidate(settings: Settings, champion: str, manifest_uri: str, config
     if config.degrade:
         _degrade(run / "policy")
     return str(run / "policy")
+
+
+def round_run_name(settings: Settings, champion: str, manifest_uri: str) -> str:
+    """A round's work directory is named by what it trains from, the champion and the manifest, so
+    a retried round resumes its own run and a round on a new champion or new data starts afresh."""
+    digest = hashlib.sha256(manifest_uri.encode()).hexdigest()[:12]
+    return f"{settings.registry.model_name}-v{champion}-{digest}"
 
 
 def _degrade(policy_dir: Path) -> None:
@@ -209,7 +217,7 @@ def improvement_round(
         if curated["kept_successes"] == 0:
             print(f"round {round_id}: no successful episodes consistent with their imagined futures; nothing to learn")
             return RoundReport(**report, decision=RoundDecision.skipped)
-        run_dir = config.work_dir / f"{settings.registry.model_name}-round-{round_id}"
+        run_dir = config.work_dir / round_run_name(settings, champion.version, curated["manifest"])
         candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)
         store = ModelStore(settings)
         figures = evaluate_pair(candidate_dir, str(store.fetch(champion)), config.eval_episodes, config.eval_candidates)

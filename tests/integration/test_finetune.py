@@ -75,3 +75,25 @@ def test_a_non_finite_loss_aborts_every_rank_and_writes_no_policy(inputs, tmp_pa
     with pytest.raises(FinetuneFailed, match="non-finite idm loss at step 0"):
         run_finetune(run, world_size=2)
     assert not (run / "policy").exists()
+
+
+def test_a_run_past_its_timeout_ends_with_every_process_it_started(inputs, tmp_path):
+    parent, data = inputs
+    run = prepare_run(tmp_path / "run", parent, data, FinetuneJob(steps=100_000, batch=2))
+    with pytest.raises(FinetuneFailed, match="ran past 8 s"):
+        run_finetune(run, world_size=2, timeout_s=8)
+    time.sleep(0.5)
+    assert not _processes_of(run), "a rank outlived its run"
+
+
+def _processes_of(run) -> list[int]:
+    """Live processes whose command line names the run directory."""
+    found = []
+    for proc in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{proc}/cmdline", "rb") as f:
+                if str(run).encode() in f.read():
+                    found.append(int(proc))
+        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+            continue
+    return found

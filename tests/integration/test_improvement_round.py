@@ -74,7 +74,7 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
     settings = tracked
     use_prefect(settings)
     from flows.config import RoundConfig
-    from flows.improvement import improvement_round
+    from flows.improvement import improvement_round, round_run_name
 
     v1 = ModelStore(settings).register(tiny_policy_dir).version
     rollout = Rollout(settings)
@@ -107,7 +107,13 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
     manifest = load_manifest(settings, report.curation["manifest"])
     assert {e.episode_id for e in manifest.of_role("world_model_and_idm")} >= set(expert_ids)
     trained_on = json.loads(
-        (tmp_path / "rounds" / f"{settings.registry.model_name}-round-1" / "dataset" / "episodes.json").read_text()
+        (
+            tmp_path
+            / "rounds"
+            / round_run_name(settings, v1, report.curation["manifest"])
+            / "dataset"
+            / "episodes.json"
+        ).read_text()
     )
     assert len(trained_on["episodes"]) == len(manifest.entries) + 2, "the manifest's episodes and the replay's clips"
     assert learning == [True, False]
