@@ -156,6 +156,10 @@ def train_all(
     if progress == {} and (legacy := state.with_name("progress.json")).exists():  # a run from before one format
         progress = {"done": ["posttrain" if s == "finetune" else s for s in json.loads(legacy.read_text())]}
     done: list[str] = [s for s in (progress or {"done": []})["done"] if s not in redo_stages]
+    if done and (earlier := out / "train_report.json").exists():  # a resumed run keeps its finished stages' figures
+        before = json.loads(earlier.read_text())
+        timings.update({f"{s}_s": before["timings_s"][f"{s}_s"] for s in done if f"{s}_s" in before["timings_s"]})
+        report.update({f"{s}_loss_first_last": before[k] for s in done if (k := f"{s}_loss_first_last") in before})
     for stage in STAGES:
         if stage in done or stage in skip_stages:
             continue
