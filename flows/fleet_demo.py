@@ -91,9 +91,9 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
             config = demo.round.model_copy(
                 update={"degrade": degrade, "work_dir": work / "rounds", "replay_dir": replay}
             )
-            # since=None: each round learns from every episode the fleet has produced so far
+            # ingested_after=None: each round learns from every episode the fleet has produced so far
             started = time.monotonic()
-            report = improvement_round(settings, config, round_id, since=None, learning=pause)
+            report = improvement_round(settings, config, round_id, ingested_after=None, learning=pause)
             champion = store.by_alias("champion").version
             # the round's champion episodes: a promoted candidate's canary episodes count too
             wins, n = _champion_success(fleet, champion, started, demo.episodes_per_round)

@@ -64,9 +64,12 @@ def _ingest_until_quiet(settings: Settings, index: EpisodeIndex, idle_s: float, 
 
 
 @task(retries=2, retry_delay_seconds=5)
-def curate_episodes(settings: Settings, since: datetime | None, threshold: float) -> dict:
+def curate_episodes(settings: Settings, ingested_after: float | None, threshold: float) -> dict:
+    """Curate the episodes ingested after the watermark `ingested_after` (None: all), up to the
+    index's watermark now, which the result carries for the next round."""
     with EpisodeIndex(settings.index_path) as index:
-        episodes = index.query(since=since)
+        watermark = index.watermark()
+        episodes = index.query(ingested_after=ingested_after, ingested_until=watermark)
     manifest = curate(settings, episodes, CurationConfig(consistency_threshold=threshold))
     kept = len(manifest.of_role("world_model_and_idm"))
     return {
@@ -75,6 +78,7 @@ def curate_episodes(settings: Settings, since: datetime | None, threshold: float
         "kept_successes": kept,
         "kept_failures": len(manifest.of_role("critic_negative")),
         "dropped_inconsistent": manifest.dropped_inconsistent,
+        "watermark": watermark if watermark is not None else ingested_after,
     }
 
 
@@ -188,7 +192,7 @@ def improvement_round(
     settings: Settings,
     config: RoundConfig,
     round_id: int,
-    since: datetime | None = None,
+    ingested_after: float | None = None,
     learning: Callable[[bool], None] | None = None,
 ) -> RoundReport:
     """One round: ingest, curate, train, evaluate, register, canary, analyse, promote or roll back.
@@ -206,7 +210,7 @@ def improvement_round(
     learning(True)
     try:
         ingested = ingest_new(settings)
-        curated = curate_episodes(settings, since, config.consistency_threshold)
+        curated = curate_episodes(settings, ingested_after, config.consistency_threshold)
         report = {
             "round": round_id,
             "champion_version": champion.version,
@@ -249,23 +253,23 @@ def improvement_loop(
     poll_s: float = 10.0,
     degrade_round: int | None = None,
 ) -> list[RoundReport]:
-    """Rounds whenever `min_new_successes` successful episodes have been indexed since the last one.
+    """Rounds whenever `min_new_successes` successful episodes have been indexed since the last one
+    (by the learner's ingest watermark, not the robots' clocks).
 
     Served as a deployment it reads its settings from the environment (FLEET_*), so no secret
     travels as a flow parameter."""
     settings = settings or Settings()
-    reports, since = [], None
+    reports, watermark = [], None
     for round_id in range(1, rounds + 1):
         while True:
             ingest_new(settings)
             with EpisodeIndex(settings.index_path) as index:
-                fresh = index.count(success=True, since=since)
+                fresh = index.count(success=True, ingested_after=watermark)
             if fresh >= min_new_successes:
                 break
             time.sleep(poll_s)
-        started = datetime.now(UTC)
         round_config = config.model_copy(update={"degrade": round_id == degrade_round})
         with tags(settings.registry.flow_run_tag):  # a served run's tags do not reach its subflows
-            reports.append(improvement_round(settings, round_config, round_id, since))
-        since = started
+            reports.append(report := improvement_round(settings, round_config, round_id, watermark))
+        watermark = report.curation.get("watermark", watermark)
     return reports

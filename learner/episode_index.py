@@ -83,6 +83,10 @@ class EpisodeQueries:
         where, args = _where(**filters)
         return self._rows(f"SELECT COUNT(*) FROM episodes {where}", args)[0][0]
 
+    def watermark(self) -> float | None:
+        """The latest ingest time in the index: what a round has seen up to."""
+        return self._rows("SELECT MAX(ingested_at) FROM episodes")[0][0]
+
     def episode_ids(self, **filters) -> list[str]:
         where, args = _where(**filters)
         return [r[0] for r in self._rows(f"SELECT episode_id FROM episodes {where}", args)]
@@ -249,7 +253,11 @@ def _where(
     success: bool | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    ingested_after: float | None = None,
+    ingested_until: float | None = None,
 ) -> tuple[str, list]:
+    """`since`/`until` bound the robot's start time; `ingested_*` the learner's ingest time, the
+    watermark rounds use (a robot's clock cannot make an episode old or new to the learner)."""
     clauses, args = [], []
     for column, value in (("robot_id", robot_id), ("task_id", task_id), ("policy_version", policy_version)):
         if value is not None:
@@ -264,4 +272,10 @@ def _where(
     if until is not None:
         clauses.append("started_at < ?")
         args.append(until.timestamp())
+    if ingested_after is not None:
+        clauses.append("ingested_at > ?")
+        args.append(ingested_after)
+    if ingested_until is not None:
+        clauses.append("ingested_at <= ?")
+        args.append(ingested_until)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", args

@@ -67,3 +67,17 @@ def test_the_dashboards_read_only_reader_answers_as_the_learners_index(tmp_path)
         assert reader.count() == index.count() == 20
         assert reader.per("robot_id") == index.per("robot_id") and len(index.per("robot_id")) > 1
         assert reader.latest(5) == index.latest(5)
+
+
+def test_rounds_take_new_episodes_by_the_ingest_watermark_whatever_the_robots_clocks_say(tmp_path):
+    eps = episodes(12)
+    # a robot whose clock is a day behind: by its start times, its episodes look old
+    late_clock = [e.model_copy(update={"started_at": e.started_at - timedelta(days=1)}) for e in eps[6:]]
+    with EpisodeIndex(tmp_path / "i.sqlite") as index:
+        assert index.watermark() is None
+        index.record([(e, Provenance("t", 0, i, 100.0 + i)) for i, e in enumerate(eps[:6])])
+        first_round = index.watermark()
+        index.record([(e, Provenance("t", 0, 6 + i, 200.0 + i)) for i, e in enumerate(late_clock)])
+        new = index.query(ingested_after=first_round, ingested_until=index.watermark())
+        assert {e.episode_id for e in new} == {e.episode_id for e in late_clock}
+        assert index.count(since=eps[5].started_at) == 1  # by the robots' clocks they would be lost
