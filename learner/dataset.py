@@ -1,13 +1,17 @@
 """A curated manifest turned into a local training set that training processes read.
 
 The launcher fetches each episode's media from S3 (sha256 checked against the manifest), keeps
-the executed frames and actions, and writes one `.npz` (read with allow_pickle=False) plus a JSON
-sidecar for the text. Training processes then need no service credentials, and every rank of a
-multi-process run reads the same bytes.
+the executed frames and actions, and writes them with the replayed robot logs in the world model's
+own clip layout (`worldmodel.stage_data.save_clips`: one `.npz` read with allow_pickle=False, and
+JSON for the text), so replayed logs keep their detailed captions and grounding points. Each clip
+says where it came from (`stage`: "fleet" or "replay"), for the fine-tune's stated mix. Training
+processes then need no service credentials, and every rank of a multi-process run reads the same
+bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +24,7 @@ from infra.settings import Settings
 from learner.curation import DatasetManifest
 from learner.episode_index import EpisodeIndex
 from learner.media import load_media
+from worldmodel import stage_data
 from worldmodel.stage_data import Clip
 
 
@@ -62,40 +67,17 @@ def build_training_set(
         for f, ep in zip(frames, episodes, strict=True)
     ]
     if replay is not None:
-        clips += load_clips(replay)
+        clips += [dataclasses.replace(c, stage="replay") for c in load_clips(replay)]
     return save_clips(clips, out, manifest.manifest_id + (f" + replay {replay}" if replay else ""))
 
 
 def save_clips(clips: list[Clip], out: Path, source: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        out / "data.npz",
-        frames=np.concatenate([c.frames for c in clips]),
-        lengths=np.array([len(c.frames) for c in clips]),
-        actions=np.concatenate([c.actions for c in clips]).astype(np.float32),
-    )
-    meta = [{"instruction": c.caption, "task_id": c.task_id, "success": bool(c.success)} for c in clips]
-    (out / "episodes.json").write_text(json.dumps({"source": source, "episodes": meta}))
+    """A training set: the clips, with what they were made from in `source.json`."""
+    stage_data.save_clips(clips, out)
+    (out / "source.json").write_text(json.dumps({"source": source, "clips": len(clips)}))
     return out
 
 
 def load_clips(directory: Path) -> list[Clip]:
     """The training set as clips, the form the world model's training code reads."""
-    meta = json.loads((directory / "episodes.json").read_text())["episodes"]
-    with np.load(directory / "data.npz", allow_pickle=False) as data:
-        frames, lengths, actions = data["frames"], data["lengths"], data["actions"]
-    clips, f0, a0 = [], 0, 0
-    for m, n in zip(meta, lengths, strict=True):
-        clips.append(
-            Clip(
-                "fleet",
-                frames[f0 : f0 + n],
-                m["instruction"],
-                m["instruction"],
-                actions=actions[a0 : a0 + n - 1],
-                success=m["success"],
-                task_id=m["task_id"],
-            )
-        )
-        f0, a0 = f0 + n, a0 + n - 1
-    return clips
+    return stage_data.load_clips(directory)

@@ -49,6 +49,9 @@ class FinetuneJob:
     checkpoint_every: Annotated[int, Field(ge=1)] = 25
     engine: Literal["deepspeed", "torch"] = "deepspeed"  # torch: the plain baseline `fleet bench train` compares with
     seed: int = 0
+    # The share of every batch drawn from the fleet's episodes; the rest replays the robot logs (when
+    # the training set has them), so a round adds what the fleet did without forgetting the base.
+    fleet_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     loss_weights: dict[str, float] = field(default_factory=lambda: {"video": 1.0, "idm": 1.0, "critic": 1.0})
 
     def deepspeed_config(self) -> dict:

@@ -1,8 +1,12 @@
 """One rank of a fine-tuning run (see `learner.finetune`): `python -m learner.finetune_worker RUN_DIR`.
 
-One step trains the world model (flow matching on the executed futures of kept successes), the
-IDM (on their transitions) and the critic (kept successes against failures and wrong
-instructions) together; the text encoder stays frozen so the three keep reading the same text.
+One step trains the world model, the IDM and the critic together; the text encoder stays frozen
+so the three keep reading the same text. Each loss draws `fleet_share` of its batch from the
+fleet's episodes and the rest from the replayed robot logs:
+- the world model on successful episodes (the fleet's kept, imagined-and-executed successes);
+- the IDM on every executed transition, failed episodes included: its labels are the actions the
+  robot really took, exact whatever the outcome, on the states the fleet's own policy visits;
+- the critic on successes against failures and wrong instructions.
 The loop is the base stages' own (`worldmodel.trainer.fit`), and so is the checkpoint format:
 safetensors, never a pickle. A resumed run restarts AdamW's moments from zero.
 """
@@ -38,17 +42,39 @@ class Objective(torch.nn.Module):
         self.policy, self.job = policy, job
         self.video_model, self.idm, self.critic = policy.video_model, policy.idm, policy.critic
         policy.text_encoder.requires_grad_(False)
-        self.successes = StageData.build([c for c in clips if c.success], policy)
-        self.everything = StageData.build(clips, policy)
-        self.instructions = critic_instructions(self.everything)
+        fleet = [c for c in clips if c.stage != "replay"]
+        replay = [c for c in clips if c.stage == "replay"]
+        self.data = {
+            loss: [StageData.build(group, policy) if group else None for group in pair]
+            for loss, pair in {
+                "video": ([c for c in fleet if c.success], [c for c in replay if c.success]),
+                "idm": (fleet, replay),
+                "critic": (fleet, replay),
+            }.items()
+        }
+        self.instructions = critic_instructions(StageData.build(clips, policy))
+
+    def split(self, loss: str) -> tuple[int, int]:
+        """Windows of `loss` per step from the fleet and from replay: the stated share, or all from
+        the one group that has data."""
+        fleet, replay = self.data[loss]
+        if fleet is None or replay is None:
+            return (self.job.batch, 0) if fleet is not None else (0, self.job.batch)
+        n_fleet = min(max(round(self.job.fleet_share * self.job.batch), 0), self.job.batch)
+        return n_fleet, self.job.batch - n_fleet
 
     def forward(self, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        rng, b, p = np.random.default_rng(seed), self.job.batch, self.policy
-        parts = {
-            "video": video_loss(p, self.successes, b, rng),
-            "idm": idm_loss(p, self.successes, b, rng),
-            "critic": critic_loss(p, self.everything, b, rng, self.instructions),
+        rng, p = np.random.default_rng(seed), self.policy
+        losses = {
+            "video": lambda data, n: video_loss(p, data, n, rng),
+            "idm": lambda data, n: idm_loss(p, data, n, rng),
+            "critic": lambda data, n: critic_loss(p, data, n, rng, self.instructions),
         }
+        parts = {}
+        for name, loss in losses.items():
+            counts = self.split(name)
+            terms = [n * loss(data, n) for data, n in zip(self.data[name], counts, strict=True) if n]
+            parts[name] = sum(terms) / sum(counts)
         return sum(self.job.loss_weights[k] * v for k, v in parts.items()), parts
 
 

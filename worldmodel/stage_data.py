@@ -200,13 +200,18 @@ ARRAYS = ("frames", "actions", "points")
 
 
 def save_clips(clips: list[Clip], path: Path) -> None:
+    """Clips to `clips.npz` + `clips.json`. Actions and points are kept where a clip has them: a
+    clip without actions has none stored, one without points NaN points (the grounding loss skips
+    NaN rows), so fleet episodes and robot logs share one training set without losing labels."""
     path.mkdir(parents=True, exist_ok=True)
     lengths = [len(c.frames) for c in clips]
     arrays = {"frames": np.concatenate([c.frames for c in clips]), "lengths": np.array(lengths)}
     if all(c.actions is not None for c in clips):
-        arrays["actions"] = np.concatenate([c.actions for c in clips])
-    if all(c.points is not None for c in clips):
-        arrays["points"] = np.concatenate([c.points for c in clips])
+        arrays["actions"] = np.concatenate([c.actions for c in clips]).astype(np.float32)
+    if any(c.points is not None for c in clips):
+        arrays["points"] = np.concatenate(
+            [c.points if c.points is not None else np.full((len(c.frames), 2, 2), np.nan, np.float32) for c in clips]
+        ).astype(np.float32)
     np.savez(path / "clips.npz", **arrays)
     meta = [{k: v for k, v in asdict(c).items() if k not in ARRAYS} for c in clips]
     (path / "clips.json").write_text(json.dumps(meta, indent=1))
@@ -222,6 +227,10 @@ def load_clips(path: Path) -> list[Clip]:
     for m, n in zip(meta, lengths, strict=True):
         acts = actions[a : a + n - 1] if actions is not None else None
         pts = points[f : f + n] if points is not None else None
-        clips.append(Clip(frames=frames[f : f + n], actions=acts, points=pts, **m))
+        clips.append(
+            Clip(
+                frames=frames[f : f + n], actions=acts, points=None if pts is None or np.isnan(pts).all() else pts, **m
+            )
+        )
         f, a = f + n, a + n - 1
     return clips

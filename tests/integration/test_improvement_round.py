@@ -4,7 +4,6 @@ analysed on live telemetry until it is promoted or rolled back."""
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from fleet_agent.publisher import EpisodePublisher
 from infra.clients import use_prefect
 from infra.contracts.episode import CandidateRecord, Decision, EpisodeCore, ModelVersions, SuccessSource
 from learner.curation import load_manifest
-from learner.dataset import save_clips
+from learner.dataset import load_clips, save_clips
 from learner.finetune import FinetuneJob
 from registry.analysis import AnalysisConfig
 from registry.model_store import ModelStore
@@ -106,16 +105,9 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
     assert report.decision in ("promoted", "rolled_back", "kept") and report.champion_version == v1
     manifest = load_manifest(settings, report.curation["manifest"])
     assert {e.episode_id for e in manifest.of_role("world_model_and_idm")} >= set(expert_ids)
-    trained_on = json.loads(
-        (
-            tmp_path
-            / "rounds"
-            / round_run_name(settings, v1, report.curation["manifest"])
-            / "dataset"
-            / "episodes.json"
-        ).read_text()
-    )
-    assert len(trained_on["episodes"]) == len(manifest.entries) + 2, "the manifest's episodes and the replay's clips"
+    trained_on = load_clips(tmp_path / "rounds" / round_run_name(settings, v1, report.curation["manifest"]) / "dataset")
+    assert len(trained_on) == len(manifest.entries) + 2, "the manifest's episodes and the replay's clips"
+    assert [c.stage for c in trained_on].count("replay") == 2
     assert learning == [True, False]
     candidate = ModelStore(settings).get(report.candidate_version)
     assert candidate.tags["parent_version"] == v1 and candidate.tags["dataset_manifest"] == report.curation["manifest"]

@@ -1,0 +1,52 @@
+"""What a round's fine-tune learns from: every executed transition for the IDM, successes for the
+world model, and the fleet's episodes mixed with replayed robot logs in the stated share."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from learner.dataset import load_clips, save_clips
+from learner.finetune import FinetuneJob
+from learner.finetune_worker import Objective
+from sim.tabletop import ALL_TASKS
+from worldmodel.policy import WorldModelPolicy
+from worldmodel.stage_data import robot_logs
+from worldmodel.text_encoder import build_vocab
+
+
+def _fleet_and_replay():
+    logs = robot_logs(6, 0, size=64)
+    # a fleet episode carries no grounding points or detailed caption; one of them failed
+    fleet = [replace(c, stage="fleet", points=None, detailed_caption=c.caption) for c in logs[:3]]
+    fleet[0] = replace(fleet[0], success=False)
+    return fleet, [replace(c, stage="replay") for c in logs[3:]]
+
+
+def test_the_idm_learns_from_failed_fleet_episodes_and_each_batch_mixes_fleet_and_replay():
+    torch.manual_seed(0)
+    fleet, replay = _fleet_and_replay()
+    policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]))
+    objective = Objective(policy, fleet + replay, FinetuneJob(batch=8, fleet_share=0.25))
+
+    idm_fleet, idm_replay = objective.data["idm"]
+    assert [c.success for c in idm_fleet.clips] == [False, True, True]  # its labels are exact either way
+    assert all(c.success for c in objective.data["video"][0].clips)  # the world model imitates successes
+    assert objective.split("idm") == (2, 6) and objective.split("video") == (2, 6)
+    loss, parts = objective(0)
+    assert torch.isfinite(loss) and set(parts) == {"video", "idm", "critic"}
+
+    alone = Objective(policy, fleet, FinetuneJob(batch=8, fleet_share=0.25))
+    assert alone.split("idm") == (8, 0)  # no replay in the set: every window from the fleet
+
+
+def test_a_training_set_keeps_replayed_logs_grounding_points_and_detailed_captions(tmp_path):
+    fleet, replay = _fleet_and_replay()
+    loaded = load_clips(save_clips(fleet + replay, tmp_path, "manifest + replay"))
+    assert [c.stage for c in loaded] == ["fleet"] * 3 + ["replay"] * 3
+    assert all(c.points is None for c in loaded[:3])
+    for saved, back in zip(replay, loaded[3:], strict=True):
+        assert np.array_equal(saved.points, back.points) and back.detailed_caption == saved.detailed_caption
+        assert np.array_equal(saved.actions, back.actions)
