@@ -3,7 +3,8 @@
 The same training profile (the same steps, batch and seed) runs with 25, 50, 100 and 200 robot
 logs, and each policy is evaluated on the same seeds. The curve says how much a round's new
 episodes can be worth to the loop: steep where the policy is data-bound, flat where it is
-compute-bound. Each size trains into its own run directory, so an interrupted bench resumes.
+compute-bound. Each size trains and evaluates into its own run directory, so an interrupted bench
+resumes where it stopped, and the JSON and plot are written again after every size.
 
 Stages (a) and (b), generic and human point-of-view video, never see a robot log, so they are
 trained once and every count starts stage (c) from that same video prior: the counts differ only
@@ -17,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks import BenchResult
-from infra.contracts.evaluation import Interval
+from infra.contracts.evaluation import EvaluationReport, Interval
 from worldmodel.evaluate import evaluate
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.train import POLICY_STAGES, PROFILES, VIDEO_STAGES, train_all
@@ -38,16 +39,31 @@ class DataScalingBench(BenchResult):
     first_seed: int
     prior_train_s: float  # stages (a)+(b), trained once for every count
     points: list[ScalingPoint]
+    complete: bool  # False while sizes are still to come
     plot: str
 
 
 def bench_data_scaling(
     sizes: list[int], profile: str, episodes: int, work: Path, plot: Path, progress=None
 ) -> DataScalingBench:
+    """`progress(partial)` is called with the result so far after each size."""
     points, first_seed = [], 0
     prior = work / "video-prior"
     robot_stages = (VIDEO_STAGES[2], *POLICY_STAGES)
     prior_report = train_all(PROFILES[profile], prior, skip_stages=robot_stages)
+
+    def result() -> DataScalingBench:
+        draw(points, plot, f"profile {profile}, {episodes} episodes per split")
+        return DataScalingBench(
+            profile=profile,
+            episodes_per_split=episodes,
+            first_seed=first_seed,
+            prior_train_s=round(sum(prior_report["timings_s"].values()), 1),
+            points=points,
+            complete=len(points) == len(sizes),
+            plot=str(plot),
+        )
+
     for n in sizes:
         run = work / f"logs-{n}"
         state = run / "checkpoints" / "state.safetensors"
@@ -55,29 +71,26 @@ def bench_data_scaling(
             state.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(prior / "checkpoints" / "state.safetensors", state)
         trained = train_all(dataclasses.replace(PROFILES[profile], robot_clips=n), run)
-        result = evaluate(WorldModelPolicy.load(run), episodes)
-        first_seed = result.first_seed
+        evaluated = run / f"evaluation-{episodes}.json"
+        if evaluated.exists():
+            report = EvaluationReport.model_validate_json(evaluated.read_text())
+        else:
+            report = evaluate(WorldModelPolicy.load(run), episodes)
+            evaluated.write_text(report.model_dump_json(indent=1))
+        first_seed = report.first_seed
         points.append(
             ScalingPoint(
                 robot_logs=n,
-                seen=result.success_rate,
-                seen_ci95=result.success_ci95,
-                heldout=result.heldout_success_rate,
-                heldout_ci95=result.heldout_ci95,
+                seen=report.success_rate,
+                seen_ci95=report.success_ci95,
+                heldout=report.heldout_success_rate,
+                heldout_ci95=report.heldout_ci95,
                 train_s=round(sum(trained["timings_s"].values()), 1),
             )
         )
         if progress:
-            progress(len(points))
-    draw(points, plot, f"profile {profile}, {episodes} episodes per split")
-    return DataScalingBench(
-        profile=profile,
-        episodes_per_split=episodes,
-        first_seed=first_seed,
-        prior_train_s=round(sum(prior_report["timings_s"].values()), 1),
-        points=points,
-        plot=str(plot),
-    )
+            progress(result())
+    return result()
 
 
 def draw(points: list[ScalingPoint], path: Path, subtitle: str) -> None:

@@ -164,8 +164,18 @@ def data_scaling(
 
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(PROFILES)}")
+
+    def after_each(done):
+        def show(partial):  # the JSON and the plot so far, in case the bench is stopped
+            done(len(partial.points))
+            write_json(partial, out)
+
+        return show
+
     result = with_bar(
-        "training and evaluating", len(logs), lambda done: bench_data_scaling(logs, profile, episodes, work, plot, done)
+        "training and evaluating",
+        len(logs),
+        lambda done: bench_data_scaling(logs, profile, episodes, work, plot, after_each(done)),
     )
     table = Table("robot logs", "seen", "95% CI", "held-out", "95% CI", "train s")
     for p in result.points:

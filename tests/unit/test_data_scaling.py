@@ -24,4 +24,6 @@ def test_the_data_scaling_bench_trains_each_count_and_draws_the_curve(tmp_path):
     # stages (a)+(b) see no robot log: trained once, and every count starts stage (c) from them
     for report in reports:
         assert "pretrain_s" not in report["timings_s"] and "posttrain_s" in report["timings_s"]
-    assert found["prior_train_s"] > 0
+    assert found["prior_train_s"] > 0 and found["complete"]
+    # each count's evaluation is kept, so a stopped bench resumes without redoing it
+    assert all((tmp_path / "runs" / f"logs-{n}" / "evaluation-1.json").exists() for n in (4, 8))
