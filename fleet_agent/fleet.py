@@ -224,6 +224,7 @@ class Fleet:
             decisions=robot.decisions,
             rejections=dict(rejections),
             timings_ms={k: round(v, 2) for k, v in robot.timings.items()},
+            hindsight=robot.info.get("hindsight", {}),
         )
         self.publisher.publish(core, np.stack(robot.frames), np.stack(robot.imagined))
         robot.episodes += 1

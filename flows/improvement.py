@@ -77,6 +77,7 @@ def curate_episodes(settings: Settings, ingested_after: float | None, threshold:
         "considered": manifest.considered,
         "kept_successes": kept,
         "kept_failures": len(manifest.of_role("critic_negative")),
+        "kept_hindsight": len(manifest.of_role("hindsight")),
         "dropped_inconsistent": manifest.dropped_inconsistent,
         "watermark": watermark if watermark is not None else ingested_after,
     }
@@ -218,8 +219,8 @@ def improvement_round(
             "ingest": ingested,
             "curation": curated,
         }
-        if curated["kept_successes"] == 0:
-            print(f"round {round_id}: no successful episodes consistent with their imagined futures; nothing to learn")
+        if curated["kept_successes"] + curated["kept_hindsight"] == 0:
+            print(f"round {round_id}: no success to learn from, as instructed or in hindsight")
             return RoundReport(**report, decision=RoundDecision.skipped)
         run_dir = config.work_dir / round_run_name(settings, champion.version, curated["manifest"])
         candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)

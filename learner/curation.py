@@ -5,6 +5,9 @@
 - A success that did not go as imagined is left out (the imagined video would teach the wrong
   future), and counted.
 - A failure is kept for the critic, as a negative.
+- Hindsight: an episode that met another seen task's success check (the agent reports which, and
+  at what step) is, up to that step, a successful demonstration of that task: it is kept for the
+  world model and the IDM under that task's instruction, whatever its own outcome.
 
 Consistency of an episode: for every decision, the cosine similarity between the imagined change
 of the chosen candidate (its frames minus the frame it was imagined from) and the executed change
@@ -30,7 +33,9 @@ from infra.clients import s3_client
 from infra.contracts.episode import Episode
 from infra.settings import Settings
 from learner.media import load_media
+from sim.tabletop import HINDSIGHT_TASKS
 
+HINDSIGHT_IDS = frozenset(t.id for t in HINDSIGHT_TASKS)  # a robot reporting a held-out task is not believed
 SCORE = "mean over decisions of cos(imagined change, executed change) of the chosen candidate"
 
 
@@ -49,7 +54,9 @@ class ManifestEntry(BaseModel):
     policy_version: str
     success: bool
     consistency: float | None
-    role: Literal["world_model_and_idm", "critic_negative"]
+    role: Literal["world_model_and_idm", "critic_negative", "hindsight"]
+    # hindsight entries: the step at which `task_id`'s check was met; the clip ends there
+    hindsight_step: int | None = None
 
 
 class DatasetManifest(BaseModel):
@@ -100,20 +107,30 @@ def curate(settings: Settings, episodes: list[Episode], config: CurationConfig =
             return None
         if not ep.success and not config.keep_failures:
             return None
+        return entry(ep, ep.task_id, ep.success, score, "world_model_and_idm" if ep.success else "critic_negative")
+
+    def entry(ep: Episode, task_id: str, success: bool, score, role: str, step: int | None = None) -> ManifestEntry:
         return ManifestEntry(
             episode_id=str(ep.episode_id),
             media_key=ep.media.key,
             media_sha256=ep.media.sha256,
-            task_id=ep.task_id,
+            task_id=task_id,
             policy_version=ep.model_versions.policy,
-            success=ep.success,
+            success=success,
             consistency=None if score is None else round(score, 4),
-            role="world_model_and_idm" if ep.success else "critic_negative",
+            role=role,
+            hindsight_step=step,
         )
 
     with ThreadPoolExecutor(settings.learner.fetch_workers) as pool:
         judged = list(pool.map(judge, episodes))
-    entries = sorted((e for e in judged if e is not None), key=lambda e: e.episode_id)
+    relabelled = [
+        entry(ep, task_id, True, None, "hindsight", step)
+        for ep in episodes
+        for task_id, step in sorted(ep.hindsight.items())
+        if task_id in HINDSIGHT_IDS
+    ]
+    entries = sorted((e for e in [*judged, *relabelled] if e is not None), key=lambda e: (e.episode_id, e.role))
     dropped = sum(1 for ep, e in zip(episodes, judged, strict=True) if e is None and ep.success)
     return DatasetManifest(
         manifest_id=content_id(entries, config.consistency_threshold),
@@ -126,7 +143,9 @@ def curate(settings: Settings, episodes: list[Episode], config: CurationConfig =
 
 
 def content_id(entries: list[ManifestEntry], threshold: float) -> str:
-    body = json.dumps([e.model_dump() for e in entries], sort_keys=True) + f"|{threshold}"
+    # An unset hindsight step is left out, so manifests written before it existed keep their ids.
+    dumps = [e.model_dump(exclude={"hindsight_step"} if e.hindsight_step is None else set()) for e in entries]
+    body = json.dumps(dumps, sort_keys=True) + f"|{threshold}"
     return hashlib.sha256(body.encode()).hexdigest()
 
 

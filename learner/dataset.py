@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from infra.clients import s3_client
-from infra.contracts.episode import MEDIA_ARRAYS, ArraySpec, MediaRef
+from infra.contracts.episode import MEDIA_ARRAYS, ArraySpec, Episode, MediaRef
 from infra.settings import Settings
-from learner.curation import DatasetManifest
+from learner.curation import DatasetManifest, ManifestEntry
 from learner.episode_index import EpisodeIndex
 from learner.media import load_media
+from sim.tabletop import Task
 from worldmodel import stage_data
 from worldmodel.stage_data import Clip
 
@@ -53,22 +54,22 @@ def build_training_set(
 
     with ThreadPoolExecutor(settings.learner.fetch_workers) as pool:
         frames = list(pool.map(fetch, manifest.entries))
-    episodes = [by_id[e.episode_id] for e in manifest.entries]
-    clips = [
-        Clip(
-            "fleet",
-            f,
-            ep.instruction,
-            ep.instruction,
-            actions=np.asarray(ep.actions, np.float32),
-            success=ep.success,
-            task_id=ep.task_id,
-        )
-        for f, ep in zip(frames, episodes, strict=True)
-    ]
+    clips = [fleet_clip(by_id[e.episode_id], e, f) for e, f in zip(manifest.entries, frames, strict=True)]
     if replay is not None:
         clips += [dataclasses.replace(c, stage="replay") for c in load_clips(replay)]
     return save_clips(clips, out, manifest.manifest_id + (f" + replay {replay}" if replay else ""))
+
+
+def fleet_clip(episode: Episode, entry: ManifestEntry, frames: np.ndarray) -> Clip:
+    """An episode as a training clip; a hindsight entry is its frames up to the step the other
+    task's check was met, under that task's instruction, as a success."""
+    actions = np.asarray(episode.actions, np.float32)
+    if entry.role != "hindsight":
+        return Clip(
+            "fleet", frames, episode.instruction, episode.instruction, actions, episode.success, episode.task_id
+        )
+    instruction, end = Task.parse(entry.task_id).instruction, entry.hindsight_step
+    return Clip("fleet", frames[: end + 1], instruction, instruction, actions[:end], True, entry.task_id)
 
 
 def save_clips(clips: list[Clip], out: Path, source: str) -> Path:

@@ -81,6 +81,8 @@ ALL_TASKS: list[Task] = (
 HELD_OUT: frozenset[str] = frozenset({"reach-yellow", "push-green-right", "push-yellow-top", "stack-blue-on-red"})
 SEEN_TASKS = [t for t in ALL_TASKS if t.id not in HELD_OUT]
 HELD_OUT_TASKS = [t for t in ALL_TASKS if t.id in HELD_OUT]
+# Relabelled only into seen tasks: the held-out ones must stay unseen by training, fleet data included.
+HINDSIGHT_TASKS = SEEN_TASKS
 
 
 @pydantic.dataclasses.dataclass(frozen=True)
@@ -146,6 +148,9 @@ class TabletopEnv(gym.Env):
         self.task = Task.parse(task) if isinstance(task, str) else task
         self.scene = self._random_scene(self.task)
         self.steps = 0
+        # Hindsight: other seen tasks this episode comes to satisfy, with the first step it does.
+        # A check already met at the start is no demonstration of anything, so it never counts.
+        self._met_at_start, self.hindsight = self._satisfied_others(), {}
         return self._observation(), self._info(limit_violation=False)
 
     def step(self, action):
@@ -175,6 +180,8 @@ class TabletopEnv(gym.Env):
             self._push(move)
 
         self.steps += 1
+        for task_id in self._satisfied_others() - self._met_at_start - self.hindsight.keys():
+            self.hindsight[task_id] = self.steps
         success = self.success()
         truncated = self.steps >= cfg.max_steps and not success
         return self._observation(), float(success), success, truncated, self._info(limit_violation)
@@ -184,7 +191,13 @@ class TabletopEnv(gym.Env):
 
     # -- task -----------------------------------------------------------------------------------
     def success(self) -> bool:
-        task, scene = self.task, self.scene
+        return self.satisfied(self.task)
+
+    def satisfied(self, task: Task) -> bool:
+        """Whether the scene now meets `task`'s success check (False if a block it names is absent)."""
+        scene = self.scene
+        if any(self._index(c) is None for c in task.colours):
+            return False
         i = self._index(task.colour)
         block = scene.blocks[i]
         if task.kind == "reach":
@@ -194,8 +207,11 @@ class TabletopEnv(gym.Env):
             return bool(scene.held != i and x0 <= block.pos[0] <= x1 and y0 <= block.pos[1] <= y1)
         return bool(scene.held != i and block.on == self._index(task.target))
 
-    def _index(self, colour: str) -> int:
-        return next(i for i, b in enumerate(self.scene.blocks) if b.colour == colour)
+    def _satisfied_others(self) -> set[str]:
+        return {t.id for t in HINDSIGHT_TASKS if t.id != self.task.id and self.satisfied(t)}
+
+    def _index(self, colour: str) -> int | None:
+        return next((i for i, b in enumerate(self.scene.blocks) if b.colour == colour), None)
 
     # -- contact rules --------------------------------------------------------------------------
     def _block_under_effector(self) -> int:
@@ -293,6 +309,7 @@ class TabletopEnv(gym.Env):
             "heldout": self.task.id in HELD_OUT,
             "limit_violation": limit_violation,
             "success": self.success(),
+            "hindsight": dict(self.hindsight),
         }
 
     def _render(self) -> np.ndarray:

@@ -12,7 +12,7 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -117,6 +117,11 @@ class EpisodeCore(BaseModel):
     decisions: list[Decision]
     rejections: dict[str, int] = Field(default_factory=dict, description="rejection counts by reason")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="summed time per stage")
+    hindsight: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="other tasks whose success check the episode met, each with the first step it did "
+        "(hindsight relabelling: the executed frames up to that step demonstrate that task)",
+    )
 
     @field_validator("ended_at")
     @classmethod

@@ -12,6 +12,7 @@ from infra.clients import s3_client
 from infra.contracts import arrays
 from infra.contracts.episode import ArraySpec, CandidateRecord, Decision, Episode, MediaRef
 from learner.curation import CurationConfig, curate, load_manifest, save_manifest
+from learner.dataset import fleet_clip
 from sim.synthetic import EpisodeShape, render_clip, synthetic_core
 
 pytestmark = pytest.mark.integration
@@ -87,3 +88,22 @@ def test_curation_keeps_consistent_successes_for_training_and_failures_for_the_c
     uri = save_manifest(plane, manifest)
     assert uri.endswith(f"{manifest.manifest_id}.json")
     assert load_manifest(plane, uri) == manifest
+
+
+def test_a_failure_that_met_another_seen_task_trains_as_that_tasks_success_up_to_that_step(plane):
+    rng = np.random.default_rng(1)
+    failed = _episode(plane, rng, False, as_imagined)
+    failed = failed.model_copy(update={"hindsight": {"reach-red": 4, "reach-yellow": 6}})  # reach-yellow: held out
+
+    manifest = curate(plane, [failed], CurationConfig(consistency_threshold=0.5))
+
+    [relabelled] = manifest.of_role("hindsight")
+    assert (relabelled.task_id, relabelled.hindsight_step, relabelled.success) == ("reach-red", 4, True)
+    assert [e.episode_id for e in manifest.of_role("critic_negative")] == [str(failed.episode_id)]
+    assert load_manifest(plane, save_manifest(plane, manifest)) == manifest
+
+    frames = render_clip(rng, STEPS, 32, noise=0)
+    clip = fleet_clip(failed, relabelled, frames)
+    assert clip.caption == "reach the red block" and clip.success
+    assert len(clip.frames) == 5 and len(clip.actions) == 4  # the frames up to the step it was met
+    assert np.array_equal(clip.actions, np.asarray(failed.actions[:4], np.float32))

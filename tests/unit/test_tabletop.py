@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from sim.scripted import run_expert
+from sim.scripted import expert_action, run_expert
 from sim.tabletop import ALL_TASKS, HELD_OUT, SEEN_TASKS, TabletopConfig, TabletopEnv
 
 OPEN, CLOSE = -1.0, 1.0
@@ -105,3 +105,22 @@ def test_random_actions_rarely_succeed():
             done = terminated or truncated
         wins += info["success"]
     assert wins < 15
+
+
+def test_an_episode_reports_the_other_tasks_it_met_in_hindsight_with_the_first_step():
+    env = TabletopEnv(split="all")
+    stack = next(t for t in SEEN_TASKS if t.kind == "stack")
+    obs, info = env.reset(seed=3, options={"task": stack})
+    met_at_start = {t.id for t in SEEN_TASKS if t != stack and env.satisfied(t)}
+    trace = []
+    done, rng = False, np.random.default_rng(3)
+    while not done:
+        _, _, terminated, truncated, info = env.step(expert_action(env, rng, 0.0))
+        trace.append({t.id for t in SEEN_TASKS if t != stack and env.satisfied(t)})
+        done = terminated or truncated
+    hindsight = info["hindsight"]
+    # to stack the block it first reaches it: a reach of that colour, met on the way
+    assert f"reach-{stack.colour}" in hindsight and 1 <= hindsight[f"reach-{stack.colour}"] < len(trace)
+    for task_id, step in hindsight.items():
+        assert task_id in trace[step - 1] and all(task_id not in met for met in trace[: step - 1])
+    assert not (set(hindsight) & (met_at_start | HELD_OUT | {stack.id}))
