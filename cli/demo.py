@@ -31,6 +31,7 @@ def demo(
     from prefect import tags
 
     from flows.fleet_demo import fleet_demo
+    from flows.learning_curve import draw_learning_curve
 
     start_stack(fleet)
     run = f"demo-{uuid.uuid4().hex[:6]}"  # its own topics, registered model and index
@@ -66,8 +67,9 @@ def demo(
         f"{result['rollout_propagation_s_p95']} s; {result['seconds']:.0f} s in all\n"
         f"MLflow UI {fleet.mlflow_tracking_uri}, Prefect UI {fleet.prefect_api_url.removesuffix('/api')}"
     )
-    console.print(f"look at it: fleet dashboard --run {run}")
-    write_json(result | {"run": run}, out)
+    curve = draw_learning_curve(result["rounds"], out.with_name("learning_curve.png"))
+    console.print(f"learning curve: {curve}; look at it live: fleet dashboard --run {run}")
+    write_json(result | {"run": run, "learning_curve": str(curve)}, out)
     if result["lost"] or result["duplicated"]:
         raise typer.Exit(1)
 
