@@ -63,13 +63,13 @@ class DemoProfile(BaseModel):
     degrade_round: Annotated[int, Field(ge=0)] = 2  # 0: none
     episodes_per_round: Annotated[int, Field(ge=1)] = 50  # champion episodes that measure a round's fleet success
     # The canary is promoted once shown not worse than the champion by 10 points (one-sided 95%
-    # bound): at the demo's rates of 5-15%, about 60 episodes an arm. Past 80 an arm it cannot
+    # bound): at the demo's rates of 5-10%, about 60 episodes an arm. Past 60 an arm it cannot
     # tell, and the champion is kept.
     round: RoundConfig = RoundConfig(
         finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100),
         eval_episodes=2,
         eval_candidates=4,
-        analysis=AnalysisConfig(min_episodes=20, margin=0.10, max_episodes=80),
+        analysis=AnalysisConfig(min_episodes=20, margin=0.10, max_episodes=60),
         canary_fraction=0.5,
         canary_timeout_s=900,
     )
