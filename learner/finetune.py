@@ -52,6 +52,11 @@ class FinetuneJob:
     # The share of every batch drawn from the fleet's episodes; the rest replays the robot logs (when
     # the training set has them), so a round adds what the fleet did without forgetting the base.
     fleet_share: Annotated[float, Field(ge=0, le=1)] = 0.5
+    # Half of every IDM batch is futures imagined by the generator being fine-tuned, labelled with
+    # what the robot really did, redrawn every `imagine_every` steps: the IDM reads imagined futures
+    # at run time, and must keep up with the generator it is paired with. 0 windows: real frames only.
+    imagined_windows: Annotated[int, Field(ge=0)] = 128
+    imagine_every: Annotated[int, Field(ge=1)] = 100
     loss_weights: dict[str, float] = field(default_factory=lambda: {"video": 1.0, "idm": 1.0, "critic": 1.0})
 
     def deepspeed_config(self) -> dict:

@@ -5,7 +5,9 @@ so the three keep reading the same text. Each loss draws `fleet_share` of its ba
 fleet's episodes and the rest from the replayed robot logs:
 - the world model on successful episodes (the fleet's kept, imagined-and-executed successes);
 - the IDM on every executed transition, failed episodes included: its labels are the actions the
-  robot really took, exact whatever the outcome, on the states the fleet's own policy visits;
+  robot really took, exact whatever the outcome, on the states the fleet's own policy visits; and
+  on futures the generator being fine-tuned imagines from those frames, redrawn as it trains, so
+  the IDM stays adapted to the generator it will read at run time;
 - the critic on successes against failures and wrong instructions.
 The loop is the base stages' own (`worldmodel.trainer.fit`), and so is the checkpoint format:
 safetensors, never a pickle. A resumed run restarts AdamW's moments from zero.
@@ -26,7 +28,14 @@ import torch
 from learner.dataset import load_clips
 from learner.finetune import CHECKPOINT, JOB, PROGRESS, RESULT, FinetuneJob
 from worldmodel.checkpoint import load_state, save_state
-from worldmodel.objectives import critic_instructions, critic_loss, idm_loss, video_loss
+from worldmodel.objectives import (
+    ImaginedWindows,
+    critic_instructions,
+    critic_loss,
+    idm_loss,
+    imagine_windows,
+    video_loss,
+)
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import StageData
 from worldmodel.trainer import DeepSpeedEngine, NonFiniteLoss, TorchEngine, fit
@@ -52,7 +61,22 @@ class Objective(torch.nn.Module):
                 "critic": (fleet, replay),
             }.items()
         }
-        self.instructions = critic_instructions(StageData.build(clips, policy))
+        self.everything = StageData.build(clips, policy)
+        self.instructions = critic_instructions(self.everything)
+        self.imagined: ImaginedWindows | None = None
+        self.imagined_for = -1  # the `imagine_every` period the windows were drawn in
+
+    def imagine(self, seed: int, step: int) -> ImaginedWindows | None:
+        """The current generator's futures for the IDM, redrawn once per `imagine_every` steps."""
+        period, future = step // self.job.imagine_every, self.policy.video_model.config.future_frames
+        if not any(len(f) > future + 2 for f in self.everything.frames):
+            return None  # no clip long enough to imagine from and check against
+        if self.job.imagined_windows and period != self.imagined_for:
+            rng = np.random.default_rng(seed)
+            self.imagined = imagine_windows(self.policy, self.everything, self.job.imagined_windows, rng)
+            self.imagined_for = period
+            self.train()  # imagining put the networks in eval mode
+        return self.imagined
 
     def split(self, loss: str) -> tuple[int, int]:
         """Windows of `loss` per step from the fleet and from replay: the stated share, or all from
@@ -63,11 +87,12 @@ class Objective(torch.nn.Module):
         n_fleet = min(max(round(self.job.fleet_share * self.job.batch), 0), self.job.batch)
         return n_fleet, self.job.batch - n_fleet
 
-    def forward(self, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, seed: int, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rng, p = np.random.default_rng(seed), self.policy
+        imagined = self.imagine(seed, step)
         losses = {
             "video": lambda data, n: video_loss(p, data, n, rng),
-            "idm": lambda data, n: idm_loss(p, data, n, rng),
+            "idm": lambda data, n: idm_loss(p, data, n, rng, imagined),
             "critic": lambda data, n: critic_loss(p, data, n, rng, self.instructions),
         }
         parts = {}
@@ -110,7 +135,7 @@ def run(run_dir: Path) -> int:
         fit(
             engine,
             job.steps,
-            batch=lambda step: (seed + step * world,),
+            batch=lambda step: (seed + step * world, step),
             start=start,
             world=world,
             after_step=after_step,

@@ -29,13 +29,13 @@ def test_the_idm_learns_from_failed_fleet_episodes_and_each_batch_mixes_fleet_an
     torch.manual_seed(0)
     fleet, replay = _fleet_and_replay()
     policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]))
-    objective = Objective(policy, fleet + replay, FinetuneJob(batch=8, fleet_share=0.25))
+    objective = Objective(policy, fleet + replay, FinetuneJob(batch=8, fleet_share=0.25, imagined_windows=8))
 
     idm_fleet, idm_replay = objective.data["idm"]
     assert [c.success for c in idm_fleet.clips] == [False, True, True]  # its labels are exact either way
     assert all(c.success for c in objective.data["video"][0].clips)  # the world model imitates successes
     assert objective.split("idm") == (2, 6) and objective.split("video") == (2, 6)
-    loss, parts = objective(0)
+    loss, parts = objective(0, step=0)
     assert torch.isfinite(loss) and set(parts) == {"video", "idm", "critic"}
 
     alone = Objective(policy, fleet, FinetuneJob(batch=8, fleet_share=0.25))
@@ -50,3 +50,21 @@ def test_a_training_set_keeps_replayed_logs_grounding_points_and_detailed_captio
     for saved, back in zip(replay, loaded[3:], strict=True):
         assert np.array_equal(saved.points, back.points) and back.detailed_caption == saved.detailed_caption
         assert np.array_equal(saved.actions, back.actions)
+
+
+def test_the_idm_adapts_to_futures_the_generator_imagines_as_it_is_fine_tuned():
+    torch.manual_seed(0)
+    fleet, replay = _fleet_and_replay()
+    policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]))
+    job = FinetuneJob(batch=4, imagined_windows=6, imagine_every=2)
+    objective = Objective(policy, fleet + replay, job)
+    objective.train()
+    objective(0, step=0)
+    first = objective.imagined
+    assert first is not None and len(first.frames) == 6 and first.actions.shape[0] == 6
+    assert objective.idm.training and objective.video_model.training  # imagining does not leave them in eval
+    objective(1, step=1)
+    assert objective.imagined is first  # the same period: not redrawn
+    objective(2, step=2)
+    assert objective.imagined is not first  # redrawn from the generator as it is now
+    assert Objective(policy, fleet, FinetuneJob(imagined_windows=0)).imagine(0, 0) is None
