@@ -82,8 +82,10 @@ class Rollout:
         """End version's canary without promoting it. The champion is never touched."""
         version, canary = str(version), self.store.by_alias("canary")
         if canary is None or canary.version != version:
-            mv = self.store.get(version)
-            if self._state(mv) == RolloutState.rolled_back:  # a retry of this very transition
+            mv, champion = self.store.get(version), self.store.by_alias("champion")
+            promoted = champion is not None and champion.version == version
+            # a retry of this very transition, whether it stopped before or after recording the state
+            if not promoted and self._state(mv) in (RolloutState.rolled_back, RolloutState.canary):
                 return self._settle(mv, RolloutState.rolled_back, reason)
             raise RolloutError(f"version {version} is not in canary (canary: {canary.version if canary else 'none'})")
         self.store.delete_alias("canary")

@@ -143,6 +143,11 @@ def test_a_transition_names_its_version_and_leaves_another_canary_alone(tracked,
         rollout.promote(v2, "late verdict")
     rollout.end_canary(v2, "late verdict")  # already ended: announced again, nothing moves
     assert store.aliases() == {"champion": v1, "canary": v3}
+    # killed after clearing the alias, before recording the state: the retry records it
+    store.delete_alias("canary")
+    rollout.end_canary(v3, "canary analysis: retried")
+    assert {v["version"]: v["state"] for v in rollout.status()["versions"]}[v3] == "rolled_back"
+    assert store.aliases() == {"champion": v1}
     rollout.close()
 
 
