@@ -25,6 +25,7 @@ def _train(
     skip: tuple[str, ...] = (),
     again: bool = False,
     text_encoder: str | None = None,
+    prediction: str | None = None,
 ) -> None:
     import dataclasses
 
@@ -38,6 +39,10 @@ def _train(
         if text_encoder not in ("trained", *PRETRAINED):
             raise UsageError(f"unknown text encoder {text_encoder!r}", hint=f"trained, {', '.join(PRETRAINED)}")
         chosen = dataclasses.replace(chosen, pretrained_text=None if text_encoder == "trained" else text_encoder)
+    if prediction is not None:
+        if prediction not in ("velocity", "x"):
+            raise UsageError(f"unknown prediction target {prediction!r}", hint="velocity or x")
+        chosen = dataclasses.replace(chosen, prediction=prediction)
     skip = tuple(OLD_NAMES.get(s, s) for s in skip)
     if unknown := set(skip) - set(STAGES):
         raise UsageError(f"unknown stage {', '.join(sorted(unknown))}", hint=f"stages: {', '.join(STAGES)}")
@@ -66,9 +71,14 @@ def all_stages(
         help="instruction encoder: `trained` (words learned from the captions) or all-MiniLM-L6-v2 "
         "(frozen, pretrained, with a trained adapter); unset: the profile's",
     ),
+    prediction: str | None = typer.Option(
+        None,
+        help="what the generator predicts: `velocity` (flow matching) or `x` (the clean change; one "
+        "sampler step gives the mean); unset: the preset's",
+    ),
 ) -> None:
     """Every stage in order; resumes from the run directory's checkpoint."""
-    _train(profile, out, None, tuple(skip), text_encoder=text_encoder)
+    _train(profile, out, None, tuple(skip), text_encoder=text_encoder, prediction=prediction)
 
 
 def _stage_command(stage: str, doc: str, name: str | None = None, hidden: bool = False) -> None:

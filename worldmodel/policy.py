@@ -7,7 +7,7 @@ Saved as a directory of safetensors weights with each network's config as JSON, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,13 @@ class WorldModelPolicy:
     critic: SuccessCritic
 
     @classmethod
-    def create(cls, vocab: list[str], preset: str = "tiny", pretrained_text: str | None = None) -> WorldModelPolicy:
+    def create(
+        cls, vocab: list[str], preset: str = "tiny", pretrained_text: str | None = None, prediction: str | None = None
+    ) -> WorldModelPolicy:
+        """Fresh networks of a preset; `prediction` overrides the generator's ("velocity" or "x")."""
         video = VIDEO_PRESETS[preset]
+        if prediction is not None:
+            video = replace(video, prediction=prediction)
         return cls(
             TextEncoder(TextEncoderConfig(vocab=vocab, dim=video.text_dim, pretrained=pretrained_text)),
             VideoGenerator(video),

@@ -59,6 +59,7 @@ class TrainProfile:
     # Conditioning on a frozen pretrained sentence encoder understands instructions in words the
     # simulator never uses; None trains a word embedding from the captions alone.
     pretrained_text: Literal["all-MiniLM-L6-v2"] | None = None
+    prediction: Literal["velocity", "x"] | None = None  # the generator's target; None: the preset's
     seed: int = 0
 
 
@@ -146,7 +147,7 @@ def train_all(
     }
     texts = [text for cs in clips.values() for c in cs for text in (c.caption, c.detailed_caption)]
     vocab = build_vocab(texts + [task.instruction for task in ALL_TASKS])
-    policy = WorldModelPolicy.create(vocab, profile.preset, profile.pretrained_text)
+    policy = WorldModelPolicy.create(vocab, profile.preset, profile.pretrained_text, profile.prediction)
     data = {k: StageData.build(v, policy) for k, v in clips.items()}
     timings["data_s"] = time.perf_counter() - t
 

@@ -126,6 +126,7 @@ def test_critic_scores_are_probabilities():
         (TextEncoder, TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS))),
         (TextEncoder, TextEncoderConfig(vocab=build_vocab(INSTRUCTIONS), pretrained="all-MiniLM-L6-v2")),
         (VideoGenerator, VideoModelConfig(patch=2)),
+        (VideoGenerator, VideoModelConfig(prediction="x")),
     ],
 )
 def test_save_and_load_round_trip_exactly(tmp_path, cls, config):
@@ -137,3 +138,22 @@ def test_save_and_load_round_trip_exactly(tmp_path, cls, config):
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+
+
+def test_x_prediction_samples_the_predicted_change_in_one_step_and_learns_it():
+    torch.manual_seed(0)
+    cfg = VideoModelConfig(prediction="x", channels=(16, 32))
+    model = VideoGenerator(cfg).eval()
+    first, text = torch.randn(2, 3, cfg.size, cfg.size), random_text(2, cfg.text_dim)
+    noise = torch.randn(2, cfg.future_frames, 3, cfg.size, cfg.size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        predicted = model(noise, torch.zeros(2), first, text, model.grounding(first, text))
+    one_step = model.sample(first, text, k=1, steps=1, generator=torch.Generator().manual_seed(3))[:, 0]
+    assert torch.allclose(one_step, (first[:, None] + predicted / cfg.change_scale).clamp(-1, 1), atol=1e-5)
+
+    # the loss is the error in the change itself, whatever the noise: a model that outputs the true
+    # change scores zero
+    change = torch.randn(2, cfg.future_frames, 3, cfg.size, cfg.size) * 0.05
+    video = first[:, None] + change
+    model.forward = lambda x_t, t, f, txt, pts: change * cfg.change_scale
+    assert model.loss(video, first, text).item() < 1e-10
