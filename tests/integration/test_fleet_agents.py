@@ -115,7 +115,7 @@ def test_rollback_restores_the_previous_champion_on_every_robot(tracked, tiny_po
     canaries = canary_robots([r.robot_id for r in fleet.robots], v2, 0.5)
     assert 0 < sum(r.version == v2 for r in fleet.robots) == len(canaries)
 
-    rollout.promote("canary looked good")
+    rollout.promote(v2, "canary looked good")
     fleet.models.refresh()
     fleet.tick()
     assert _versions(fleet) == {v2}
