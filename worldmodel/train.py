@@ -137,7 +137,7 @@ def train_all(
     torch.manual_seed(profile.seed)
     rng = np.random.default_rng(profile.seed)
     out.mkdir(parents=True, exist_ok=True)
-    timings, report = {}, {"profile": asdict(profile), "skipped": list(skip_stages)}
+    timings, report = {}, {"profile": asdict(profile), "skipped": list(skip_stages), "trained": []}
 
     t = time.perf_counter()
     clips = {
@@ -173,6 +173,7 @@ def train_all(
         timings[f"{stage}_s"] = time.perf_counter() - t
         report[f"{stage}_loss_first_last"] = [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]
         done.append(stage)
+        report["trained"].append(stage)  # by this call; the times of earlier calls' stages are kept
         save_state(state, modules, {"done": done})
     policy.eval().save(out / "policy")
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
