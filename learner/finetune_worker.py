@@ -63,15 +63,16 @@ class Objective(torch.nn.Module):
         }
         self.everything = StageData.build(clips, policy)
         self.instructions = critic_instructions(self.everything)
+        future = policy.video_model.config.future_frames
+        # windows to imagine, and a clip long enough to imagine from and check against
+        self.can_imagine = job.imagined_windows > 0 and any(len(f) > future + 2 for f in self.everything.frames)
         self.imagined: ImaginedWindows | None = None
         self.imagined_for = -1  # the `imagine_every` period the windows were drawn in
 
     def imagine(self, seed: int, step: int) -> ImaginedWindows | None:
         """The current generator's futures for the IDM, redrawn once per `imagine_every` steps."""
-        period, future = step // self.job.imagine_every, self.policy.video_model.config.future_frames
-        if not any(len(f) > future + 2 for f in self.everything.frames):
-            return None  # no clip long enough to imagine from and check against
-        if self.job.imagined_windows and period != self.imagined_for:
+        period = step // self.job.imagine_every
+        if self.can_imagine and period != self.imagined_for:
             rng = np.random.default_rng(seed)
             self.imagined = imagine_windows(self.policy, self.everything, self.job.imagined_windows, rng)
             self.imagined_for = period
