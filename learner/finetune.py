@@ -188,8 +188,7 @@ def run_finetune(run_dir: Path, world_size: int = 1, timeout_s: float = 3600, pr
                 if time.monotonic() > deadline:
                     raise FinetuneFailed(f"fine-tuning in {run_dir} ran past {timeout_s:.0f} s")
                 if progress and (run_dir / PROGRESS).exists():
-                    with contextlib.suppress(json.JSONDecodeError):  # caught mid-write
-                        progress(json.loads((run_dir / PROGRESS).read_text()))
+                    progress(json.loads((run_dir / PROGRESS).read_text()))
                 time.sleep(0.5)
         finally:
             if proc.poll() is None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infra.files import write_json_atomic
 from learner.dataset import load_clips
 from learner.finetune import CHECKPOINT, JOB, PROGRESS, RESULT, FinetuneJob
 from worldmodel.checkpoint import load_state, save_state
@@ -128,7 +129,7 @@ def run(run_dir: Path) -> int:
                     save_state(run_dir / CHECKPOINT, modules, {"step": done})
         if rank == 0:
             last.update({k: round(v, 5) for k, v in parts.items()})
-            (run_dir / PROGRESS).write_text(json.dumps({"step": done, "steps": job.steps, "losses": last}))
+            write_json_atomic(run_dir / PROGRESS, {"step": done, "steps": job.steps, "losses": last})
 
     t0 = time.perf_counter()
     try:
@@ -176,7 +177,7 @@ def _save_policy(run_dir: Path, rank: int, policy: WorldModelPolicy) -> None:
 
 def _finish(run_dir: Path, rank: int, result: dict, code: int = 0) -> int:
     if rank == 0:
-        (run_dir / RESULT).write_text(json.dumps(result, indent=1))
+        write_json_atomic(run_dir / RESULT, result, indent=1)
     return code
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from infra.clients import port_open
+from infra.files import write_json_atomic
 from infra.settings import SERVICES, Service, Settings
 from infra.stack.provision import ensure_buckets, ensure_topics
 from infra.stack.services import SERVICES_IN_ORDER, EmbeddedService, StackError
@@ -38,9 +39,7 @@ def _read_state(s: Settings) -> dict[str, dict]:
 def _write_state(s: Settings, state: dict[str, dict]) -> None:
     path = _state_path(s)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, state, indent=2)
 
 
 def _alive(pid: int) -> bool:
