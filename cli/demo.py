@@ -67,7 +67,14 @@ def demo(
         f"{result['rollout_propagation_s_p95']} s; {result['seconds']:.0f} s in all\n"
         f"MLflow UI {fleet.mlflow_tracking_uri}, Prefect UI {fleet.prefect_api_url.removesuffix('/api')}"
     )
-    curve = draw_learning_curve(result["rounds"], out.with_name("learning_curve.png"))
+    learned = result["learning"]
+    console.print(
+        f"learning, offline on the same {learned['seeds']} seeds: base v{learned['base_version']} "
+        f"{learned['base_success']:.0%}, final champion v{learned['final_version']} {learned['final_success']:.0%} "
+        f"({learned['final_only']} seeds only it won, {learned['base_only']} only the base); "
+        f"one-sided McNemar p = {learned['p_value']}"
+    )
+    curve = draw_learning_curve({"fleet": result["rounds"]}, out.with_name("learning_curve.png"))
     console.print(f"learning curve: {curve}; look at it live: fleet dashboard --run {run}")
     write_json(result | {"run": run, "learning_curve": str(curve)}, out)
     if result["lost"] or result["duplicated"]:

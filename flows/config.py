@@ -62,6 +62,8 @@ class DemoProfile(BaseModel):
     rounds: Annotated[int, Field(ge=1)] = 3  # improvement rounds, the degraded one included
     degrade_round: Annotated[int, Field(ge=0)] = 2  # 0: none
     episodes_per_round: Annotated[int, Field(ge=1)] = 50  # champion episodes that measure a round's fleet success
+    # per split: the base and the final champion each run 2x this many seeded episodes offline
+    learning_episodes: Annotated[int, Field(ge=1)] = 100
     # The canary is promoted once shown not worse than the champion by 10 points (one-sided 95%
     # bound): at the demo's rates of 5-10%, about 60 episodes an arm. Past 60 an arm it cannot
     # tell, and the champion is kept.
@@ -95,6 +97,7 @@ DEMO_PROFILES = {
         rounds=2,
         degrade_round=2,
         episodes_per_round=4,
+        learning_episodes=1,
         round=RoundConfig(
             finetune=FinetuneJob(steps=3, batch=2),
             eval_episodes=1,

@@ -22,16 +22,17 @@ import numpy as np
 from prefect import flow
 
 from fleet_agent.fleet import Fleet, FleetConfig
-from flows.config import DEMO_PROFILES
+from flows.config import DEMO_PROFILES, DemoProfile
 from flows.improvement import improvement_round
 from infra.contracts.rollout import RoundDecision
-from infra.contracts.rounds import RoundReport, RoundSuccess
+from infra.contracts.rounds import Learning, RoundReport, RoundSuccess
 from infra.settings import Settings
-from infra.stats import wilson
+from infra.stats import mcnemar, wilson
 from learner.dataset import save_clips
 from learner.episode_index import EpisodeIndex
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
+from worldmodel.evaluate import evaluate
 from worldmodel.planner import PlannerConfig
 from worldmodel.stage_data import robot_logs
 from worldmodel.train import train_all
@@ -49,8 +50,11 @@ def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_
 
 
 @flow(name="fleet-demo", log_prints=True)
-def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".fleet/demo"), progress=None) -> dict:
-    demo, base_profile = DEMO_PROFILES[profile], DEMO_PROFILES[profile].train_profile()
+def fleet_demo(
+    settings: Settings, profile: str | DemoProfile = "quick", work: Path = Path(".fleet/demo"), progress=None
+) -> dict:
+    demo = DEMO_PROFILES[profile] if isinstance(profile, str) else profile
+    base_profile = demo.train_profile()
     t0 = time.monotonic()
     print(f"base training: {base_profile}")
     train_all(base_profile, work / "base", progress)
@@ -120,7 +124,55 @@ def fleet_demo(settings: Settings, profile: str = "quick", work: Path = Path(".f
         runner.join(timeout=300)
         fleet.close(drain_timeout=120)
         rollout.close()
-    return rounds_summary(settings, fleet, rounds, time.monotonic() - t0)
+    final = store.by_alias("champion").version
+    learning = measure_learning(store, base.version, final, demo.learning_episodes, demo.candidates, progress)
+    print(
+        f"learning: base v{learning.base_version} {learning.base_success:.0%}, final v{learning.final_version} "
+        f"{learning.final_success:.0%} on the same {learning.seeds} seeds; one-sided p = {learning.p_value}"
+    )
+    summary = rounds_summary(settings, fleet, rounds, time.monotonic() - t0)
+    return summary | {"learning": learning.model_dump(mode="json")}
+
+
+def measure_learning(
+    store: ModelStore, base: str, final: str, episodes: int, candidates: int, progress=None
+) -> Learning:
+    """The base and the final champion on the same `episodes` seeds per split, with the fleet's K.
+    A final champion that is still the base is evaluated once: same weights, same seeds, same outcomes."""
+    outcomes = {}
+    for version in dict.fromkeys((base, final)):
+        report = evaluate(
+            store.fetch(store.get(version)),
+            episodes,
+            planner_config=PlannerConfig(candidates=candidates),
+            progress=_episode_counter(progress, f"learning: v{version}", 2 * episodes),
+        )
+        outcomes[version] = report.outcomes["seen"] + report.outcomes["heldout"]
+    b, f = outcomes[base], outcomes[final]
+    test = mcnemar(f, b, alternative="greater")
+    return Learning(
+        base_version=base,
+        final_version=final,
+        seeds=len(b),
+        first_seed=report.first_seed,
+        base_success=round(sum(b) / len(b), 4),
+        base_ci95=wilson(sum(b), len(b)),
+        final_success=round(sum(f) / len(f), 4),
+        final_ci95=wilson(sum(f), len(f)),
+        final_only=test["a_only"],
+        base_only=test["b_only"],
+        p_value=test["p_value"],
+        base_outcomes=b,
+        final_outcomes=f,
+    )
+
+
+def _episode_counter(progress, label: str, total: int):
+    """`evaluate`'s per-episode callback, drawn as one of the demo's progress bars."""
+    if progress is None:
+        return None
+    bar, done = progress(label, total), iter(range(1, total + 1))
+    return lambda: bar(next(done), None)
 
 
 def _evaluation(report: RoundReport) -> dict[str, dict[str, float]] | None:

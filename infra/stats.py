@@ -14,15 +14,22 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
     return [round(max(0.0, float(centre - half)), 4), round(min(1.0, float(centre + half)), 4)]
 
 
-def mcnemar(a: list[bool], b: list[bool]) -> dict[str, float | int]:
+def mcnemar(a: list[bool], b: list[bool], alternative: str = "two-sided") -> dict[str, float | int]:
     """Exact McNemar test of two policies run on the same seeds: does A succeed where B fails
     more often than the reverse? Only the discordant seeds carry evidence; under the null each is
-    A's with probability 1/2, so the two-sided p is a binomial tail (exact, sound at small counts).
-    """
+    A's with probability 1/2, so p is a binomial tail (exact, sound at small counts).
+
+    alternative: "two-sided" (A and B differ) or "greater" (A is better than B: the one-sided p,
+    the chance of A winning at least this many discordant seeds if neither were better)."""
     if len(a) != len(b):
         raise ValueError(f"paired outcomes differ in length: {len(a)} against {len(b)}")
+    if alternative not in ("two-sided", "greater"):
+        raise ValueError(f"alternative {alternative!r}: two-sided or greater")
     a_only = sum(x and not y for x, y in zip(a, b, strict=True))
     b_only = sum(y and not x for x, y in zip(a, b, strict=True))
-    n, k = a_only + b_only, min(a_only, b_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
-    return {"a_only": a_only, "b_only": b_only, "p_value": round(min(1.0, 2 * tail), 6)}
+    n = a_only + b_only
+    if alternative == "greater":
+        p = sum(math.comb(n, i) for i in range(a_only, n + 1)) / 2**n
+    else:
+        p = 2 * sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1)) / 2**n
+    return {"a_only": a_only, "b_only": b_only, "p_value": round(min(1.0, p), 6)}

@@ -41,3 +41,24 @@ class RoundSuccess(BaseModel):
     degraded_on_purpose: bool | None = None
     canary: dict | None = None
     evaluation_same_seeds: dict[str, dict[str, float]] | None = None
+
+
+class Learning(BaseModel):
+    """Did the loop learn? The base champion and the final one on the same seeded episodes, offline,
+    paired: the fleet's per-round success varies with its episodes, this does not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_version: str
+    final_version: str
+    seeds: int = Field(description="episodes each champion ran: both splits, the same seeds for both")
+    first_seed: int
+    base_success: float = Field(ge=0, le=1)
+    base_ci95: tuple[float, float]
+    final_success: float = Field(ge=0, le=1)
+    final_ci95: tuple[float, float]
+    final_only: int = Field(description="seeds the final champion won and the base lost")
+    base_only: int = Field(description="seeds the base won and the final champion lost")
+    p_value: float = Field(ge=0, le=1, description="one-sided exact McNemar: is the final champion better?")
+    base_outcomes: list[bool] = Field(description="each seed's success, seen split then held-out")
+    final_outcomes: list[bool]

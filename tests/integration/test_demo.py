@@ -24,3 +24,10 @@ def test_the_ci_demo_runs_every_round_and_accounts_for_every_episode(tracked, tm
     assert result["episodes_published"] >= profile.episodes_per_round * len(result["rounds"])
     assert result["episodes_indexed"] == result["episodes_published"]
     assert result["lost"] == 0 and result["duplicated"] == 0
+
+    learning = result["learning"]  # base and final champion, offline, on the same seeds
+    assert learning["base_version"] == result["rounds"][0]["champion_version"]
+    assert learning["final_version"] == result["rounds"][-1]["champion_version"]
+    assert learning["seeds"] == 2 * profile.learning_episodes
+    assert 0 <= learning["base_success"] <= 1 and 0 <= learning["final_success"] <= 1
+    assert 0 <= learning["p_value"] <= 1

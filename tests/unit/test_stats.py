@@ -25,6 +25,16 @@ def test_mcnemar_counts_only_the_seeds_where_the_two_disagree():
     assert mcnemar([True] * 5 + [False] * 5, [False] * 5 + [True] * 5)["p_value"] == 1.0
 
 
+def test_the_one_sided_mcnemar_asks_only_whether_a_is_better():
+    a = [True] * 8 + [False] * 1 + [False] * 91
+    b = [False] * 8 + [True] * 1 + [False] * 91
+    # A won 8 of the 9 discordant seeds: p = P(X >= 8), X ~ Bin(9, 1/2) = (C(9,8) + C(9,9)) / 2^9
+    assert mcnemar(a, b, alternative="greater")["p_value"] == round(10 / 512, 6)
+    # the other way round A is not better: P(X >= 1) = 1 - 1/512
+    assert mcnemar(b, a, alternative="greater")["p_value"] == round(511 / 512, 6)
+    assert mcnemar(a, a, alternative="greater")["p_value"] == 1.0
+
+
 def report(outcomes: dict[str, list[bool]], first_seed: int = 10_000) -> EvaluationReport:
     n = len(outcomes["seen"])
     rate = {split: sum(o) / n for split, o in outcomes.items()}
