@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.app import console, group, progress, report, settings, with_bar, write_json
+from cli.app import console, group, progress, report, settings, start_stack, with_bar, write_json
 from infra.errors import UsageError
 
 bench_app = group("bench", "Benchmarks: each measures the real path and writes JSON.")
@@ -182,4 +182,51 @@ def data_scaling(
         table.add_row(*(str(v) for v in (p.robot_logs, p.seen, p.seen_ci95, p.heldout, p.heldout_ci95, p.train_s)))
     console.print(table)
     console.print(f"plot: {result.plot}")
+    write_json(result, out)
+
+
+@bench_app.command("learning")
+def learning(
+    profile: str = typer.Option("quick", help="the demo's profile both arms run: quick or ci"),
+    work: Path = typer.Option(Path(".fleet/bench-learning"), help="the shared base and each arm's rounds"),
+    plot: Path = typer.Option(Path("out/learning_fleet_vs_control.png"), help="where to draw both arms' curves"),
+    out: Path = typer.Option(Path("out/bench_learning.json"), help="where to write the JSON result"),
+) -> None:
+    """The demo's rounds with the fleet's episodes, then again on replayed logs alone (a control):
+    both arms' curves, and their final champions paired on the same seeds."""
+    from flows.config import DEMO_PROFILES
+    from infra.clients import use_prefect
+
+    if profile not in DEMO_PROFILES:
+        raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(DEMO_PROFILES)}")
+    use_prefect(fleet := settings())  # before Prefect is imported, or it starts a server of its own
+    from prefect import tags
+
+    from benchmarks.learning import bench_learning
+
+    start_stack(fleet)
+    with progress() as bars, tags(fleet.registry.flow_run_tag):
+
+        def bar(stage: str, steps: int):
+            task = bars.add_task(stage, total=steps)
+            return lambda step, loss: bars.update(task, completed=step)
+
+        result = bench_learning(fleet, profile, work, plot, bar)
+    table = Table("arm", "fleet share", "base", "final", "one-sided p (final > base)", "lost")
+    for name, arm in result.arms.items():
+        learned = arm.learning
+        table.add_row(
+            name,
+            f"{arm.fleet_share:.2f}",
+            f"v{learned['base_version']} {learned['base_success']:.0%}",
+            f"v{learned['final_version']} {learned['final_success']:.0%}",
+            str(learned["p_value"]),
+            str(arm.lost),
+        )
+    console.print(table)
+    console.print(
+        f"final champions on the same {result.seeds} seeds: fleet {result.fleet_final_success:.0%}, control "
+        f"{result.control_final_success:.0%} ({result.fleet_only} seeds only the fleet's won, {result.control_only} "
+        f"only the control's); one-sided McNemar p = {result.p_value}\nplot: {result.plot}"
+    )
     write_json(result, out)

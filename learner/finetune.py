@@ -51,6 +51,8 @@ class FinetuneJob:
     seed: int = 0
     # The share of every batch drawn from the fleet's episodes; the rest replays the robot logs (when
     # the training set has them), so a round adds what the fleet did without forgetting the base.
+    # 0: the fleet's episodes are not used at all, not even as frames to imagine from (a control
+    # that trains the same steps on replay alone, as `fleet bench learning` runs it).
     fleet_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     # Half of every IDM batch is futures imagined by the generator being fine-tuned, labelled with
     # what the robot really did, redrawn every `imagine_every` steps: the IDM reads imagined futures

@@ -52,8 +52,9 @@ class Objective(torch.nn.Module):
         self.policy, self.job = policy, job
         self.video_model, self.idm, self.critic = policy.video_model, policy.idm, policy.critic
         policy.text_encoder.requires_grad_(False)
-        fleet = [c for c in clips if c.stage != "replay"]
+        fleet = [c for c in clips if c.stage != "replay"] if job.fleet_share > 0 else []
         replay = [c for c in clips if c.stage == "replay"]
+        clips = fleet + replay
         self.data = {
             loss: [StageData.build(group, policy) if group else None for group in pair]
             for loss, pair in {

@@ -41,6 +41,10 @@ def test_the_idm_learns_from_failed_fleet_episodes_and_each_batch_mixes_fleet_an
     alone = Objective(policy, fleet, FinetuneJob(batch=8, fleet_share=0.25))
     assert alone.split("idm") == (8, 0)  # no replay in the set: every window from the fleet
 
+    control = Objective(policy, fleet + replay, FinetuneJob(batch=8, fleet_share=0.0))
+    assert control.split("idm") == (0, 8) and control.data["idm"][0] is None
+    assert len(control.everything.clips) == len(replay)  # nor imagines from the fleet's frames
+
 
 def test_a_training_set_keeps_replayed_logs_grounding_points_and_detailed_captions(tmp_path):
     fleet, replay = _fleet_and_replay()

@@ -1,0 +1,83 @@
+"""`fleet bench learning`: does the fleet's own data make the policy better?
+
+The demo's rounds run twice from the same base, on the same stack: once as the loop runs them
+(each fine-tune mixes the fleet's episodes with the replayed robot logs), once as a control that
+fine-tunes the same steps on the replayed logs alone (`FinetuneJob.fleet_share = 0`). Both arms
+keep the canary and its analysis, so each promotes only what it can show is not worse; neither
+degrades a round on purpose. At the end each arm's base and final champion run the same seeded
+episodes offline, and the two final champions are paired on those seeds: a gain the control also
+shows is the extra steps, not the fleet's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from benchmarks import BenchResult
+from flows.config import DEMO_PROFILES
+from flows.fleet_demo import fleet_demo
+from flows.learning_curve import draw_learning_curve
+from infra import stack
+from infra.settings import Settings
+from infra.stats import mcnemar
+
+ARMS = ("fleet", "control")
+
+
+class LearningArm(BenchResult):
+    fleet_share: float
+    rounds: list[dict]
+    learning: dict
+    lost: int
+    seconds: float
+
+
+class LearningBench(BenchResult):
+    profile: str
+    arms: dict[str, LearningArm]
+    seeds: int
+    fleet_final_success: float
+    control_final_success: float
+    fleet_only: int  # seeds the fleet arm's final champion won and the control's lost
+    control_only: int
+    p_value: float  # one-sided exact McNemar: is the fleet arm's final champion better?
+    plot: str
+
+
+def bench_learning(settings: Settings, profile: str, work: Path, plot: Path, progress=None) -> LearningBench:
+    """Both arms in turn, each on its own topics, registered model and index; the base is trained
+    once (the demo reuses `work/base`)."""
+    demo = DEMO_PROFILES[profile].model_copy(update={"degrade_round": 0})
+    run = f"learning-{uuid.uuid4().hex[:6]}"
+    arms = {}
+    for arm in ARMS:
+        share = demo.round.finetune.fleet_share if arm == "fleet" else 0.0
+        finetune = demo.round.finetune.model_copy(update={"fleet_share": share})
+        arm_profile = demo.model_copy(update={"round": demo.round.model_copy(update={"finetune": finetune})})
+        arm_settings = settings.isolated(f"{run}-{arm}", work / "runs" / f"{run}-{arm}")
+        stack.ensure_topics(arm_settings)
+        result = fleet_demo(arm_settings, arm_profile, work, progress)
+        arms[arm] = LearningArm(
+            fleet_share=share,
+            rounds=result["rounds"],
+            learning=result["learning"],
+            lost=result["lost"],
+            seconds=result["seconds"],
+        )
+    fleet, control = (arms[a].learning["final_outcomes"] for a in ARMS)
+    test = mcnemar(fleet, control, alternative="greater")
+    draw_learning_curve(
+        {a: arms[a].rounds for a in ARMS}, plot, f"profile {profile}: the fleet's episodes against replay alone"
+    )
+    return LearningBench(
+        profile=profile,
+        arms=arms,
+        seeds=len(fleet),
+        fleet_final_success=round(sum(fleet) / len(fleet), 4),
+        control_final_success=round(sum(control) / len(control), 4),
+        fleet_only=test["a_only"],
+        control_only=test["b_only"],
+        p_value=test["p_value"],
+        plot=str(plot),
+    )
