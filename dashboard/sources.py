@@ -110,7 +110,7 @@ class KafkaTail:
     def read(self) -> KafkaView:
         from kafka import TopicPartition
 
-        from infra.clients import kafka_consumer
+        from infra.clients import kafka_consumer, seek_since
 
         k = self.settings.kafka
         if self._consumer is None:
@@ -125,12 +125,7 @@ class KafkaTail:
                 raise SourceMissing(f"kafka at {self.settings.kafka_bootstrap} has no topic {k.telemetry_topic} yet")
             consumer.assign(parts)
             telemetry = [tp for tp in parts if tp.topic == k.telemetry_topic]
-            since = consumer.offsets_for_times({tp: int((time.time() - self.window_s) * 1000) for tp in telemetry})
-            for tp in telemetry:
-                if since.get(tp) is None:
-                    consumer.seek_to_end(tp)
-                else:
-                    consumer.seek(tp, since[tp].offset)
+            seek_since(self.settings, consumer, telemetry, time.time() - self.window_s)
             consumer.seek_to_beginning(*[tp for tp in parts if tp.topic == k.dead_letter_topic])
             self._consumer = consumer
         for batch in self._consumer.poll(timeout_ms=200, max_records=20_000).values():

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.runtime import flow_run
 
 from flows.config import RoundConfig
-from infra.clients import kafka_consumer
+from infra.clients import kafka_consumer, seek_since
 from infra.contracts.evaluation import EvaluationReport
 from infra.contracts.rollout import CanaryDecision, RoundDecision
 from infra.contracts.rounds import RoundReport
@@ -39,6 +39,8 @@ from learner.ingest import EpisodeIngestor
 from registry.analysis import Arm
 from registry.model_store import ModelStore, NoChampion
 from registry.rollout import Rollout
+
+CLOCK_SKEW_S = 60.0
 
 
 @task(retries=3, retry_delay_seconds=5)
@@ -164,6 +166,19 @@ def live_arms(settings: Settings, canary: str, champion: str, since: float, cons
     return arms[canary], arms[champion], bad
 
 
+def telemetry_since(settings: Settings, since: float):
+    """A reader of the telemetry topic from the canary's start (less a minute for robots' clocks
+    that run behind the learner's): not from offset 0, which a long-lived fleet has far behind."""
+    from kafka import TopicPartition
+
+    topic = settings.kafka.telemetry_topic
+    consumer = kafka_consumer(settings, group_id=None)
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(parts)
+    seek_since(settings, consumer, parts, since - CLOCK_SKEW_S)
+    return consumer
+
+
 @task
 def analyse_canary(settings: Settings, canary: str, champion: str, since: float, config: RoundConfig) -> dict:
     """Watch live telemetry until the analysis decides, then act on it: promote, roll back, or,
@@ -171,7 +186,7 @@ def analyse_canary(settings: Settings, canary: str, champion: str, since: float,
     canary's version, so it can never demote the champion or end another canary."""
     log = get_run_logger()
     rollout = Rollout(settings)
-    consumer = kafka_consumer(settings, settings.kafka.telemetry_topic, group_id=None)
+    consumer = telemetry_since(settings, since)
     totals, skipped = {canary: Arm(0, 0), champion: Arm(0, 0)}, 0
     deadline = time.monotonic() + config.canary_timeout_s
     try:

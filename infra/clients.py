@@ -7,6 +7,7 @@ from raw strings, so security settings and friendly errors apply everywhere alik
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 from urllib.parse import urlparse
 
@@ -99,6 +100,52 @@ def kafka_consumer(settings: Settings, *topics: str, group_id: str | None, **ove
         return KafkaConsumer(*topics, **(conf | overrides))
     except KafkaTimeoutError as e:
         raise unavailable(settings, "kafka", "no broker answered") from e
+
+
+def seek_since(settings: Settings, consumer: KafkaConsumer, parts: list, since_s: float) -> None:
+    """Place an assigned consumer on each of `parts` at the first record stamped at or after
+    `since_s` (epoch seconds), or at the end where there is none yet: a reader of the last minutes
+    does not read the topic from offset 0. Where the broker cannot find offsets by time (the
+    embedded one), each partition is bisected on its records' own timestamps instead: a few
+    fetches per partition. Records are stamped by their producers' clocks, so callers still filter
+    by the times in the records."""
+    target = int(since_s * 1000)
+    if settings.kafka.broker_finds_offsets_by_time():
+        found = consumer.offsets_for_times(dict.fromkeys(parts, target))
+        for tp in parts:
+            if found.get(tp) is None:
+                consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, found[tp].offset)
+        return
+    # Tansu's ListOffsets is no help for the end either (it answered 1 for a partition of 6), but
+    # its fetch responses carry the right high watermark: bisect between the first record and it.
+    # A probe consumer of its own does the fetching, so the caller's holds no stale prefetched records.
+    probe = kafka_consumer(settings, group_id=None)
+    try:
+        begin = probe.beginning_offsets(parts)
+        for tp in parts:
+            probe.assign([tp])
+            lo = begin[tp]
+            hi = probe.highwater(tp) if _timestamp_at(probe, tp, lo) is not None else lo
+            while lo < hi:  # the first offset whose record is at or after the target
+                mid = (lo + hi) // 2
+                stamp = _timestamp_at(probe, tp, mid)
+                lo, hi = (mid + 1, hi) if stamp is not None and stamp < target else (lo, mid)
+            consumer.seek(tp, lo)
+    finally:
+        probe.close()
+
+
+def _timestamp_at(consumer: KafkaConsumer, tp, offset: int, timeout_s: float = 2.0) -> int | None:
+    """The timestamp of the record at `offset` (or the next one there is), None past the end."""
+    consumer.seek(tp, offset)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = consumer.poll(timeout_ms=100, max_records=1).get(tp)
+        if records:
+            return records[0].timestamp
+    return None
 
 
 def kafka_admin(settings: Settings) -> KafkaAdminClient:

@@ -71,6 +71,19 @@ class KafkaSettings(_Section):
         None,
         description="unset = on for an external broker, off for the embedded Tansu broker",
     )
+    time_index: bool | None = Field(
+        None,
+        description="does the broker find offsets by time (ListOffsets with a timestamp)? "
+        "unset = yes for an external broker, no for the embedded Tansu broker",
+    )
+
+    def broker_finds_offsets_by_time(self) -> bool:
+        # Tansu 0.6 answers a ListOffsets by timestamp with offset 0 whatever the time asked
+        # (probed: four records an hour apart, every query answered 0), so a reader that trusts it
+        # reads the topic from the beginning.
+        if self.time_index is not None:
+            return self.time_index
+        return self.bootstrap_servers is not None
 
     def producer_is_idempotent(self) -> bool:
         # Tansu's object-store engine commits a producer's new sequence number before it writes

@@ -1,0 +1,66 @@
+"""The canary's telemetry reader starts at the canary's start, not at offset 0: on a fleet that has
+published for months, reading from the beginning would take longer than the canary itself."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from infra.clients import kafka_producer, use_prefect
+from infra.contracts.telemetry import EpisodeTelemetry
+
+pytestmark = pytest.mark.integration
+
+
+def _episode(version: str, success: bool) -> bytes:
+    t = EpisodeTelemetry(
+        robot_id="r1",
+        episode_id=uuid.uuid4(),
+        policy_version=version,
+        task_id="reach_red",
+        success=success,
+        decision_ms_p50=1.0,
+        decision_ms_p95=1.0,
+        decisions=1,
+        rejections=0,
+        candidates=4,
+    )
+    return t.model_dump_json().encode()
+
+
+def test_the_canary_reader_skips_telemetry_from_before_the_canary(tracked):
+    use_prefect(tracked)
+    from flows.improvement import CLOCK_SKEW_S, live_arms, telemetry_since
+
+    topic, producer = tracked.kafka.telemetry_topic, kafka_producer(tracked)
+    an_hour_ago_ms = int((time.time() - 3600) * 1000)
+    for _ in range(5):  # last hour's episodes of an older canary
+        producer.send(topic, _episode("2", success=False), timestamp_ms=an_hour_ago_ms).get(timeout=30)
+    since = time.time()
+    for success in (True, True, False):
+        producer.send(topic, _episode("2", success=success)).get(timeout=30)
+    producer.close()
+
+    consumer = telemetry_since(tracked, since)
+    read = []
+    deadline = time.monotonic() + 30
+    while len(read) < 3 and time.monotonic() < deadline:
+        read += [r for batch in consumer.poll(timeout_ms=500).values() for r in batch]
+    time.sleep(1)
+    read += [r for batch in consumer.poll(timeout_ms=500).values() for r in batch]
+    consumer.close()
+
+    assert len(read) == 3 and all(r.timestamp >= (since - CLOCK_SKEW_S) * 1000 for r in read)
+    assert [json.loads(r.value)["success"] for r in read] == [True, True, False]
+
+    consumer = telemetry_since(tracked, since)  # what the analysis counts from it
+    canary, champion, bad = live_arms(tracked, "2", "1", since, consumer)
+    deadline = time.monotonic() + 30
+    while canary.episodes < 3 and time.monotonic() < deadline:
+        more = live_arms(tracked, "2", "1", since, consumer)
+        canary, champion, bad = canary + more[0], champion + more[1], bad + more[2]
+    consumer.close()
+    assert (canary.successes, canary.episodes, champion.episodes, bad) == (2, 3, 0, 0)
