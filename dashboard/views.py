@@ -148,7 +148,39 @@ def fleet(src: Sources) -> list:
             ],
         ),
         _graph(fig, "success-timeline"),
+        _graph(_learning_curve(src, events), "learning-curve", height=300),
     ]
+
+
+def _learning_curve(src: Sources, events: list[tuple[datetime, str, str, str]]) -> go.Figure:
+    """Success of every model version's episodes with its 95% interval, versions in the order they
+    were registered: the loop's learning curve as the fleet lived it (canary episodes included).
+    Each point is coloured by the version's latest rollout state."""
+    state = {version: s for _, version, s, _ in events}  # events are in time order: the last wins
+    rows = sorted((r for r in src.index.per("policy_version") if r[0].isdigit()), key=lambda r: int(r[0]))
+    rates = [wins / n for _, n, wins, _, _ in rows]
+    intervals = [wilson(wins, n) for _, n, wins, _, _ in rows]
+    fig = go.Figure(
+        go.Scatter(
+            x=[f"v{r[0]}" for r in rows],
+            y=rates,
+            mode="lines+markers",
+            name="success",
+            error_y={
+                "type": "data",
+                "array": [high - rate for (_, high), rate in zip(intervals, rates, strict=True)],
+                "arrayminus": [rate - low for (low, _), rate in zip(intervals, rates, strict=True)],
+            },
+            marker={"size": 11, "color": [EVENT_COLOURS.get(state.get(r[0], ""), "#0072b2") for r in rows]},
+            customdata=[[n, wins, state.get(v, "registered")] for v, n, wins, _, _ in rows],
+            hovertemplate="%{x}: %{y:.0%} (%{customdata[1]}/%{customdata[0]}), %{customdata[2]}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="learning curve: success of each model version's episodes, 95% interval (colour: rollout state)",
+        yaxis={"tickformat": ".0%", "range": [-0.02, 1.02]},
+    )
+    return fig
 
 
 def _kpi(label: str, value: str) -> html.Div:

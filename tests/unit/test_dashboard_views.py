@@ -11,6 +11,7 @@ from dashboard import views
 from dashboard.media import chosen_imagined
 from dashboard.sources import EpisodeSummary, KafkaView, Poller, Sources
 from infra.settings import Settings
+from infra.stats import wilson
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
 from registry.analysis import AnalysisConfig, Arm, analyse
 from sim.synthetic import synthetic_history
@@ -60,13 +61,23 @@ def test_an_empty_fleet_says_how_to_start_one_in_every_view(tmp_path):
 def test_the_timeline_counts_every_episode_under_its_version(tmp_path):
     history = list(synthetic_history(0, 900, robots=6, versions=3, span_s=3600))
     page = views.fleet(_sources(tmp_path, history))
-    figure = _find(page[-1], "success-timeline").figure
+    figure = _find(page[-2], "success-timeline").figure
     for trace in figure.data:
         version = trace.name.removeprefix("version ")
         mine = [e for e in history if e.model_versions.policy == version]
         assert sum(n for n, _ in trace.customdata) == len(mine)
         assert sum(wins for _, wins in trace.customdata) == sum(e.success for e in mine)
     assert {t.name for t in figure.data} == {"version 1", "version 2", "version 3"}
+
+
+def test_the_learning_curve_shows_each_version_s_success_with_its_interval_in_version_order(tmp_path):
+    history = list(synthetic_history(2, 600, robots=4, versions=3, span_s=1800))
+    curve = _find(views.fleet(_sources(tmp_path, history))[-1], "learning-curve").figure.data[0]
+    assert list(curve.x) == ["v1", "v2", "v3"]
+    for version, rate, (n, wins, _), above in zip("123", curve.y, curve.customdata, curve.error_y.array, strict=True):
+        mine = [e for e in history if e.model_versions.policy == version]
+        assert (n, wins) == (len(mine), sum(e.success for e in mine))
+        assert rate == wins / n and above == wilson(wins, n)[1] - rate
 
 
 def test_robot_and_task_tables_hold_one_row_per_robot_and_task_with_their_success(tmp_path):
