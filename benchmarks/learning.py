@@ -11,6 +11,7 @@ shows is the extra steps, not the fleet's data.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def bench_learning(settings: Settings, profile: str, work: Path, plot: Path, pro
     arms = {}
     for arm in ARMS:
         share = demo.round.finetune.fleet_share if arm == "fleet" else 0.0
-        finetune = demo.round.finetune.model_copy(update={"fleet_share": share})
+        finetune = dataclasses.replace(demo.round.finetune, fleet_share=share)
         arm_profile = demo.model_copy(update={"round": demo.round.model_copy(update={"finetune": finetune})})
         arm_settings = settings.isolated(f"{run}-{arm}", work / "runs" / f"{run}-{arm}")
         stack.ensure_topics(arm_settings)
