@@ -20,7 +20,6 @@ from pathlib import Path
 from benchmarks import BenchResult
 from infra.contracts.evaluation import EvaluationReport, Interval
 from worldmodel.evaluate import evaluate
-from worldmodel.policy import WorldModelPolicy
 from worldmodel.train import POLICY_STAGES, PROFILES, VIDEO_STAGES, train_all
 
 
@@ -75,7 +74,7 @@ def bench_data_scaling(
         if evaluated.exists():
             report = EvaluationReport.model_validate_json(evaluated.read_text())
         else:
-            report = evaluate(WorldModelPolicy.load(run), episodes)
+            report = evaluate(run, episodes)
             evaluated.write_text(report.model_dump_json(indent=1))
         first_seed = report.first_seed
         points.append(

@@ -51,14 +51,14 @@ def bench_learning(settings: Settings, profile: str, work: Path, plot: Path, pro
     once (the demo reuses `work/base`)."""
     demo = DEMO_PROFILES[profile].model_copy(update={"degrade_round": 0})
     run = f"learning-{uuid.uuid4().hex[:6]}"
-    arms = {}
+    arms, evaluated = {}, {}  # both arms start from the same base: its offline outcomes are measured once
     for arm in ARMS:
         share = demo.round.finetune.fleet_share if arm == "fleet" else 0.0
         finetune = dataclasses.replace(demo.round.finetune, fleet_share=share)
         arm_profile = demo.model_copy(update={"round": demo.round.model_copy(update={"finetune": finetune})})
         arm_settings = settings.isolated(f"{run}-{arm}", work / "runs" / f"{run}-{arm}")
         stack.ensure_topics(arm_settings)
-        result = fleet_demo(arm_settings, arm_profile, work, progress)
+        result = fleet_demo(arm_settings, arm_profile, work, progress, evaluated)
         arms[arm] = LearningArm(
             fleet_share=share,
             rounds=result["rounds"],

@@ -27,6 +27,11 @@ def evaluate(
     ),
     no_critic: bool = typer.Option(False, "--no-critic", help="ablation: take the first candidate, not the best of K"),
     sample_steps: int | None = SAMPLE_STEPS,
+    workers: int | None = typer.Option(
+        None,
+        min=1,
+        help="evaluating processes, one thread each (unset: one per core, at most 8); the outcomes do not change",
+    ),
     phrasing: str = typer.Option(
         "simulator",
         help="simulator: the tasks' own instructions; operator: the same tasks in words training never used",
@@ -36,16 +41,20 @@ def evaluate(
     from registry.model_store import resolve_policy
     from worldmodel.evaluate import evaluate
     from worldmodel.planner import PlannerConfig
-    from worldmodel.policy import WorldModelPolicy
 
     if phrasing not in ("simulator", "operator"):
         raise UsageError(f"unknown phrasing {phrasing!r}", hint="simulator or operator")
     config = PlannerConfig(use_rejection=not no_rejection, use_critic=not no_critic)
-    loaded = WorldModelPolicy.load(resolve_policy(settings(), policy)).with_sample_steps(sample_steps)
     with progress() as bars:
         bar = bars.add_task("episodes", total=2 * episodes)
         result = evaluate(
-            loaded, episodes, planner_config=config, progress=lambda: bars.advance(bar), phrasing=phrasing
+            resolve_policy(settings(), policy),
+            episodes,
+            planner_config=config,
+            progress=lambda: bars.advance(bar),
+            phrasing=phrasing,
+            workers=workers,
+            sample_steps=sample_steps,
         )
     report(result, out, keys=tuple(k for k in type(result).model_fields if k != "outcomes"))
 

@@ -14,6 +14,8 @@ on a real fleet they run on their own computers.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -51,8 +53,13 @@ def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_
 
 @flow(name="fleet-demo", log_prints=True)
 def fleet_demo(
-    settings: Settings, profile: str | DemoProfile = "quick", work: Path = Path(".fleet/demo"), progress=None
+    settings: Settings,
+    profile: str | DemoProfile = "quick",
+    work: Path = Path(".fleet/demo"),
+    progress=None,
+    evaluated: dict[str, list[bool]] | None = None,
 ) -> dict:
+    """`evaluated`: offline outcomes already measured, by policy digest (see `measure_learning`)."""
     demo = DEMO_PROFILES[profile] if isinstance(profile, str) else profile
     base_profile = demo.train_profile()
     t0 = time.monotonic()
@@ -125,7 +132,9 @@ def fleet_demo(
         fleet.close(drain_timeout=120)
         rollout.close()
     final = store.by_alias("champion").version
-    learning = measure_learning(store, base.version, final, demo.learning_episodes, demo.candidates, progress)
+    learning = measure_learning(
+        store, base.version, final, demo.learning_episodes, demo.candidates, progress, evaluated
+    )
     print(
         f"learning: base v{learning.base_version} {learning.base_success:.0%}, final v{learning.final_version} "
         f"{learning.final_success:.0%} on the same {learning.seeds} seeds; one-sided p = {learning.p_value}"
@@ -135,26 +144,40 @@ def fleet_demo(
 
 
 def measure_learning(
-    store: ModelStore, base: str, final: str, episodes: int, candidates: int, progress=None
+    store: ModelStore,
+    base: str,
+    final: str,
+    episodes: int,
+    candidates: int,
+    progress=None,
+    evaluated: dict[str, list[bool]] | None = None,
 ) -> Learning:
     """The base and the final champion on the same `episodes` seeds per split, with the fleet's K.
-    A final champion that is still the base is evaluated once: same weights, same seeds, same outcomes."""
-    outcomes = {}
+    Outcomes are kept in `evaluated` by the policy's digest (its files' sha256) and the seeds: the
+    same weights on the same seeds give the same outcomes, so a final champion that is still the
+    base, or a base another run already measured, is not run again."""
+    evaluated = {} if evaluated is None else evaluated
+    outcomes, first_seed = {}, 10_000
     for version in dict.fromkeys((base, final)):
-        report = evaluate(
-            store.fetch(store.get(version)),
-            episodes,
-            planner_config=PlannerConfig(candidates=candidates),
-            progress=_episode_counter(progress, f"learning: v{version}", 2 * episodes),
-        )
-        outcomes[version] = report.outcomes["seen"] + report.outcomes["heldout"]
+        found = store.get(version)
+        key = hashlib.sha256(json.dumps([found.digests, episodes, first_seed, candidates]).encode()).hexdigest()
+        if key not in evaluated:
+            report = evaluate(
+                store.fetch(found),
+                episodes,
+                seed=first_seed,
+                planner_config=PlannerConfig(candidates=candidates),
+                progress=_episode_counter(progress, f"learning: v{version}", 2 * episodes),
+            )
+            evaluated[key] = report.outcomes["seen"] + report.outcomes["heldout"]
+        outcomes[version] = evaluated[key]
     b, f = outcomes[base], outcomes[final]
     test = mcnemar(f, b, alternative="greater")
     return Learning(
         base_version=base,
         final_version=final,
         seeds=len(b),
-        first_seed=report.first_seed,
+        first_seed=first_seed,
         base_success=round(sum(b) / len(b), 4),
         base_ci95=wilson(sum(b), len(b)),
         final_success=round(sum(f) / len(f), 4),

@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from worldmodel.diagnose import diagnose
-from worldmodel.evaluate import evaluate
+from worldmodel.evaluate import SPLITS, _episode, _in_processes, _load_worker, evaluate
 from worldmodel.objectives import critic_instructions, critic_loss, idm_loss, imagine_windows
+from worldmodel.planner import PlannerConfig
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import StageData, robot_logs
 from worldmodel.train import PROFILES, STAGES, train_all
@@ -28,6 +29,13 @@ def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
     assert WorldModelPolicy.locate(tmp_path) == tmp_path / "policy"  # `fleet eval --policy RUN_DIR` finds it
     result = evaluate(policy, episodes=1).model_dump(mode="json")
     assert json.loads(json.dumps(result)) == result  # plain JSON, no numpy scalars
+    # shared among two single-thread processes: the same episodes, in seed order, the same outcomes
+    jobs = [(split, 10_000 + i) for split in SPLITS for i in range(3)]
+    worker = _load_worker(tmp_path, PlannerConfig(), "simulator", None)
+    one = [_episode(worker, job) for job in jobs]
+    two = _in_processes(tmp_path, PlannerConfig(), "simulator", None, jobs, 2, None)
+    assert [(r["task_id"], r["success"]) for r in two] == [(r["task_id"], r["success"]) for r in one]
+    assert len({r["task_id"] for r in one}) > 1  # the seeds differ, so a shifted seed would show
     assert {
         "success_rate",
         "success_ci95",
