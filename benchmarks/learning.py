@@ -66,19 +66,21 @@ def bench_learning(settings: Settings, profile: str, work: Path, plot: Path, pro
             lost=result["lost"],
             seconds=result["seconds"],
         )
-    fleet, control = (arms[a].learning["final_outcomes"] for a in ARMS)
-    test = mcnemar(fleet, control, alternative="greater")
     draw_learning_curve(
         {a: arms[a].rounds for a in ARMS}, plot, f"profile {profile}: the fleet's episodes against replay alone"
     )
-    return LearningBench(
-        profile=profile,
-        arms=arms,
-        seeds=len(fleet),
-        fleet_final_success=round(sum(fleet) / len(fleet), 4),
-        control_final_success=round(sum(control) / len(control), 4),
-        fleet_only=test["a_only"],
-        control_only=test["b_only"],
-        p_value=test["p_value"],
-        plot=str(plot),
-    )
+    return LearningBench(profile=profile, arms=arms, plot=str(plot), **pair_finals(arms))
+
+
+def pair_finals(arms: dict[str, LearningArm]) -> dict:
+    """The two arms' final champions on the same seeds: is the fleet arm's better (one-sided)?"""
+    fleet, control = (arms[a].learning["final_outcomes"] for a in ARMS)
+    test = mcnemar(fleet, control, alternative="greater")
+    return {
+        "seeds": len(fleet),
+        "fleet_final_success": round(sum(fleet) / len(fleet), 4),
+        "control_final_success": round(sum(control) / len(control), 4),
+        "fleet_only": test["a_only"],
+        "control_only": test["b_only"],
+        "p_value": test["p_value"],
+    }

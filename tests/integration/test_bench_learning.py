@@ -30,3 +30,19 @@ def test_the_fleet_arm_and_the_replay_only_control_run_the_same_rounds_on_the_sa
     assert result.fleet_only == sum(f and not c for f, c in zip(fleet, control, strict=True))
     assert 0 <= result.p_value <= 1
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_final_champions_are_paired_seed_by_seed_and_the_fleet_arm_must_win_more():
+    from benchmarks.learning import LearningArm, pair_finals
+
+    def arm(final: list[bool]) -> LearningArm:
+        return LearningArm(fleet_share=0.5, rounds=[], learning={"final_outcomes": final}, lost=0, seconds=0)
+
+    fleet = [True] * 6 + [False, False, True, False]
+    control = [False] * 6 + [True, False, True, False]
+    paired = pair_finals({"fleet": arm(fleet), "control": arm(control)})
+    assert (paired["fleet_only"], paired["control_only"], paired["seeds"]) == (6, 1, 10)
+    assert (paired["fleet_final_success"], paired["control_final_success"]) == (0.7, 0.2)
+    assert paired["p_value"] == 0.0625  # P(at least 6 of 7 discordant seeds | neither better) = 8/128
+    reversed_ = pair_finals({"fleet": arm(control), "control": arm(fleet)})
+    assert reversed_["p_value"] > 0.9  # one-sided: a control that wins is no evidence for the fleet

@@ -29,5 +29,10 @@ def test_the_ci_demo_runs_every_round_and_accounts_for_every_episode(tracked, tm
     assert learning["base_version"] == result["rounds"][0]["champion_version"]
     assert learning["final_version"] == result["rounds"][-1]["champion_version"]
     assert learning["seeds"] == 2 * profile.learning_episodes
-    assert 0 <= learning["base_success"] <= 1 and 0 <= learning["final_success"] <= 1
+    for arm in ("base", "final"):  # each rate is its own seeds' outcomes, seed by seed
+        outcomes = learning[f"{arm}_outcomes"]
+        assert len(outcomes) == learning["seeds"]
+        assert learning[f"{arm}_success"] == round(sum(outcomes) / len(outcomes), 4)
+    if learning["final_version"] == learning["base_version"]:
+        assert learning["final_outcomes"] == learning["base_outcomes"]
     assert 0 <= learning["p_value"] <= 1
