@@ -68,8 +68,8 @@ def chosen_imagined(episode: Episode, imagined: np.ndarray) -> np.ndarray:
     for d, decision in enumerate(episode.decisions):
         end = episode.decisions[d + 1].step if d + 1 < len(episode.decisions) else len(episode.actions)
         steps = max(1, min(end - decision.step, f))
-        local = None if decision.chosen is None else decision.chosen - decision.resamples * k
-        if local is None or not 0 <= local < k:
+        local = decision.stored_chosen(k)
+        if local is None:
             out.append(np.repeat(out[-1][-1:] if out else imagined[d, 0, :1], steps, 0))
         else:
             out.append(imagined[d, local, :steps])

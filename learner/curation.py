@@ -83,8 +83,8 @@ def consistency(episode: Episode, executed: np.ndarray, imagined: np.ndarray) ->
         small = small.reshape(t, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
     scores = []
     for i, d in enumerate(episode.decisions):
-        c = None if d.chosen is None else d.chosen - d.resamples * k
-        if c is None or not 0 <= c < k or d.step + 1 >= len(small):
+        c = d.stored_chosen(k)
+        if c is None or d.step + 1 >= len(small):
             continue
         start = small[d.step]
         done = small[d.step + 1 : d.step + 1 + f]

@@ -50,26 +50,44 @@ def build_training_set(
             nbytes=0,
             arrays={name: ArraySpec(shape=[0], dtype="uint8") for name in MEDIA_ARRAYS},
         )
-        return load_media(s3, settings.s3_endpoint, ref)["executed_frames"]
+        return load_media(s3, settings.s3_endpoint, ref)
 
     with ThreadPoolExecutor(settings.learner.fetch_workers) as pool:
-        frames = list(pool.map(fetch, manifest.entries))
-    clips = [fleet_clip(by_id[e.episode_id], e, f) for e, f in zip(manifest.entries, frames, strict=True)]
+        media = list(pool.map(fetch, manifest.entries))
+    clips = [
+        fleet_clip(by_id[e.episode_id], e, m["executed_frames"], m["imagined_videos"])
+        for e, m in zip(manifest.entries, media, strict=True)
+    ]
     if replay is not None:
         clips += [dataclasses.replace(c, stage="replay") for c in load_clips(replay)]
     return save_clips(clips, out, manifest.manifest_id + (f" + replay {replay}" if replay else ""))
 
 
-def fleet_clip(episode: Episode, entry: ManifestEntry, frames: np.ndarray) -> Clip:
-    """An episode as a training clip; a hindsight entry is its frames up to the step the other
-    task's check was met, under that task's instruction, as a success."""
+def fleet_clip(episode: Episode, entry: ManifestEntry, frames: np.ndarray, imagined: np.ndarray) -> Clip:
+    """An episode as a training clip, with each decision's chosen imagined future; a hindsight
+    entry is its frames up to the step the other task's check was met, under that task's
+    instruction, as a success."""
     actions = np.asarray(episode.actions, np.float32)
+    end = len(actions) if entry.role != "hindsight" else entry.hindsight_step
+    plans = chosen_plans(episode, imagined, end)
     if entry.role != "hindsight":
-        return Clip(
+        clip = Clip(
             "fleet", frames, episode.instruction, episode.instruction, actions, episode.success, episode.task_id
         )
-    instruction, end = Task.parse(entry.task_id).instruction, entry.hindsight_step
-    return Clip("fleet", frames[: end + 1], instruction, instruction, actions[:end], True, entry.task_id)
+    else:
+        instruction = Task.parse(entry.task_id).instruction
+        clip = Clip("fleet", frames[: end + 1], instruction, instruction, actions[:end], True, entry.task_id)
+    return dataclasses.replace(clip, plans=plans[0], plan_steps=plans[1]) if plans else clip
+
+
+def chosen_plans(episode: Episode, imagined: np.ndarray, end: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The chosen candidate's imagined frames of each decision taken before step `end`, and their steps."""
+    k = imagined.shape[1]
+    picked = [(i, d.step, d.stored_chosen(k)) for i, d in enumerate(episode.decisions) if d.step < end]
+    picked = [(i, step, c) for i, step, c in picked if c is not None]
+    if not picked:
+        return None
+    return np.stack([imagined[i, c] for i, _, c in picked]), np.array([step for _, step, _ in picked], np.int64)
 
 
 def save_clips(clips: list[Clip], out: Path, source: str) -> Path:

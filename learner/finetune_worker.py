@@ -8,7 +8,8 @@ fleet's episodes and the rest from the replayed robot logs:
   robot really took, exact whatever the outcome, on the states the fleet's own policy visits; and
   on futures the generator being fine-tuned imagines from those frames, redrawn as it trains, so
   the IDM stays adapted to the generator it will read at run time;
-- the critic on successes against failures and wrong instructions.
+- the critic on successes against failures and wrong instructions, and on each decision's chosen
+  imagined future labelled by what then happened (`plan_loss`).
 The loop is the base stages' own (`worldmodel.trainer.fit`), and so is the checkpoint format:
 safetensors, never a pickle. A resumed run restarts AdamW's moments from zero.
 """
@@ -35,6 +36,7 @@ from worldmodel.objectives import (
     critic_loss,
     idm_loss,
     imagine_windows,
+    plan_loss,
     video_loss,
 )
 from worldmodel.policy import WorldModelPolicy
@@ -96,7 +98,7 @@ class Objective(torch.nn.Module):
         losses = {
             "video": lambda data, n: video_loss(p, data, n, rng),
             "idm": lambda data, n: idm_loss(p, data, n, rng, imagined),
-            "critic": lambda data, n: critic_loss(p, data, n, rng, self.instructions),
+            "critic": lambda data, n: critic_loss(p, data, n, rng, self.instructions) + plan_loss(p, data, n, rng),
         }
         parts = {}
         for name, loss in losses.items():

@@ -142,6 +142,42 @@ def _window(frames: torch.Tensor, steps) -> torch.Tensor:
     return frames[[min(max(k, 0), len(frames) - 1) for k in steps]]
 
 
+def _progress_loss(logits: torch.Tensor, target: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """Exact progress where `target` is known; elsewhere (NaN) progress only pushed below `bound`."""
+    exact, loss = ~target.isnan(), logits.new_zeros(())
+    if exact.any():
+        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(logits[exact], target[exact])
+    if (~exact).any():
+        loss = loss + torch.relu(torch.sigmoid(logits[~exact]) - bound[~exact]).square().mean()
+    return loss
+
+
+def plan_loss(policy: WorldModelPolicy, data: StageData, batch: int, rng: np.random.Generator) -> torch.Tensor:
+    """The evaluator on the futures the robot itself imagined and chose, labelled by what really
+    followed: a decision of a successful episode has exact steps-to-go from its plan's end, one of
+    a failed episode only a bound (it needed more steps than it had). Of the critic's examples,
+    these are the ones the planner asks it about: imagined futures, not real ones, from the
+    fleet's own states. Zero for data without plans (robot logs)."""
+    rows = [i for i, c in enumerate(data.clips) if c.plans is not None]
+    if not rows:
+        return torch.zeros(())
+    future, horizon = policy.critic.config.frames - 1, TabletopConfig().max_steps
+    videos, texts, target, bound = [], [], [], []
+    for i in rng.choice(rows, size=batch):
+        clip, frames = data.clips[i], data.frames[i]
+        j = int(rng.integers(len(clip.plans)))
+        step = int(clip.plan_steps[j])
+        plan = policy.prepare(clip.plans[j])
+        videos.append(torch.cat([frames[step][None], _window(plan, range(future))]))
+        progress = 1 - (len(frames) - 1 - min(step + future, len(frames) - 1)) / horizon
+        target.append(progress if clip.success else float("nan"))
+        bound.append(progress)
+        texts.append(clip.caption)
+    with torch.no_grad():
+        text = policy.text_encoder(texts).pooled
+    return _progress_loss(policy.critic(torch.stack(videos), text), torch.tensor(target), torch.tensor(bound))
+
+
 def critic_loss(
     policy: WorldModelPolicy,
     data: StageData,
@@ -200,12 +236,7 @@ def critic_loss(
     scores = policy.critic(videos, text)
     good, bad = scores[:batch], scores[batch:]
     target_t, bound_t = torch.tensor(target), torch.tensor(bound)
-    exact = ~target_t.isnan()
-    loss = torch.nn.functional.softplus(bad - good).mean()
-    if exact.any():
-        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(good[exact], target_t[exact])
-    if (~exact).any():
-        loss = loss + torch.relu(torch.sigmoid(good[~exact]) - bound_t[~exact]).square().mean()
+    loss = torch.nn.functional.softplus(bad - good).mean() + _progress_loss(good, target_t, bound_t)
     if ranked is not None:
         rows = torch.as_tensor(rng.integers(len(ranked.texts), size=max(batch // 4, 1)))
         k = ranked.clips.shape[1]

@@ -38,6 +38,10 @@ class Clip:
     success: bool | None = None
     task_id: str | None = None
     points: np.ndarray | None = None  # float32 (T, 2, 2): the task's object and goal, robot logs only
+    # Fleet episodes only: each decision's chosen imagined future, uint8 (D, F, S, S, 3), and the
+    # step it was imagined from (D,): what the robot expected, beside what then happened.
+    plans: np.ndarray | None = None
+    plan_steps: np.ndarray | None = None
 
 
 # -- (a) internet video ---------------------------------------------------------------------------
@@ -196,7 +200,7 @@ class VideoBatch:
 
 
 # -- storage: arrays in .npz, text in JSON; no pickle --------------------------------------------
-ARRAYS = ("frames", "actions", "points")
+ARRAYS = ("frames", "actions", "points", "plans", "plan_steps")
 
 
 def save_clips(clips: list[Clip], path: Path) -> None:
@@ -212,6 +216,11 @@ def save_clips(clips: list[Clip], path: Path) -> None:
         arrays["points"] = np.concatenate(
             [c.points if c.points is not None else np.full((len(c.frames), 2, 2), np.nan, np.float32) for c in clips]
         ).astype(np.float32)
+    with_plans = [c for c in clips if c.plans is not None]
+    if with_plans:
+        arrays["plans"] = np.concatenate([c.plans for c in with_plans])
+        arrays["plan_steps"] = np.concatenate([c.plan_steps for c in with_plans]).astype(np.int64)
+        arrays["plan_counts"] = np.array([0 if c.plans is None else len(c.plans) for c in clips])
     np.savez(path / "clips.npz", **arrays)
     meta = [{k: v for k, v in asdict(c).items() if k not in ARRAYS} for c in clips]
     (path / "clips.json").write_text(json.dumps(meta, indent=1))
@@ -223,14 +232,22 @@ def load_clips(path: Path) -> list[Clip]:
         frames, lengths = npz["frames"], npz["lengths"]
         actions = npz["actions"] if "actions" in npz.files else None
         points = npz["points"] if "points" in npz.files else None
-    clips, f, a = [], 0, 0
-    for m, n in zip(meta, lengths, strict=True):
+        plans = npz["plans"] if "plans" in npz.files else None
+        plan_steps = npz["plan_steps"] if plans is not None else None
+        plan_counts = npz["plan_counts"] if plans is not None else np.zeros(len(meta), np.int64)
+    clips, f, a, d = [], 0, 0, 0
+    for m, n, k in zip(meta, lengths, plan_counts, strict=True):
         acts = actions[a : a + n - 1] if actions is not None else None
         pts = points[f : f + n] if points is not None else None
         clips.append(
             Clip(
-                frames=frames[f : f + n], actions=acts, points=None if pts is None or np.isnan(pts).all() else pts, **m
+                frames=frames[f : f + n],
+                actions=acts,
+                points=None if pts is None or np.isnan(pts).all() else pts,
+                plans=plans[d : d + k] if k else None,
+                plan_steps=plan_steps[d : d + k] if k else None,
+                **m,
             )
         )
-        f, a = f + n, a + n - 1
+        f, a, d = f + n, a + n - 1, d + k
     return clips

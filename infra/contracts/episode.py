@@ -91,6 +91,12 @@ class Decision(BaseModel):
         None, description="the registry version that decided; a rollout can swap models between decisions"
     )
 
+    def stored_chosen(self, k: int) -> int | None:
+        """The chosen candidate's index among the K videos stored for this decision (the media keep
+        the last sampling round's K), or None when nothing was chosen or it is not among them."""
+        local = None if self.chosen is None else self.chosen - self.resamples * k
+        return local if local is not None and 0 <= local < k else None
+
     @model_validator(mode="after")
     def _chosen_exists(self) -> Decision:
         if self.chosen is not None and self.chosen not in {c.index for c in self.candidates}:

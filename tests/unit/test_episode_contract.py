@@ -62,6 +62,17 @@ def test_chosen_candidate_must_exist():
         Decision(step=0, candidates=[{"index": 0}], chosen=3, latency_ms=1.0)
 
 
+def test_the_chosen_candidate_is_found_among_the_videos_of_the_last_sampling_round():
+    k = 4
+    resampled = Decision(step=0, candidates=[{"index": i} for i in range(8)], chosen=6, resamples=1, latency_ms=1.0)
+    assert resampled.stored_chosen(k) == 2  # the media keep the second round's 4 videos
+    assert Decision(step=0, candidates=[{"index": 1}], chosen=1, latency_ms=1.0).stored_chosen(k) == 1
+    assert Decision(step=0, candidates=[{"index": 0}], chosen=None, latency_ms=1.0).stored_chosen(k) is None
+    # an earlier round's candidate is not stored
+    early = Decision(step=0, candidates=[{"index": i} for i in range(8)], chosen=1, resamples=1, latency_ms=1.0)
+    assert early.stored_chosen(k) is None
+
+
 def test_tampered_checksum_format_is_refused():
     data = json.loads(an_episode().model_dump_json())
     data["media"]["sha256"] = "xyz"

@@ -11,18 +11,25 @@ import torch
 from learner.dataset import load_clips, save_clips
 from learner.finetune import FinetuneJob
 from learner.finetune_worker import Objective
-from sim.tabletop import ALL_TASKS
+from sim.tabletop import ALL_TASKS, TabletopConfig
+from worldmodel.objectives import plan_loss
 from worldmodel.policy import WorldModelPolicy
-from worldmodel.stage_data import robot_logs
+from worldmodel.stage_data import StageData, robot_logs
 from worldmodel.text_encoder import build_vocab
 
 
 def _fleet_and_replay():
     logs = robot_logs(6, 0, size=64)
-    # a fleet episode carries no grounding points or detailed caption; one of them failed
-    fleet = [replace(c, stage="fleet", points=None, detailed_caption=c.caption) for c in logs[:3]]
+    # a fleet episode carries no grounding points or detailed caption, but its decisions' chosen
+    # imagined futures (here: the real ones); one of them failed
+    fleet = [replace(c, stage="fleet", points=None, detailed_caption=c.caption, **_plans(c.frames)) for c in logs[:3]]
     fleet[0] = replace(fleet[0], success=False)
     return fleet, [replace(c, stage="replay") for c in logs[3:]]
+
+
+def _plans(frames: np.ndarray, future: int = 4) -> dict:
+    steps = np.arange(0, len(frames) - future - 1, 2)
+    return {"plans": np.stack([frames[s + 1 : s + 1 + future] for s in steps]), "plan_steps": steps}
 
 
 def test_the_idm_learns_from_failed_fleet_episodes_and_each_batch_mixes_fleet_and_replay():
@@ -51,6 +58,9 @@ def test_a_training_set_keeps_replayed_logs_grounding_points_and_detailed_captio
     loaded = load_clips(save_clips(fleet + replay, tmp_path, "manifest + replay"))
     assert [c.stage for c in loaded] == ["fleet"] * 3 + ["replay"] * 3
     assert all(c.points is None for c in loaded[:3])
+    for saved, back in zip(fleet, loaded[:3], strict=True):
+        assert np.array_equal(saved.plans, back.plans) and np.array_equal(saved.plan_steps, back.plan_steps)
+    assert all(c.plans is None and c.plan_steps is None for c in loaded[3:])
     for saved, back in zip(replay, loaded[3:], strict=True):
         assert np.array_equal(saved.points, back.points) and back.detailed_caption == saved.detailed_caption
         assert np.array_equal(saved.actions, back.actions)
@@ -72,3 +82,29 @@ def test_the_idm_adapts_to_futures_the_generator_imagines_as_it_is_fine_tuned():
     objective(2, step=2)
     assert objective.imagined is not first  # redrawn from the generator as it is now
     assert Objective(policy, fleet, FinetuneJob(imagined_windows=0)).imagine(0, 0) is None
+
+
+def test_the_critic_learns_from_the_futures_the_robot_imagined_labelled_by_what_followed():
+    """Two fleet episodes from the same start: the one that succeeded had imagined the real motion,
+    the one that failed (it ran out of steps) had imagined standing still. Trained on their plans
+    alone, the critic scores a plan like the first above one like the second."""
+    torch.manual_seed(0)
+    log, horizon = robot_logs(1, 0, size=64)[0], TabletopConfig().max_steps
+    assert log.success and len(log.frames) < horizon
+    moving = replace(log, stage="fleet", **_plans(log.frames))
+    ran_out = np.concatenate([log.frames, np.repeat(log.frames[-1:], horizon + 1 - len(log.frames), 0)])
+    imagined_still = np.stack([np.repeat(log.frames[s : s + 1], 4, 0) for s in moving.plan_steps])
+    still = replace(moving, frames=ran_out, success=False, plans=imagined_still)
+    policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]))
+    data, rng = StageData.build([moving, still], policy), np.random.default_rng(0)
+    assert float(plan_loss(policy, StageData.build([replace(log, stage="replay")], policy), 4, rng)) == 0
+    optimiser = torch.optim.Adam(policy.critic.parameters(), lr=1e-3)
+    for _ in range(60):
+        optimiser.zero_grad()
+        plan_loss(policy, data, 8, rng).backward()
+        optimiser.step()
+    first = policy.prepare(log.frames[:1])
+    videos = torch.stack([torch.cat([first, policy.prepare(plans[0])]) for plans in (moving.plans, still.plans)])
+    with torch.no_grad():
+        scores = torch.sigmoid(policy.critic(videos, policy.text_encoder([log.caption] * 2).pooled))
+    assert scores[0] > scores[1] + 0.2
