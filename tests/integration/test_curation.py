@@ -103,7 +103,13 @@ def test_a_failure_that_met_another_seen_task_trains_as_that_tasks_success_up_to
     assert load_manifest(plane, save_manifest(plane, manifest)) == manifest
 
     frames = render_clip(rng, STEPS, 32, noise=0)
-    clip = fleet_clip(failed, relabelled, frames)
+    imagined = np.zeros((2, K, F, 32, 32, 3), np.uint8)
+    imagined[:, 1] = np.array([1, 2], np.uint8)[:, None, None, None, None]  # decision i chose candidate 1
+    clip = fleet_clip(failed, relabelled, frames, imagined)
     assert clip.caption == "reach the red block" and clip.success
     assert len(clip.frames) == 5 and len(clip.actions) == 4  # the frames up to the step it was met
     assert np.array_equal(clip.actions, np.asarray(failed.actions[:4], np.float32))
+    # and what the robot imagined before that step: the first decision's chosen future, not the second's
+    assert clip.plan_steps.tolist() == [0] and np.array_equal(clip.plans, imagined[:1, 1])
+    whole = fleet_clip(failed, manifest.of_role("critic_negative")[0], frames, imagined)
+    assert whole.plan_steps.tolist() == [0, 5] and not whole.success
