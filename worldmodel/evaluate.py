@@ -6,8 +6,10 @@ policy runs in the same process on the same seeds, so the comparison is like for
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -154,9 +156,6 @@ def _episode(worker: dict, job: tuple[str, int]) -> dict:
 
 
 def _in_processes(policy: Path, config, phrasing, sample_steps, jobs, workers: int, progress) -> list[dict]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: the parent may hold torch's thread pool and Kafka threads
     with ProcessPoolExecutor(
