@@ -45,10 +45,11 @@ def evaluate(
     if phrasing not in ("simulator", "operator"):
         raise UsageError(f"unknown phrasing {phrasing!r}", hint="simulator or operator")
     config = PlannerConfig(use_rejection=not no_rejection, use_critic=not no_critic)
+    found = resolve_policy(settings(), policy)  # a wrong path is an error before any progress bar
     with progress() as bars:
         bar = bars.add_task("episodes", total=2 * episodes)
         result = evaluate(
-            resolve_policy(settings(), policy),
+            found,
             episodes,
             planner_config=config,
             progress=lambda: bars.advance(bar),
@@ -94,3 +95,34 @@ def diagnose(
     with console.status("diagnosing"):
         result = diagnose(loaded, episodes)
     report(result, out)
+
+
+@app.command("attribute")
+def attribute(
+    base: str = typer.Option(..., help="the policy before fine-tuning: a directory or a registry URI (models:/NAME/V)"),
+    tuned: str = typer.Option(..., help="the fine-tuned policy: a directory or a registry URI"),
+    episodes: int = typer.Option(100, help="seeded episodes per split, the same for all five policies"),
+    candidates: int = typer.Option(4, help="K, as the fleet ran it (the demo's robots run 4)"),
+    work: Path = typer.Option(Path(".fleet/attribute"), help="where the hybrid policies are written"),
+    out: Path = typer.Option(Path("out/attribute.json"), help="where to write the JSON result"),
+) -> None:
+    """Which fine-tuned part moved success: the base with each of the generator, IDM and critic
+    swapped in alone, against the base on the same seeds (exact McNemar)."""
+    from registry.model_store import resolve_policy
+    from worldmodel.attribution import FINE_TUNED, attribute
+    from worldmodel.planner import PlannerConfig
+
+    paths = [resolve_policy(settings(), p) for p in (base, tuned)]
+    with progress() as bars:
+        bar = bars.add_task("episodes", total=2 * episodes * (2 + len(FINE_TUNED)))
+        result = attribute(
+            *paths, episodes, work, PlannerConfig(candidates=candidates), progress=lambda: bars.advance(bar)
+        )
+    table = Table("policy", "success", "95% CI", "only it", "only base", "p (McNemar)")
+    table.add_row("base", f"{result.base_success_rate:.0%}", str(list(result.base_ci95)), "", "", "")
+    for name, e in result.effects.items():
+        label = name if name == "tuned" else f"base + tuned {name}"
+        t = e.against_base
+        table.add_row(label, f"{e.success_rate:.0%}", str(list(e.ci95)), str(t.a_only), str(t.b_only), str(t.p_value))
+    console.print(table)
+    write_json(result, out)

@@ -61,3 +61,28 @@ class PairedComparison(BaseModel):
     b: str
     first_seed: int
     splits: dict[str, PairedTest]
+
+
+class PartEffect(BaseModel):
+    """One policy of an attribution, on the seeds of both splits, paired with the base (A) against it (B)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    success_rate: Rate = Field(ge=0, le=1)
+    ci95: Interval
+    against_base: PairedTest
+
+
+class Attribution(BaseModel):
+    """What `fleet attribute` writes: which fine-tuned part moved success. `effects` holds the
+    fine-tuned policy ("tuned") and the base with each fine-tuned part swapped in alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str
+    tuned: str
+    first_seed: int
+    seeds: int = Field(description="both splits together")
+    base_success_rate: Rate = Field(ge=0, le=1)
+    base_ci95: Interval
+    effects: dict[str, PartEffect]
