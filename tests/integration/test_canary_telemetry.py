@@ -54,7 +54,8 @@ def test_the_canary_reader_skips_telemetry_from_before_the_canary(tracked):
     consumer.close()
 
     assert len(read) == 3 and all(r.timestamp >= (since - CLOCK_SKEW_S) * 1000 for r in read)
-    assert [json.loads(r.value)["success"] for r in read] == [True, True, False]
+    # the topic's partitions interleave: the three arrive in no set order
+    assert sorted(json.loads(r.value)["success"] for r in read) == [False, True, True]
 
     consumer = telemetry_since(tracked, since)  # what the analysis counts from it
     canary, champion, bad = live_arms(tracked, "2", "1", since, consumer)
