@@ -69,7 +69,7 @@ def fleet_clip(episode: Episode, entry: ManifestEntry, frames: np.ndarray, imagi
     instruction, as a success."""
     actions = np.asarray(episode.actions, np.float32)
     end = len(actions) if entry.role != "hindsight" else entry.hindsight_step
-    plans = chosen_plans(episode, imagined, end)
+    plans = chosen_plans(episode, imagined, end, size=frames.shape[1])
     if entry.role != "hindsight":
         clip = Clip(
             "fleet", frames, episode.instruction, episode.instruction, actions, episode.success, episode.task_id
@@ -80,14 +80,22 @@ def fleet_clip(episode: Episode, entry: ManifestEntry, frames: np.ndarray, imagi
     return dataclasses.replace(clip, plans=plans[0], plan_steps=plans[1]) if plans else clip
 
 
-def chosen_plans(episode: Episode, imagined: np.ndarray, end: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The chosen candidate's imagined frames of each decision taken before step `end`, and their steps."""
-    k = imagined.shape[1]
+def chosen_plans(episode: Episode, imagined: np.ndarray, end: int, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The chosen candidate's imagined frames of each decision taken before step `end`, and their
+    steps, at the executed frames' `size`: episodes of models that imagine at different sizes then
+    share one training set, and the model being trained scales them all to its own."""
+    k, imagined_size = imagined.shape[1], imagined.shape[3]
+    if size % imagined_size:
+        return None  # not a whole multiple: no exact way to bring them to the frames' size
+    factor = size // imagined_size
     picked = [(i, d.step, d.stored_chosen(k)) for i, d in enumerate(episode.decisions) if d.step < end]
     picked = [(i, step, c) for i, step, c in picked if c is not None]
     if not picked:
         return None
-    return np.stack([imagined[i, c] for i, _, c in picked]), np.array([step for _, step, _ in picked], np.int64)
+    plans = np.stack([imagined[i, c] for i, _, c in picked])
+    if factor > 1:
+        plans = plans.repeat(factor, axis=2).repeat(factor, axis=3)
+    return plans, np.array([step for _, step, _ in picked], np.int64)
 
 
 def save_clips(clips: list[Clip], out: Path, source: str) -> Path:

@@ -111,5 +111,10 @@ def test_a_failure_that_met_another_seen_task_trains_as_that_tasks_success_up_to
     assert np.array_equal(clip.actions, np.asarray(failed.actions[:4], np.float32))
     # and what the robot imagined before that step: the first decision's chosen future, not the second's
     assert clip.plan_steps.tolist() == [0] and np.array_equal(clip.plans, imagined[:1, 1])
+    # a model that imagined at half the camera's size: its plans are brought to the frames' size
+    halves = fleet_clip(failed, relabelled, frames, imagined[:, :, :, ::2, ::2])
+    assert halves.plans.shape == clip.plans.shape and np.array_equal(
+        halves.plans[0, 0, ::2, ::2], imagined[0, 1, 0, ::2, ::2]
+    )
     whole = fleet_clip(failed, manifest.of_role("critic_negative")[0], frames, imagined)
     assert whole.plan_steps.tolist() == [0, 5] and not whole.success
