@@ -142,6 +142,12 @@ def _window(frames: torch.Tensor, steps) -> torch.Tensor:
     return frames[[min(max(k, 0), len(frames) - 1) for k in steps]]
 
 
+def _progress_at(length: int, t: int, horizon: int) -> float:
+    """1 - steps-to-go / horizon at frame `t` of a clip of `length` frames: exact in a success, an
+    upper bound in a failure (it needed more steps than it had)."""
+    return 1 - (length - 1 - min(t, length - 1)) / horizon
+
+
 def _progress_loss(logits: torch.Tensor, target: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     """Exact progress where `target` is known; elsewhere (NaN) progress only pushed below `bound`."""
     exact, loss = ~target.isnan(), logits.new_zeros(())
@@ -169,7 +175,7 @@ def plan_loss(policy: WorldModelPolicy, data: StageData, batch: int, rng: np.ran
         step = int(clip.plan_steps[j])
         plan = policy.prepare(clip.plans[j])
         videos.append(torch.cat([frames[step][None], _window(plan, range(future))]))
-        progress = 1 - (len(frames) - 1 - min(step + future, len(frames) - 1)) / horizon
+        progress = _progress_at(len(frames), step + future, horizon)
         target.append(progress if clip.success else float("nan"))
         bound.append(progress)
         texts.append(clip.caption)
@@ -208,10 +214,9 @@ def critic_loss(
         t = int(rng.integers(0, max(len(frames) - future, 1)))
         first.append(frames[t])
         real.append(_window(frames, range(t + 1, t + future + 1)))
-        togo = (len(frames) - 1 - min(t + future, len(frames) - 1)) / horizon
-        # a success's exact progress; a failure's upper bound (it needed more steps than it had)
-        target.append(1 - togo if clip.success else float("nan"))
-        bound.append(1 - togo)
+        progress = _progress_at(len(frames), t + future, horizon)
+        target.append(progress if clip.success else float("nan"))
+        bound.append(progress)
         texts.append(clip.caption)
         kind = rng.integers(5)
         worse_texts.append(clip.caption)
