@@ -64,9 +64,9 @@ class DemoProfile(BaseModel):
     episodes_per_round: Annotated[int, Field(ge=1)] = 50  # champion episodes that measure a round's fleet success
     # per split: the base and the final champion each run 2x this many seeded episodes offline
     learning_episodes: Annotated[int, Field(ge=1)] = 100
-    # The canary is promoted once shown not worse than the champion by 10 points (one-sided 95%
-    # bound): at the demo's rates of 5-10%, about 60 episodes an arm. Past 60 an arm it cannot
-    # tell, and the champion is kept.
+    # The canary is promoted once shown not worse than the champion by the smaller of 10 points
+    # and a quarter of its rate (one-sided 95% bound): at the demo's rates of 5-10%, only a canary
+    # shown better within 60 episodes an arm. Past 60 an arm it cannot tell: the champion is kept.
     round: RoundConfig = RoundConfig(
         finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100),
         eval_episodes=2,

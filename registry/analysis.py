@@ -7,9 +7,13 @@ shows there long before success rates, which at a few percent need hundreds of e
 apart. Then, once both arms have `min_episodes`:
 - roll back if the canary is worse: Fisher's exact test, one-sided, at level `alpha` (exact, so
   sound at the small counts of a short canary);
-- promote if it is shown not worse by more than `margin`: the one-sided (1 - alpha) lower bound on
-  canary rate minus champion rate (Newcombe's hybrid score interval, from the two Wilson
-  intervals) is above -margin;
+- promote if it is shown not worse by more than the allowed shortfall: the one-sided (1 - alpha)
+  lower bound on canary rate minus champion rate (Newcombe's hybrid score interval, from the two
+  Wilson intervals) is above minus the smaller of `margin` (points) and `relative_margin` times the
+  champion's rate. The relative part is what keeps the test meaningful at low rates: a 10-point
+  margin against a champion at 5% promotes a canary that never succeeds (0/26 against 4/86 did);
+  at 5% the canary may lose at most a quarter of that, 1.25 points, and a short canary cannot show
+  it, so the champion is kept;
 - otherwise wait for more episodes; when the canary's time is up (`final`), or both arms reach
   `max_episodes`, keep the champion: a canary that cannot be told apart is not promoted.
 """
@@ -35,6 +39,7 @@ class AnalysisConfig:
     max_episodes: Annotated[int, Field(ge=1)] = 400  # per arm: past this the champion is kept
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     margin: Annotated[float, Field(ge=0, lt=1)] = 0.10  # how much worse than the champion still counts as not worse
+    relative_margin: Annotated[float, Field(ge=0, le=1)] = 0.25  # ... and at most this share of the champion's rate
     guardrail_episodes: Annotated[int, Field(ge=1)] = 5
     max_rejection_increase: Annotated[float, Field(ge=0, le=1)] = 0.25  # share of candidates, absolute
 
@@ -121,12 +126,17 @@ def difference_lower_bound(canary: Arm, champion: Arm, alpha: float) -> float:
     return p1 - p2 - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
 
 
+def allowed_shortfall(champion: Arm, config: AnalysisConfig) -> float:
+    return min(config.margin, config.relative_margin * champion.rate)
+
+
 def analyse(canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig(), final: bool = False) -> Verdict:
     """`final`: the canary's time is up, so what would be "wait" is "keep"."""
     p = fisher_less(canary, champion) if canary.episodes and champion.episodes else 1.0
     bound = difference_lower_bound(canary, champion, config.alpha)
     verdict = functools.partial(Verdict, p_worse=p, lower_bound=bound, canary=canary, champion=champion)
     n = min(canary.episodes, champion.episodes)
+    shortfall = allowed_shortfall(champion, config)
     excess = canary.rejection_rate - champion.rejection_rate
     if n >= config.guardrail_episodes and excess > config.max_rejection_increase:
         return verdict(
@@ -139,11 +149,11 @@ def analyse(canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig(
             return verdict(
                 CanaryDecision.rollback, reason=f"canary worse than champion (Fisher p={p:.4f} < {config.alpha})"
             )
-        if bound > -config.margin:
+        if bound > -shortfall:
             return verdict(
                 CanaryDecision.promote,
                 reason=f"canary {canary.rate:.1%} vs champion {champion.rate:.1%}: not worse by more than "
-                f"{config.margin:.0%} (lower bound {bound:+.3f})",
+                f"{shortfall:.1%} (lower bound {bound:+.3f})",
             )
     if final or n >= config.max_episodes:
         return verdict(
@@ -154,5 +164,5 @@ def analyse(canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig(
     if n < config.min_episodes:
         reason = f"need {config.min_episodes} episodes per arm, have {canary.episodes} and {champion.episodes}"
     else:
-        reason = f"not yet shown not worse: lower bound {bound:+.3f} against margin -{config.margin:.2f}"
+        reason = f"not yet shown not worse: lower bound {bound:+.3f} against margin -{shortfall:.3f}"
     return verdict(CanaryDecision.wait, reason=reason)

@@ -65,3 +65,17 @@ def test_a_canary_whose_planner_rejects_most_candidates_is_rolled_back_before_su
     assert verdict.decision == "rollback" and verdict.reason.startswith("guardrail")
     assert analyse(broken, healthy, AnalysisConfig(guardrail_episodes=6)).decision == "wait"
     assert analyse(Arm(0, 5, 40, 160), healthy, AnalysisConfig(min_episodes=30)).decision == "wait"  # within the margin
+
+
+def test_at_low_rates_the_margin_shrinks_with_the_champions_rate():
+    # the fifth session's demo promoted a canary at 0/26 against 4/86: its lower bound, -0.0996,
+    # cleared a 10-point margin that is twice the champion's whole rate
+    demo = AnalysisConfig(min_episodes=20, margin=0.10, max_episodes=60)
+    never_succeeds = analyse(Arm(0, 26), Arm(4, 86), demo, final=True)
+    assert never_succeeds.lower_bound > -0.10 and never_succeeds.decision == "keep"
+    # at 5% the canary may lose a quarter of it: 1.25 points, which takes a canary shown better
+    long = AnalysisConfig(min_episodes=20, margin=0.10, max_episodes=2000)
+    assert analyse(Arm(50, 1000), Arm(50, 1000), long).decision == "wait"
+    assert analyse(Arm(100, 1000), Arm(50, 1000), long).decision == "promote"
+    # at 50% the absolute 10 points is the smaller and governs, as before
+    assert analyse(Arm(110, 200), Arm(100, 200), long).decision == "promote"
