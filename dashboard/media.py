@@ -38,7 +38,7 @@ class EpisodeMedia:
         episode = Episode.model_validate_json(episode_json)
         self._s3 = self._s3 or s3_client(self.settings)
         try:
-            return load_media(self._s3, self.settings.s3_endpoint, episode.media)
+            return load_media(self._s3, self.settings, episode.media)
         except Exception as e:  # noqa: BLE001 - Rejected says what is wrong; ServiceUnavailable names S3
             raise MediaMissing(f"media of episode {episode.episode_id} cannot be shown: {e}") from e
 

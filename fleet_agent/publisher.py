@@ -6,6 +6,11 @@ batch's media (in parallel), produces the messages (acks=all, keyed by robot_id)
 and removes an entry only after Kafka has acknowledged it. When S3 or Kafka is unreachable
 entries simply wait, and are replayed in order when the service is back. A replay after a
 partial failure can send a message twice; the learner drops duplicates by episode_id.
+
+The shipper never dies: an entry no retry can ship (an unreadable spool file, a message the
+broker refuses for its size) is quarantined with its reason (`Spool.quarantine`, counted in
+`quarantined` and the `fleet_spool_quarantined_total` metric) and the stream goes on behind it;
+any other failure is logged and retried with backoff.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 from kafka import KafkaProducer
+from kafka.errors import MessageSizeTooLargeError
 
+from fleet_agent import metrics
+from fleet_agent.spool import MEDIA as MEDIA_SUFFIX
 from fleet_agent.spool import Spool, SpoolEntry
 from infra.clients import ServiceUnavailable, kafka_producer, s3_client
 from infra.contracts import arrays
@@ -29,23 +37,19 @@ from infra.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def media_key(core: EpisodeCore) -> str:
-    day = core.started_at.strftime("%Y/%m/%d")
-    return f"episodes/{core.robot_id}/{day}/{core.episode_id}{arrays.SUFFIX}"
-
-
 class EpisodePublisher:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.topic = settings.kafka.episodes_topic
         self.bucket = settings.s3.episodes_bucket
-        self.spool = Spool(settings.spool_dir)
+        self.spool = Spool(settings.spool_dir, settings.agent.spool_max_bytes, settings.agent.spool_full_wait_s)
         self._s3 = None
         self._producer: KafkaProducer | None = None
         self._uploads = ThreadPoolExecutor(settings.agent.upload_workers, thread_name_prefix="s3-upload")
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._shipped = 0
+        self.quarantined = 0
         self._uploaded: set[int] = set()
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._ship_forever, name="episode-shipper", daemon=True)
@@ -58,7 +62,7 @@ class EpisodePublisher:
         blob = arrays.encode(media, self.settings.agent.compression_level)
         ref = MediaRef(
             bucket=self.bucket,
-            key=media_key(core),
+            key=core.media_key(),
             sha256=arrays.sha256(blob),
             nbytes=len(blob),
             arrays={name: ArraySpec(shape=list(a.shape), dtype=a.dtype.name) for name, a in media.items()},
@@ -94,40 +98,54 @@ class EpisodePublisher:
         self._uploads.shutdown(wait=True)
         if self._producer:
             self._producer.close(timeout=5)
+        self.spool.close()
         return drained
 
     # -- shipping ------------------------------------------------------------------------------
     def _ship_forever(self) -> None:
         backoff = 0.2
         while not self._stop.is_set():
-            entries = self.spool.peek(self.settings.agent.batch_size)
-            if not entries:
-                with self._wake:
-                    self._wake.wait(timeout=0.5)
-                continue
             try:
+                entries = self.spool.peek(self.settings.agent.batch_size)
+                if not entries:
+                    with self._wake:
+                        self._wake.wait(timeout=0.5)
+                    continue
                 self.ship(entries)
                 backoff = 0.2
                 self.last_error = None
-            except ServiceUnavailable as e:
+            except Exception as e:  # noqa: BLE001 - the shipper outlives every failure
                 if self.last_error != str(e):
-                    log.warning("episodes wait in the spool: %s", e)
+                    level = logging.WARNING if isinstance(e, ServiceUnavailable) else logging.ERROR
+                    log.log(level, "episodes wait in the spool: %s", e, exc_info=not isinstance(e, ServiceUnavailable))
                 self.last_error = str(e)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 3.0)
 
     def ship(self, entries: list[SpoolEntry]) -> None:
-        """Upload media, then produce messages, then drop acknowledged entries (in order)."""
+        """Upload media, then produce messages, then drop acknowledged entries (in order); an entry
+        that can never be shipped is quarantined and the rest go on."""
+        entries = [e for e in entries if self._readable(e)]
         self._upload(entries)
         producer = self._ensure_producer()
-        futures = [producer.send(self.topic, key=e.robot_id().encode(), value=e.message()) for e in entries]
+        sent = []
         try:
+            for entry in entries:
+                try:
+                    future = producer.send(self.topic, key=entry.robot_id().encode(), value=entry.message())
+                except MessageSizeTooLargeError as e:  # raised before any request: no retry can help
+                    self._quarantine(entry, f"the broker cannot take the message: {e}")
+                    continue
+                sent.append((entry, future))
             producer.flush(timeout=self.settings.kafka.bootstrap_timeout_ms / 1000 * 3)
         except Exception as e:  # noqa: BLE001 - kafka-python raises several types for one cause
             self._reset_producer()
             raise ServiceUnavailable(f"kafka at {self.settings.kafka_bootstrap} did not acknowledge: {e}") from e
-        for entry, future in zip(entries, futures, strict=True):
+        for entry, future in sent:
             if not future.succeeded():
+                if isinstance(future.exception, MessageSizeTooLargeError):
+                    self._quarantine(entry, f"the broker refused the message: {future.exception}")
+                    continue
                 self._reset_producer()
                 raise ServiceUnavailable(
                     f"kafka at {self.settings.kafka_bootstrap} refused an episode: {future.exception}"
@@ -135,6 +153,21 @@ class EpisodePublisher:
             self.spool.remove(entry)
             self._uploaded.discard(entry.seq)
             self._shipped += 1
+
+    def _readable(self, entry: SpoolEntry) -> bool:
+        try:
+            entry.robot_id(), entry.media_key(), entry.path(MEDIA_SUFFIX).stat()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self._quarantine(entry, f"unreadable spool entry: {type(e).__name__}: {e}")
+            return False
+        return True
+
+    def _quarantine(self, entry: SpoolEntry, reason: str) -> None:
+        folder = self.spool.quarantine(entry, reason)
+        self._uploaded.discard(entry.seq)
+        self.quarantined += 1
+        metrics.QUARANTINED.inc()
+        log.error("episode %d quarantined in %s: %s", entry.seq, folder, reason)
 
     def _upload(self, entries: list[SpoolEntry]) -> None:
         # Remembered in memory only: after a restart an entry's media are simply put again.

@@ -5,17 +5,40 @@ then the message, each written under a temporary name and renamed into place. Th
 rename commits the entry, so a crash leaves a whole entry or a stray media file that the next
 start removes. Entries are shipped and removed strictly in sequence order, which keeps a
 robot's episodes in order across outages and restarts.
+
+One process owns a spool directory (an exclusive lock on `.lock`): a second agent pointed at the
+same directory is refused instead of shipping and deleting the first one's entries. The spool
+holds at most `max_bytes`: past it `append` waits for the shipper to make room, and after
+`wait_s` refuses with `SpoolFull`, as it does when the disk itself is full. An entry that can never
+be shipped (unreadable, or refused by the broker whatever the retry) is moved to `quarantine/`
+with a `.reason` file beside it, so it stops blocking the robot's ordered stream and stays on
+disk for an operator to inspect.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from infra.errors import FleetError
+
 MESSAGE, MEDIA = ".json", ".media"
+QUARANTINE = "quarantine"
+
+
+class SpoolBusy(FleetError):
+    hint = "run one agent per spool directory (agent.spool_dir)"
+
+
+class SpoolFull(FleetError):
+    hint = "the episode was not kept; check that S3 and Kafka answer, or raise agent.spool_max_bytes"
 
 
 @dataclass
@@ -46,37 +69,102 @@ class SpoolEntry:
     def media(self) -> bytes:
         return self.path(MEDIA).read_bytes()
 
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.path(MESSAGE), self.path(MEDIA)) if p.exists())
+
 
 class Spool:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_bytes: int | None = None, wait_s: float = 30.0):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.root / ".lock", "a+")  # noqa: SIM115 - held for the spool's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise SpoolBusy(f"spool {self.root} is in use by another process") from None
+        self.max_bytes, self.wait_s = max_bytes, wait_s
         committed = set(self._seqs())
         for path in self.root.iterdir():  # half-written by a crash: never acknowledged
+            if path.is_dir() or path.name == ".lock":
+                continue
             stem = path.name.split(".", 1)[0]
             if path.name.endswith(".tmp") or (path.suffix == MEDIA and int(stem) not in committed):
                 path.unlink()
         seqs = self._seqs()
         self._next = seqs[-1] + 1 if seqs else 0
+        self._bytes = sum(SpoolEntry(self.root, s).nbytes() for s in seqs)
+        self._room = threading.Condition()
 
     def _seqs(self) -> list[int]:
         return sorted(int(p[: -len(MESSAGE)]) for p in os.listdir(self.root) if p.endswith(MESSAGE))
 
     def append(self, message: bytes, media: bytes) -> SpoolEntry:
-        entry = SpoolEntry(self.root, self._next)
-        self._next += 1
-        for suffix, data in ((MEDIA, media), (MESSAGE, message)):
-            tmp = entry.path(suffix + ".tmp")
-            tmp.write_bytes(data)
-            os.rename(tmp, entry.path(suffix))
+        size = len(message) + len(media)
+        with self._room:
+            if self.max_bytes is not None:
+                deadline = time.monotonic() + self.wait_s
+                while self._bytes + size > self.max_bytes:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise SpoolFull(
+                            f"spool {self.root} holds {self._bytes} bytes; {size} more would pass its cap "
+                            f"of {self.max_bytes} (waited {self.wait_s:.0f} s for the shipper)"
+                        )
+                    self._room.wait(left)
+            entry = SpoolEntry(self.root, self._next)
+            self._next += 1
+            self._bytes += size
+        try:
+            for suffix, data in ((MEDIA, media), (MESSAGE, message)):
+                tmp = entry.path(suffix + ".tmp")
+                tmp.write_bytes(data)
+                os.rename(tmp, entry.path(suffix))
+        except OSError as e:
+            for suffix in (MEDIA + ".tmp", MESSAGE + ".tmp", MEDIA):
+                entry.path(suffix).unlink(missing_ok=True)
+            self._released(size)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"the disk under spool {self.root} is full") from e
+            raise
         return entry
 
     def peek(self, n: int) -> list[SpoolEntry]:
         return [SpoolEntry(self.root, seq) for seq in self._seqs()[:n]]
 
     def remove(self, entry: SpoolEntry) -> None:
+        size = entry.nbytes()
         entry.path(MESSAGE).unlink()
         entry.path(MEDIA).unlink(missing_ok=True)
+        self._released(size)
+
+    def quarantine(self, entry: SpoolEntry, reason: str) -> Path:
+        """Move an entry that can never be shipped out of the way, with why."""
+        folder = self.root / QUARANTINE
+        folder.mkdir(exist_ok=True)
+        size = entry.nbytes()
+        (folder / f"{entry.seq:012d}.reason").write_text(reason + "\n")
+        if entry.path(MEDIA).exists():
+            os.rename(entry.path(MEDIA), folder / entry.path(MEDIA).name)
+        os.rename(entry.path(MESSAGE), folder / entry.path(MESSAGE).name)
+        self._released(size)
+        return folder
+
+    def quarantined(self) -> list[str]:
+        folder = self.root / QUARANTINE
+        return sorted(p.read_text().strip() for p in folder.glob("*.reason")) if folder.exists() else []
+
+    def _released(self, size: int) -> None:
+        with self._room:
+            self._bytes -= size
+            self._room.notify_all()
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def close(self) -> None:
+        self._lock_file.close()
 
     def __len__(self) -> int:
         return len(self._seqs())

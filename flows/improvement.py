@@ -81,6 +81,7 @@ def curate_episodes(settings: Settings, ingested_after: float | None, threshold:
         "kept_failures": len(manifest.of_role("critic_negative")),
         "kept_hindsight": len(manifest.of_role("hindsight")),
         "dropped_inconsistent": manifest.dropped_inconsistent,
+        "skipped": len(manifest.skipped),  # media that could not be used: named in the manifest
         "watermark": watermark if watermark is not None else ingested_after,
     }
 

@@ -127,12 +127,20 @@ class PrefectSettings(_Section):
 class LearnerSettings(_Section):
     index_path: Path | None = Field(None, description="SQLite episode index; unset = in state_dir")
     fetch_workers: int = 8
+    # Caps on one episode's media, as stored and as decoded: past them the message is dead-lettered
+    # (too_large) rather than read, so that no robot can make the learner or dashboard run out of memory.
+    max_media_bytes: int = Field(256 << 20, ge=1)
+    max_decoded_bytes: int = Field(1 << 30, ge=1)
 
 
 class AgentSettings(_Section):
     spool_dir: Path | None = Field(None, description="on-disk spool; unset = in state_dir")
     upload_workers: int = 8
     batch_size: int = 64
+    # Back-pressure: past this many bytes waiting on the robot's disk, publish waits for the shipper
+    # up to spool_full_wait_s, then refuses the episode (SpoolFull) instead of filling the disk.
+    spool_max_bytes: int = Field(8 << 30, ge=1)
+    spool_full_wait_s: float = Field(30.0, ge=0)
     # zstd level 1: 5x faster than level 3 on camera frames for ~5% more bytes (see README).
     compression_level: int = 1
     heartbeat_interval_s: float = 5.0

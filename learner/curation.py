@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -32,8 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from infra.clients import s3_client
 from infra.contracts.episode import Episode
 from infra.settings import Settings
-from learner.media import load_media
+from learner.media import Rejected, load_media
 from sim.tabletop import HINDSIGHT_TASKS
+
+log = logging.getLogger(__name__)
 
 HINDSIGHT_IDS = frozenset(t.id for t in HINDSIGHT_TASKS)  # a robot reporting a held-out task is not believed
 SCORE = "mean over decisions of cos(imagined change, executed change) of the chosen candidate"
@@ -67,6 +70,9 @@ class DatasetManifest(BaseModel):
     consistency_threshold: float
     considered: int
     dropped_inconsistent: int
+    skipped: dict[str, str] = Field(
+        default_factory=dict, description="episode_id -> why its media could not be used; the round goes on without it"
+    )
     entries: list[ManifestEntry]
 
     def of_role(self, role: str) -> list[ManifestEntry]:
@@ -97,12 +103,18 @@ def consistency(episode: Episode, executed: np.ndarray, imagined: np.ndarray) ->
 
 
 def curate(settings: Settings, episodes: list[Episode], config: CurationConfig = CurationConfig()) -> DatasetManifest:
-    """Score every episode (media fetched in parallel, sha256 checked) and build the manifest."""
+    """Score every episode (media fetched in parallel, sha256 checked) and build the manifest. An
+    episode whose media cannot be used (gone, altered, not what its message declares) is skipped
+    and named in `skipped`, with all its entries: one bad episode does not stop a round."""
     s3 = s3_client(settings)
 
-    def judge(ep: Episode) -> ManifestEntry | None:
-        media = load_media(s3, settings.s3_endpoint, ep.media)
-        score = consistency(ep, media["executed_frames"], media["imagined_videos"])
+    def judge(ep: Episode) -> ManifestEntry | str | None:
+        try:
+            media = load_media(s3, settings, ep.media)
+            score = consistency(ep, media["executed_frames"], media["imagined_videos"])
+        except (Rejected, ValueError) as e:  # an outage (ServiceUnavailable) still fails the round, to retry
+            log.warning("curation skips episode %s: %s", ep.episode_id, e)
+            return str(e)
         if ep.success and (score is None or score < config.consistency_threshold):
             return None
         if not ep.success and not config.keep_failures:
@@ -123,21 +135,25 @@ def curate(settings: Settings, episodes: list[Episode], config: CurationConfig =
         )
 
     with ThreadPoolExecutor(settings.learner.fetch_workers) as pool:
-        judged = list(pool.map(judge, episodes))
+        verdicts = list(pool.map(judge, episodes))
+    skipped = {str(ep.episode_id): v for ep, v in zip(episodes, verdicts, strict=True) if isinstance(v, str)}
+    usable = [(ep, v) for ep, v in zip(episodes, verdicts, strict=True) if str(ep.episode_id) not in skipped]
     relabelled = [
         entry(ep, task_id, True, None, "hindsight", step)
-        for ep in episodes
+        for ep, _ in usable
         for task_id, step in sorted(ep.hindsight.items())
         if task_id in HINDSIGHT_IDS
     ]
-    entries = sorted((e for e in [*judged, *relabelled] if e is not None), key=lambda e: (e.episode_id, e.role))
-    dropped = sum(1 for ep, e in zip(episodes, judged, strict=True) if e is None and ep.success)
+    judged = [e for _, e in usable if e is not None]
+    entries = sorted([*judged, *relabelled], key=lambda e: (e.episode_id, e.role))
+    dropped = sum(1 for ep, e in usable if e is None and ep.success)
     return DatasetManifest(
         manifest_id=content_id(entries, config.consistency_threshold),
         created_at=datetime.now(UTC),
         consistency_threshold=config.consistency_threshold,
         considered=len(episodes),
         dropped_inconsistent=dropped,
+        skipped=skipped,
         entries=entries,
     )
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from infra.clients import s3_client
-from infra.contracts.episode import MEDIA_ARRAYS, ArraySpec, Episode, MediaRef
+from infra.contracts.episode import Episode
 from infra.settings import Settings
 from learner.curation import DatasetManifest, ManifestEntry
 from learner.episode_index import EpisodeIndex
@@ -42,15 +42,11 @@ def build_training_set(
             f"manifest {manifest.manifest_id[:12]} names {len(missing)} episodes the index lacks, e.g. {missing[0]}"
         )
 
-    def fetch(entry):
-        ref = MediaRef(
-            bucket=settings.s3.episodes_bucket,
-            key=entry.media_key,
-            sha256=entry.media_sha256,
-            nbytes=0,
-            arrays={name: ArraySpec(shape=[0], dtype="uint8") for name in MEDIA_ARRAYS},
-        )
-        return load_media(s3, settings.s3_endpoint, ref)
+    def fetch(entry: ManifestEntry):
+        ref = by_id[entry.episode_id].media
+        if ref.sha256 != entry.media_sha256:
+            raise ValueError(f"episode {entry.episode_id}: the index's media are not those the manifest names")
+        return load_media(s3, settings, ref)
 
     with ThreadPoolExecutor(settings.learner.fetch_workers) as pool:
         media = list(pool.map(fetch, manifest.entries))

@@ -1,10 +1,14 @@
 """Ingest: the learner's consumer of the episodes topic.
 
-Each message is checked before it is kept: JSON, the episode schema, and every claim-checked
-object present in S3 with the sha256 the robot recorded. A message that fails goes, with its
-reason and original bytes, to the dead-letter topic, and the stream goes on. Accepted episodes
-are written to the episode index (duplicates dropped by episode_id) in one transaction, and only
-then are the Kafka offsets committed: a crash anywhere replays messages, never loses them.
+Each message is checked before it is kept: JSON, the episode schema (bounded, finite, media under
+the robot's own prefix in the configured bucket), and the claim-checked object present in S3
+with the sha256 the robot recorded, within the size caps, holding the arrays the message declares.
+A message that fails goes, with a reason from a closed set and its original bytes, to the
+dead-letter topic, and the stream goes on; an original too large to travel again is kept in S3
+and the dead letter names it. Accepted episodes are written to the episode index (duplicates
+dropped by episode_id) in one transaction; only once the dead letters are acknowledged and the
+index committed are the Kafka offsets committed: a crash anywhere replays messages, never loses
+them (a replay may dead-letter a message twice; the `source` header tells the copies apart).
 
 A service outage is not a bad message: if S3 or Kafka fails mid-batch the batch is not judged,
 the consumer goes back to its last committed offsets, and the batch is tried again when the
@@ -13,6 +17,8 @@ service answers.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import logging
 import threading
 import time
@@ -28,9 +34,12 @@ from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import Episode, MediaRef
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex, Provenance
-from learner.media import Rejected, fetch_verified
+from learner.media import Rejected, check_content, fetch_verified
 
 log = logging.getLogger(__name__)
+# Kafka's default message cap is 1 MiB; an original bigger than this, with its headers, is kept in
+# S3 instead, so that a message the broker took once can always be dead-lettered.
+INLINE_ORIGINAL_BYTES = 512 << 10
 
 
 @dataclass
@@ -108,11 +117,15 @@ class EpisodeIngestor:
 
     def _judge(self, record) -> Episode | DeadLetter:
         """The episode if the message is good, else the dead letter that says why not."""
+        if not record.value:
+            return DeadLetter(DeadLetterReason.empty, "the record has no value")
         try:
             episode = Episode.model_validate_json(record.value)
         except ValidationError as e:
             bad_json = any(err["type"] == "json_invalid" for err in e.errors())
             return DeadLetter(DeadLetterReason.bad_json if bad_json else DeadLetterReason.schema, _short(e))
+        if episode.media.bucket != self.settings.s3.episodes_bucket:
+            return DeadLetter(DeadLetterReason.media_location, f"bucket {episode.media.bucket!r} is not the fleet's")
         if self.verify_media:
             try:
                 self._verify(episode.media)
@@ -121,16 +134,36 @@ class EpisodeIngestor:
         return episode
 
     def _verify(self, ref: MediaRef) -> None:
-        fetch_verified(self._s3, self.settings.s3_endpoint, ref)
+        blob = fetch_verified(self._s3, self.settings, ref)
+        check_content(blob, ref, self.settings.learner.max_decoded_bytes)
 
     def _dead_letter(self, rejected) -> None:
+        """Produce every dead letter and wait for each acknowledgement: a letter that did not arrive
+        raises, so the batch's offsets are not committed and the batch is judged again."""
         if self._dlq is None:
             self._dlq = kafka_producer(self.settings)
+        futures = []
         for record, letter in rejected:
             log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, letter)
             source = f"{record.topic}/{record.partition}/{record.offset}"
-            self._dlq.send(self.dead_letter_topic, key=record.key, value=record.value, headers=letter.headers(source))
+            value = record.value or b""
+            if len(value) + len(record.key or b"") > INLINE_ORIGINAL_BYTES:
+                letter = dataclasses.replace(letter, original=self._keep_original(source, value))
+                value = b""
+            headers = letter.headers(source)
+            futures.append(self._dlq.send(self.dead_letter_topic, key=record.key, value=value, headers=headers))
         self._dlq.flush(timeout=30)
+        failed = [f.exception for f in futures if not f.succeeded()]
+        if failed:
+            raise ServiceUnavailable(f"{len(failed)} dead letters were not acknowledged: {failed[0]}")
+
+    def _keep_original(self, source: str, value: bytes) -> str:
+        key = f"dead-letters/{source}"
+        try:
+            self._s3.put_object(self.settings.s3.episodes_bucket, key, io.BytesIO(value), len(value))
+        except Exception as e:  # noqa: BLE001 - any failure: the batch waits for S3
+            raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} did not keep a dead letter: {e}") from e
+        return f"s3://{self.settings.s3.episodes_bucket}/{key}"
 
     def _seek_to_committed(self) -> None:
         """Go back to the last committed offsets: the first record not yet indexed or dead-lettered."""

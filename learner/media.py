@@ -1,8 +1,11 @@
 """Fetching an episode's claim-checked media from S3, with its sha256 checked against the message.
 
 The ingestor uses it to judge messages, curation to read frames. Failures are told apart: an
-object that is gone or corrupt can never be accepted (`Rejected`, the dead-letter reason); an S3
-that does not answer is an outage (`ServiceUnavailable`), worth retrying.
+object that is gone, corrupt, too large, not what the message declares, or that S3 refuses to
+name or to hand over can never be accepted as it is (`Rejected`, the dead-letter reason); an S3
+that does not answer, or answers with a server error, is an outage (`ServiceUnavailable`), worth
+retrying. Reads are bounded: never more than the message's `nbytes` (and the configured cap) are
+read, and decoding stops at the decoded cap.
 """
 
 from __future__ import annotations
@@ -16,8 +19,15 @@ from infra.contracts import arrays
 from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import MediaRef
 from infra.errors import FleetError
+from infra.settings import Settings
 
-PERMANENT_S3_CODES = {"NoSuchKey", "NoSuchBucket", "InvalidObjectName"}
+PERMANENT_S3_CODES = {
+    "NoSuchKey": DeadLetterReason.missing_object,
+    "NoSuchBucket": DeadLetterReason.missing_object,
+    "InvalidObjectName": DeadLetterReason.media_location,
+    "InvalidBucketName": DeadLetterReason.media_location,
+    "AccessDenied": DeadLetterReason.access_denied,
+}
 
 
 class Rejected(FleetError):
@@ -28,28 +38,52 @@ class Rejected(FleetError):
         super().__init__(str(self.dead_letter))
 
 
-def fetch_verified(s3: Minio, endpoint: str, ref: MediaRef) -> bytes:
+def fetch_verified(s3: Minio, settings: Settings, ref: MediaRef) -> bytes:
+    where, endpoint, max_bytes = f"s3://{ref.bucket}/{ref.key}", settings.s3_endpoint, settings.learner.max_media_bytes
+    if ref.nbytes > max_bytes:
+        raise Rejected(DeadLetterReason.too_large, f"{where} is {ref.nbytes} bytes, the cap is {max_bytes}")
     try:
         response = s3.get_object(ref.bucket, ref.key)
         try:
-            blob = response.read()
+            blob = response.read(ref.nbytes + 1)  # one byte past what was declared tells a longer object
         finally:
             response.close()
             response.release_conn()
     except S3Error as e:
         if e.code in PERMANENT_S3_CODES:
-            raise Rejected(DeadLetterReason.missing_object, f"s3://{ref.bucket}/{ref.key} ({e.code})") from e
+            raise Rejected(PERMANENT_S3_CODES[e.code], f"{where} ({e.code})") from e
         raise ServiceUnavailable(f"s3 at {endpoint} failed: {e.code}") from e
+    except ValueError as e:  # minio's own check of bucket and key names, before any request
+        raise Rejected(DeadLetterReason.media_location, f"{where}: {e}") from e
     except Exception as e:  # noqa: BLE001 - connection-level failures from urllib3
         raise ServiceUnavailable(f"s3 at {endpoint} did not answer: {e}") from e
     digest = arrays.sha256(blob)
     if digest != ref.sha256:
         raise Rejected(
             DeadLetterReason.checksum_mismatch,
-            f"s3://{ref.bucket}/{ref.key} has sha256 {digest}, message says {ref.sha256}",
+            f"{where} has sha256 {digest}{'' if len(blob) <= ref.nbytes else ' (longer than declared)'}, "
+            f"message says {ref.sha256}",
         )
     return blob
 
 
-def load_media(s3: Minio, endpoint: str, ref: MediaRef) -> dict[str, np.ndarray]:
-    return arrays.decode(fetch_verified(s3, endpoint, ref))
+def check_content(blob: bytes, ref: MediaRef, max_decoded_bytes: int) -> None:
+    """The arrays decode within the cap and are those the message declares, shape and dtype."""
+    where = f"s3://{ref.bucket}/{ref.key}"
+    if ref.decoded_nbytes > max_decoded_bytes:
+        raise Rejected(DeadLetterReason.too_large, f"{where} declares {ref.decoded_nbytes} decoded bytes")
+    try:
+        found = arrays.inspect(blob, max_decoded_bytes)
+    except arrays.TooLarge as e:
+        raise Rejected(DeadLetterReason.too_large, f"{where}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - zstd, zip and npy each raise their own
+        raise Rejected(DeadLetterReason.media_content, f"{where} does not decode: {e}") from e
+    declared = {name: (spec.shape, spec.dtype) for name, spec in ref.arrays.items()}
+    if found != declared:
+        raise Rejected(DeadLetterReason.media_content, f"{where} holds {found}, the message declares {declared}")
+
+
+def load_media(s3: Minio, settings: Settings, ref: MediaRef) -> dict[str, np.ndarray]:
+    blob = fetch_verified(s3, settings, ref)
+    check_content(blob, ref, settings.learner.max_decoded_bytes)
+    return arrays.decode(blob, settings.learner.max_decoded_bytes)

@@ -159,7 +159,7 @@ def synthetic_history(
     is in S3): for the index, the dashboard's tables and their benchmark."""
     rng = np.random.default_rng(seed)
     spec = ArraySpec(shape=[1], dtype="uint8")
-    ref = MediaRef(bucket="none", key="none", sha256="0" * 64, nbytes=0, arrays=dict.fromkeys(MEDIA_ARRAYS, spec))
+    placeholder = {"bucket": "none", "sha256": "0" * 64, "nbytes": 0, "arrays": dict.fromkeys(MEDIA_ARRAYS, spec)}
     start = datetime.now(UTC) - timedelta(seconds=span_s)
     rates = rng.uniform(0.2, 0.8, versions)
     for i in range(episodes):
@@ -170,6 +170,6 @@ def synthetic_history(
             **core.model_dump(exclude={"started_at", "ended_at"}),
             started_at=at,
             ended_at=at + timedelta(seconds=4),
-            media=ref,
+            media=MediaRef(key=core.media_key(), **placeholder),
             published_at=at + timedelta(seconds=4),
         )

@@ -3,7 +3,9 @@
 One object per episode (not per array) halves the S3 requests on both sides of the data plane,
 which is what bounds it when frames compress well, and halves the request bill on real S3.
 ``.npz`` read with ``allow_pickle=False`` carries only names, dtypes, shapes and raw bytes, so
-decoding an object from a bucket that others can write never executes code. The sha256 of the
+decoding an object from a bucket that others can write never executes code; and decoding stops at
+`max_bytes` of output, with the archive's members stored, not deflated, so that a small object
+cannot expand into gigabytes (a decompression bomb) in the learner or the dashboard. The sha256 of the
 compressed bytes is the claim check in the Kafka message, verified before anything is indexed.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 
 import numpy as np
 import zstandard
@@ -29,10 +32,46 @@ def encode(arrays: dict[str, np.ndarray], level: int = 1) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(buf.getvalue())
 
 
-def decode(blob: bytes) -> dict[str, np.ndarray]:
-    raw = zstandard.ZstdDecompressor().decompress(blob)
-    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+MAX_DECODED_BYTES = 1 << 30
+
+
+class TooLarge(ValueError):
+    pass
+
+
+def _unpack(blob: bytes, max_bytes: int) -> io.BytesIO:
+    raw = bytearray()
+    with zstandard.ZstdDecompressor().stream_reader(blob) as reader:
+        while chunk := reader.read(1 << 20):
+            raw += chunk
+            if len(raw) > max_bytes:
+                raise TooLarge(f"media decode to more than {max_bytes} bytes")
+    archive = io.BytesIO(raw)
+    with zipfile.ZipFile(archive) as members:
+        deflated = [i.filename for i in members.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    if deflated:
+        raise ValueError(f"media members {deflated} are compressed inside the archive; only stored members are read")
+    return archive
+
+
+def decode(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, np.ndarray]:
+    with np.load(_unpack(blob, max_bytes), allow_pickle=False) as npz:
         return {name: npz[name] for name in npz.files}
+
+
+def inspect(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, tuple[list[int], str]]:
+    """Each array's shape and dtype, read from its header without copying its data: what ingest
+    checks against the message."""
+    out = {}
+    with zipfile.ZipFile(_unpack(blob, max_bytes)) as members:
+        for name in members.namelist():
+            with members.open(name) as member:
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                    np.lib.format.read_magic(member), np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(member)
+            out[name.removesuffix(".npy")] = (list(shape), dtype.name)
+    return out
 
 
 def sha256(blob: bytes) -> str:

@@ -9,14 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER = "reason", "detail", "source"
+REASON_HEADER, DETAIL_HEADER, SOURCE_HEADER, ORIGINAL_HEADER = "reason", "detail", "source", "original"
 
 
 class DeadLetterReason(StrEnum):
+    empty = "empty"  # a record with no value
     bad_json = "bad_json"  # the bytes are not JSON
     schema = "schema"  # JSON that is not an episode of this schema version
+    media_location = "media_location"  # not the configured bucket, or a key S3 cannot name
+    access_denied = "access_denied"  # S3 refused the learner the object (replay once permissions are fixed)
     missing_object = "missing_object"  # the media it names are not in S3
     checksum_mismatch = "checksum_mismatch"  # the media in S3 are not the bytes the message names
+    too_large = "too_large"  # media over the learner's caps, compressed or decoded
+    media_content = "media_content"  # media that do not decode, or whose arrays are not those the message declares
     unknown = "unknown"  # a record whose headers name no reason this code knows
 
 
@@ -24,6 +29,7 @@ class DeadLetterReason(StrEnum):
 class DeadLetter:
     reason: DeadLetterReason
     detail: str
+    original: str | None = None  # s3:// URI of the original bytes when they were too large to travel again
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.detail}"
@@ -31,8 +37,9 @@ class DeadLetter:
     def headers(self, source: str) -> list[tuple[str, bytes]]:
         return [
             (REASON_HEADER, self.reason.value.encode()),
-            (DETAIL_HEADER, self.detail.encode()),
+            (DETAIL_HEADER, self.detail[:2_000].encode()),
             (SOURCE_HEADER, source.encode()),
+            *([(ORIGINAL_HEADER, self.original.encode())] if self.original else []),
         ]
 
     @classmethod
@@ -45,4 +52,5 @@ class DeadLetter:
         return cls(
             DeadLetterReason(reason.strip()) if known else DeadLetterReason.unknown,
             found.get(DETAIL_HEADER, detail.strip()),
+            found.get(ORIGINAL_HEADER),
         )

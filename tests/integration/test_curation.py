@@ -44,7 +44,7 @@ def _episode(settings, rng, success: bool, imagine, chosen: int | None = 1, resa
     )
     media = {"executed_frames": executed, "imagined_videos": imagined}
     blob = arrays.encode(media)
-    key = f"curation-test/{core.episode_id}.npz.zst"
+    key = core.media_key()
     s3_client(settings).put_object(settings.s3.episodes_bucket, key, io.BytesIO(blob), len(blob))
     ref = MediaRef(
         bucket=settings.s3.episodes_bucket,
@@ -118,3 +118,17 @@ def test_a_failure_that_met_another_seen_task_trains_as_that_tasks_success_up_to
     )
     whole = fleet_clip(failed, manifest.of_role("critic_negative")[0], frames, imagined)
     assert whole.plan_steps.tolist() == [0, 5] and not whole.success
+
+
+def test_an_episode_whose_media_were_replaced_is_skipped_and_named_and_the_round_goes_on(plane):
+    rng = np.random.default_rng(2)
+    good, replaced = _episode(plane, rng, True, as_imagined), _episode(plane, rng, True, as_imagined)
+    replaced = replaced.model_copy(update={"hindsight": {"reach-red": 4}})  # its relabelled entry goes too
+    forged = b"not the frames the robot hashed"
+    s3_client(plane).put_object(plane.s3.episodes_bucket, replaced.media.key, io.BytesIO(forged), len(forged))
+
+    manifest = curate(plane, [good, replaced], CurationConfig(consistency_threshold=0.5))
+
+    assert {e.episode_id for e in manifest.entries} == {str(good.episode_id)}
+    assert list(manifest.skipped) == [str(replaced.episode_id)]
+    assert "checksum_mismatch" in manifest.skipped[str(replaced.episode_id)] and manifest.considered == 2

@@ -19,7 +19,7 @@ def an_episode() -> Episode:
 
 def media_ref(**change) -> dict:
     spec = {"shape": [1], "dtype": "uint8"}
-    ref = {"bucket": "b", "key": "k", "sha256": "0" * 64, "nbytes": 1}
+    ref = {"bucket": "fleet-episodes", "key": "episodes/robot-1/e.npz.zst", "sha256": "0" * 64, "nbytes": 1}
     return ref | {"arrays": {"executed_frames": spec, "imagined_videos": spec}} | change
 
 
@@ -42,12 +42,35 @@ def test_episode_round_trips_through_json():
         {"robot_id": ""},
         {"unexpected_field": 1},
         {"success_source": "guess"},
+        {"robot_id": "../robot-2"},
+        {"task_id": "x" * 129},
+        {"instruction": "pick up\x00 the cube"},
+        {"actions": [[0.1, float("nan")]]},
+        {"actions": [[float("inf")]]},
+        {"actions": [[0.0]] * 10_001},
+        {"timings_ms": {"imagine": float("-inf")}},
+        {"rejections": {f"r{i}": 1 for i in range(257)}},
+        {"media": media_ref(key="episodes/robot-2/e.npz.zst")},  # another robot's object
+        {"media": media_ref(key="episodes/robot-1/../robot-2/e.npz.zst")},
+        {"media": media_ref(key="episodes/robot-1//e.npz.zst")},
+        {"media": media_ref(key="episodes/robot-1/é.npz.zst")},
+        {"media": media_ref(bucket="Not_A_Bucket")},
+        {"media": media_ref(arrays={"executed_frames": {"shape": [1], "dtype": "object"}})},
+        {"media": media_ref(arrays={"executed_frames": {"shape": [1] * 9, "dtype": "uint8"}})},
     ],
 )
 def test_invalid_episodes_are_refused(change):
     data = json.loads(an_episode().model_dump_json()) | change
     with pytest.raises(ValidationError):
         Episode.model_validate(data)
+
+
+def test_nan_in_a_message_is_refused_as_it_arrives_in_json():
+    # Python's json writes NaN and Infinity, and pydantic's parser reads them: the contract refuses
+    nan = json.loads(an_episode().model_dump_json())
+    nan["decisions"][0]["latency_ms"] = float("nan")
+    with pytest.raises(ValidationError, match="finite"):
+        Episode.model_validate_json(json.dumps(nan))
 
 
 def test_episode_cannot_end_before_it_starts():
@@ -95,6 +118,17 @@ def test_media_round_trip_exactly():
     assert decoded.keys() == media.keys()
     assert all(np.array_equal(decoded[k], media[k]) for k in media)
     assert arrays.sha256(blob) == arrays.sha256(arrays.encode(media))
+
+
+def test_media_decoding_stops_at_its_cap():
+    bomb = arrays.encode({"zeros": np.zeros((64, 1024, 1024), np.uint8)})  # 64 MiB of zeros
+    assert len(bomb) < 64 * 1024
+    with pytest.raises(arrays.TooLarge):
+        arrays.decode(bomb, max_bytes=16 << 20)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, zeros=np.zeros(1 << 20, np.uint8))  # deflated inside the archive
+    with pytest.raises(ValueError, match="stored"):
+        arrays.decode(zstandard.ZstdCompressor().compress(buf.getvalue()))
 
 
 def test_object_arrays_are_never_encoded_or_unpickled():

@@ -13,8 +13,7 @@ def episodes(n: int, seed: int = 0) -> list[Episode]:
     rng = np.random.default_rng(seed)
     spec = {"shape": [1], "dtype": "uint8"}
     ref = {
-        "bucket": "b",
-        "key": "k",
+        "bucket": "fleet-episodes",
         "sha256": "0" * 64,
         "nbytes": 1,
         "arrays": {"executed_frames": spec, "imagined_videos": spec},
@@ -24,7 +23,8 @@ def episodes(n: int, seed: int = 0) -> list[Episode]:
         core = synthetic_core(rng, f"robot-{i % 3}", policy_version=f"v{i % 2}")
         shift = timedelta(seconds=i)
         core = core.model_copy(update={"started_at": core.started_at + shift, "ended_at": core.ended_at + shift})
-        out.append(Episode(**core.model_dump(), media=ref, published_at=core.ended_at))
+        media = ref | {"key": core.media_key()}
+        out.append(Episode(**core.model_dump(), media=media, published_at=core.ended_at))
     return out
 
 

@@ -1,4 +1,9 @@
-from fleet_agent.spool import Spool
+import threading
+import time
+
+import pytest
+
+from fleet_agent.spool import Spool, SpoolBusy, SpoolFull
 
 
 def message(n: int) -> bytes:
@@ -9,6 +14,7 @@ def test_entries_come_back_in_order_after_a_restart(tmp_path):
     spool = Spool(tmp_path)
     for i in range(5):
         spool.append(message(i), bytes([i]))
+    spool.close()
     reopened = Spool(tmp_path)
     entries = reopened.peek(10)
     assert [e.message() for e in entries] == [message(i) for i in range(5)]
@@ -16,14 +22,53 @@ def test_entries_come_back_in_order_after_a_restart(tmp_path):
     assert entries[2].media_key() == "k2" and entries[2].robot_id() == "r"
     reopened.remove(entries[0])
     reopened.append(message(5), b"")
+    reopened.close()
     assert [e.seq for e in Spool(tmp_path).peek(10)] == [1, 2, 3, 4, 5]
 
 
 def test_a_half_written_entry_is_discarded(tmp_path):
-    Spool(tmp_path).append(message(0), b"media")
+    first = Spool(tmp_path)
+    first.append(message(0), b"media")
+    first.close()
     (tmp_path / "000000000001.media").write_bytes(b"media whose message never landed")
     (tmp_path / "000000000002.json.tmp").write_bytes(b"{")
     spool = Spool(tmp_path)
     assert len(spool) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000000000.json", "000000000000.media"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "000000000000.json", "000000000000.media"]
     assert spool.append(message(1), b"m").seq == 1
+
+
+def test_a_second_process_cannot_open_a_spool_in_use(tmp_path):
+    spool = Spool(tmp_path)
+    with pytest.raises(SpoolBusy, match="in use"):
+        Spool(tmp_path)
+    spool.close()
+    Spool(tmp_path).close()  # free again once the first lets go
+
+
+def test_a_full_spool_waits_for_room_then_refuses(tmp_path):
+    spool = Spool(tmp_path, max_bytes=100, wait_s=0.2)
+    first = spool.append(message(0), b"x" * 50)
+    with pytest.raises(SpoolFull, match="cap of 100"):
+        spool.append(message(1), b"y" * 50)
+    assert len(spool) == 1 and spool.nbytes == first.nbytes()  # the refused episode left nothing behind
+    # the shipper removing an entry lets a waiting robot go on
+    spool.wait_s = 5
+    threading.Timer(0.2, spool.remove, [first]).start()
+    started = time.monotonic()
+    spool.append(message(1), b"y" * 50)
+    assert 0.1 < time.monotonic() - started < 4 and len(spool) == 1
+
+
+def test_an_entry_that_can_never_ship_is_quarantined_with_its_reason(tmp_path):
+    spool = Spool(tmp_path)
+    entries = [spool.append(message(i), b"m") for i in range(3)]
+    spool.quarantine(entries[0], "unreadable spool entry")
+    assert [e.seq for e in spool.peek(10)] == [1, 2] and spool.quarantined() == ["unreadable spool entry"]
+    assert sorted(p.name for p in (tmp_path / "quarantine").iterdir()) == [
+        "000000000000.json",
+        "000000000000.media",
+        "000000000000.reason",
+    ]
+    spool.close()
+    assert len(Spool(tmp_path)) == 2  # a restart keeps the quarantine out of the stream
