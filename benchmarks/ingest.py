@@ -20,6 +20,7 @@ from infra import stack
 from infra.settings import Settings
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
+from learner.reconcile import reconcile
 from sim.synthetic import EpisodeShape, episode_stream
 
 
@@ -83,7 +84,8 @@ def bench_ingest(
         worker.kill()
         raise RuntimeError("the ingest worker did not join its consumer group in 120 s")
 
-    publisher = EpisodePublisher(settings)
+    acknowledged: list[str] = []
+    publisher = EpisodePublisher(settings, on_acknowledged=acknowledged.append)
     sent_ids, nbytes = set(), 0
     t0 = time.perf_counter()
     for i, (core, frames, imagined) in enumerate(stream):
@@ -103,11 +105,13 @@ def bench_ingest(
     with EpisodeIndex(settings.index_path) as index:
         indexed_ids = index.episode_ids()
         latencies_ms = np.array(index.latencies_s()) * 1000
+        # lost and duplicated from a reader independent of the ingest path (learner/reconcile.py)
+        counts = reconcile(settings, set(acknowledged) | sent_ids, index)
     return IngestBench(
         episodes_sent=len(sent_ids),
-        episodes_indexed=len(set(indexed_ids)),
-        lost=len(sent_ids - set(indexed_ids)),
-        duplicated=len(indexed_ids) - len(set(indexed_ids)) + len(set(indexed_ids) - sent_ids),
+        episodes_indexed=counts.indexed,
+        lost=counts.lost,
+        duplicated=counts.duplicated,
         duplicates_dropped=result["duplicates"],
         dead_lettered=result["dead_lettered"],
         episodes_per_s=round(len(indexed_ids) / elapsed, 1),

@@ -19,6 +19,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 
 
 class EpisodePublisher:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, on_acknowledged: Callable[[str], None] | None = None):
+        """`on_acknowledged(episode_id)` is called from the shipper once Kafka has an episode."""
         self.settings = settings
+        self._on_acknowledged = on_acknowledged
         self.topic = settings.kafka.episodes_topic
         self.bucket = settings.s3.episodes_bucket
         self.spool = Spool(settings.spool_dir, settings.agent.spool_max_bytes, settings.agent.spool_full_wait_s)
@@ -153,6 +156,8 @@ class EpisodePublisher:
             self.spool.remove(entry)
             self._uploaded.discard(entry.seq)
             self._shipped += 1
+            if self._on_acknowledged:
+                self._on_acknowledged(entry.episode_id())
 
     def _readable(self, entry: SpoolEntry) -> bool:
         try:

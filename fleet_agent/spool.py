@@ -60,6 +60,9 @@ class SpoolEntry:
     def _parsed(self) -> dict:
         return json.loads(self._message)
 
+    def episode_id(self) -> str:
+        return self._parsed["episode_id"]
+
     def robot_id(self) -> str:
         return self._parsed["robot_id"]
 

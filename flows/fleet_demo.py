@@ -32,6 +32,7 @@ from infra.settings import Settings
 from infra.stats import mcnemar, wilson
 from learner.dataset import save_clips
 from learner.episode_index import EpisodeIndex
+from learner.reconcile import reconcile
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
 from worldmodel.evaluate import evaluate
@@ -212,14 +213,14 @@ def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[RoundSuccess],
     ingest_new.fn(settings, idle_s=10)
     published = {str(c.episode_id) for c, _ in fleet.finished}
     with EpisodeIndex(settings.index_path) as index:
-        indexed = set(index.episode_ids()) & published
+        counts = reconcile(settings, published, index)  # read apart from the ingest path
         rows = index.count()
     return {
         "rounds": [r.model_dump(mode="json", exclude_unset=True) for r in rounds],
         "episodes_published": len(published),
-        "episodes_indexed": len(indexed),
-        "lost": len(published - indexed),
-        "duplicated": len(fleet.finished) - len(published),  # an id published twice
+        "episodes_indexed": counts.indexed,
+        "lost": counts.lost,
+        "duplicated": counts.duplicated,
         "index_rows": rows,
         "rollout_propagation_s_p95": round(float(np.percentile(fleet.propagation_s, 95)), 3)
         if fleet.propagation_s

@@ -27,6 +27,7 @@ PERMANENT_S3_CODES = {
     "InvalidObjectName": DeadLetterReason.media_location,
     "InvalidBucketName": DeadLetterReason.media_location,
     "AccessDenied": DeadLetterReason.access_denied,
+    "InvalidRange": DeadLetterReason.checksum_mismatch,  # an empty object
 }
 
 
@@ -43,9 +44,10 @@ def fetch_verified(s3: Minio, settings: Settings, ref: MediaRef) -> bytes:
     if ref.nbytes > max_bytes:
         raise Rejected(DeadLetterReason.too_large, f"{where} is {ref.nbytes} bytes, the cap is {max_bytes}")
     try:
-        response = s3.get_object(ref.bucket, ref.key)
+        # a ranged read: one byte past what was declared tells a longer object, and no more is read
+        response = s3.get_object(ref.bucket, ref.key, offset=0, length=ref.nbytes + 1)
         try:
-            blob = response.read(ref.nbytes + 1)  # one byte past what was declared tells a longer object
+            blob = response.read()
         finally:
             response.close()
             response.release_conn()

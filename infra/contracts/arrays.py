@@ -40,12 +40,18 @@ class TooLarge(ValueError):
 
 
 def _unpack(blob: bytes, max_bytes: int) -> io.BytesIO:
-    raw = bytearray()
-    with zstandard.ZstdDecompressor().stream_reader(blob) as reader:
-        while chunk := reader.read(1 << 20):
-            raw += chunk
-            if len(raw) > max_bytes:
-                raise TooLarge(f"media decode to more than {max_bytes} bytes")
+    declared = zstandard.frame_content_size(blob)  # -1: the frame does not say
+    if declared > max_bytes:
+        raise TooLarge(f"media declare {declared} decoded bytes, more than {max_bytes}")
+    if declared >= 0:  # one allocation; zstd fails if the frame's output is not the declared size
+        raw = zstandard.ZstdDecompressor().decompress(blob)
+    else:
+        raw = bytearray()
+        with zstandard.ZstdDecompressor().stream_reader(blob) as reader:
+            while chunk := reader.read(1 << 20):
+                raw += chunk
+                if len(raw) > max_bytes:
+                    raise TooLarge(f"media decode to more than {max_bytes} bytes")
     archive = io.BytesIO(raw)
     with zipfile.ZipFile(archive) as members:
         deflated = [i.filename for i in members.infolist() if i.compress_type != zipfile.ZIP_STORED]

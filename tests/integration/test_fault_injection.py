@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import uuid
 
 import numpy as np
@@ -21,6 +22,7 @@ from infra.contracts.dead_letter import DeadLetter
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
+from learner.reconcile import reconcile
 from sim.synthetic import episode_stream
 from tests.integration.test_data_plane import SMALL, publish, publisher_message, topic_records
 
@@ -177,3 +179,30 @@ def test_the_shipper_sets_aside_what_it_can_never_ship_and_keeps_going(plane):
     ingestor.run(until_indexed=6, idle_timeout_s=20)
     ingestor.close()
     assert sorted(index.episode_ids()) == sorted(sent)
+
+
+def test_lost_and_duplicated_are_counted_apart_from_the_ingest_path_and_can_be_non_zero(plane):
+    acknowledged: list[str] = []
+    publisher = EpisodePublisher(plane, on_acknowledged=acknowledged.append)
+    sent = publish(publisher, episode_stream(seed=8, episodes=6, robots=2, shape=SMALL))
+    assert publisher.close(drain_timeout=60), publisher.last_error
+    assert sorted(acknowledged) == sorted(sent)
+    index = EpisodeIndex(plane.index_path)
+    ingestor = EpisodeIngestor(plane, index)
+    ingestor.run(until_indexed=6, idle_timeout_s=20)
+
+    def counts():
+        found = reconcile(plane, acknowledged, index)
+        return found.lost, found.duplicated, found.indexed
+
+    assert counts() == (0, 0, 6)
+    producer = kafka_producer(plane)  # a producer's retry that landed twice
+    producer.send(plane.kafka.episodes_topic, key=b"robot-000", value=publisher_message(plane, sent[0]))
+    producer.flush(10)
+    producer.close()
+    assert counts() == (0, 1, 6)
+    assert ingestor.run(idle_timeout_s=5).duplicates == 1  # which the index drops
+    ingestor.close()
+    with sqlite3.connect(plane.index_path) as db:  # an episode the index loses after the fact
+        db.execute("DELETE FROM episodes WHERE episode_id = ?", (sent[3],))
+    assert counts() == (1, 1, 5)

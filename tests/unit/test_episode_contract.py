@@ -125,6 +125,11 @@ def test_media_decoding_stops_at_its_cap():
     assert len(bomb) < 64 * 1024
     with pytest.raises(arrays.TooLarge):
         arrays.decode(bomb, max_bytes=16 << 20)
+    raw = io.BytesIO()
+    np.savez(raw, zeros=np.zeros(64 << 20, np.uint8))
+    silent = zstandard.ZstdCompressor(write_content_size=False).compress(raw.getvalue())  # size not declared
+    with pytest.raises(arrays.TooLarge):
+        arrays.decode(silent, max_bytes=16 << 20)
     buf = io.BytesIO()
     np.savez_compressed(buf, zeros=np.zeros(1 << 20, np.uint8))  # deflated inside the archive
     with pytest.raises(ValueError, match="stored"):
