@@ -26,7 +26,7 @@ from fleet_agent.models import FleetModels
 from fleet_agent.publisher import EpisodePublisher
 from infra.clients import kafka_producer
 from infra.contracts.episode import Decision, EpisodeCore, ModelVersions, SuccessSource
-from infra.contracts.telemetry import EpisodeTelemetry, Heartbeat, ModelRefused
+from infra.contracts.telemetry import EpisodeQuarantined, EpisodeTelemetry, Heartbeat, ModelRefused
 from infra.settings import Settings
 from sim.tabletop import TabletopEnv
 from worldmodel.planner import Planner, PlanRequest
@@ -87,7 +87,7 @@ class Fleet:
         ids = config.robot_ids()
         self._telemetry = kafka_producer(settings)
         self.models = models or FleetModels(settings, ids, on_refused=self._refused)
-        self.publisher = publisher or EpisodePublisher(settings)
+        self.publisher = publisher or EpisodePublisher(settings, on_quarantined=self._quarantined)
         self.tasks = TaskStream(config.seed)
         self.robots = [Robot(r, TabletopEnv(split=config.split)) for r in ids]
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -265,6 +265,9 @@ class Fleet:
     def _refused(self, version: str, reason: str, kept: str | None) -> None:
         metrics.REFUSALS.inc()
         self._emit("*", ModelRefused(robot_id="*", version=version, reason=reason, kept_version=kept))
+
+    def _quarantined(self, robot_id: str, reason: str) -> None:
+        self._emit(robot_id, EpisodeQuarantined(robot_id=robot_id, reason=reason))
 
     def _emit(self, key: str, message) -> None:
         # Telemetry is best effort: episodes themselves wait in the spool, a lost heartbeat does not matter.

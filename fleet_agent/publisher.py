@@ -39,10 +39,16 @@ log = logging.getLogger(__name__)
 
 
 class EpisodePublisher:
-    def __init__(self, settings: Settings, on_acknowledged: Callable[[str], None] | None = None):
-        """`on_acknowledged(episode_id)` is called from the shipper once Kafka has an episode."""
+    def __init__(
+        self,
+        settings: Settings,
+        on_acknowledged: Callable[[str], None] | None = None,
+        on_quarantined: Callable[[str, str], None] | None = None,
+    ):
+        """From the shipper thread: `on_acknowledged(episode_id)` once Kafka has an episode,
+        `on_quarantined(robot_id, reason)` when an entry is set aside."""
         self.settings = settings
-        self._on_acknowledged = on_acknowledged
+        self._on_acknowledged, self._on_quarantined = on_acknowledged, on_quarantined
         self.topic = settings.kafka.episodes_topic
         self.bucket = settings.s3.episodes_bucket
         self.spool = Spool(settings.spool_dir, settings.agent.spool_max_bytes, settings.agent.spool_full_wait_s)
@@ -173,6 +179,12 @@ class EpisodePublisher:
         self.quarantined += 1
         metrics.QUARANTINED.inc()
         log.error("episode %d quarantined in %s: %s", entry.seq, folder, reason)
+        if self._on_quarantined:
+            try:
+                robot_id = entry.robot_id()
+            except (ValueError, KeyError, TypeError):
+                robot_id = "*"
+            self._on_quarantined(robot_id, reason)
 
     def _upload(self, entries: list[SpoolEntry]) -> None:
         # Remembered in memory only: after a restart an entry's media are simply put again.

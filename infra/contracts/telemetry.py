@@ -48,4 +48,14 @@ class ModelRefused(BaseModel):
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-Telemetry = Heartbeat | EpisodeTelemetry | ModelRefused
+class EpisodeQuarantined(BaseModel):
+    """A spooled episode no retry could ship, set aside on the robot's disk (the spool's quarantine)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["episode_quarantined"] = "episode_quarantined"
+    robot_id: str = Field(description="'*' when the entry was too damaged to say")
+    reason: str
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+Telemetry = Heartbeat | EpisodeTelemetry | ModelRefused | EpisodeQuarantined

@@ -166,11 +166,13 @@ def test_the_shipper_sets_aside_what_it_can_never_ship_and_keeps_going(plane):
     (spool_dir / "000000000002.json").write_bytes(json.dumps(huge).encode())
     (spool_dir / "000000000002.media").write_bytes(b"m")
 
-    publisher = EpisodePublisher(plane)
+    told: list[tuple[str, str]] = []  # what the fleet sends on as telemetry
+    publisher = EpisodePublisher(plane, on_quarantined=lambda robot, reason: told.append((robot, reason)))
     sent = publish(publisher, episode_stream(seed=7, episodes=6, robots=2, shape=SMALL))
     assert publisher.close(drain_timeout=60), publisher.last_error
     reasons = publisher.spool.quarantined()
     assert publisher.quarantined == 3 and len(reasons) == 3
+    assert sorted(r for _, r in told) == reasons and sorted(robot for robot, _ in told) == ["*", "r", "r"]
     assert sum("unreadable" in r for r in reasons) == 2 and sum("broker" in r for r in reasons) == 1
     assert sorted(os.listdir(spool_dir / "quarantine"))[0] == "000000000000.json"
 
