@@ -10,6 +10,8 @@ read, and decoding stops at the decoded cap.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 from minio import Minio
 from minio.error import S3Error
@@ -40,7 +42,7 @@ class Rejected(FleetError):
 
 
 def fetch_verified(s3: Minio, settings: Settings, ref: MediaRef) -> bytes:
-    where, endpoint, max_bytes = f"s3://{ref.bucket}/{ref.key}", settings.s3_endpoint, settings.learner.max_media_bytes
+    where, endpoint, max_bytes = ref.uri, settings.s3_endpoint, settings.learner.max_media_bytes
     if ref.nbytes > max_bytes:
         raise Rejected(DeadLetterReason.too_large, f"{where} is {ref.nbytes} bytes, the cap is {max_bytes}")
     try:
@@ -70,22 +72,34 @@ def fetch_verified(s3: Minio, settings: Settings, ref: MediaRef) -> bytes:
 
 
 def check_content(blob: bytes, ref: MediaRef, max_decoded_bytes: int) -> None:
-    """The arrays decode within the cap and are those the message declares, shape and dtype."""
-    where = f"s3://{ref.bucket}/{ref.key}"
-    if ref.decoded_nbytes > max_decoded_bytes:
-        raise Rejected(DeadLetterReason.too_large, f"{where} declares {ref.decoded_nbytes} decoded bytes")
-    try:
-        found = arrays.inspect(blob, max_decoded_bytes)
-    except arrays.TooLarge as e:
-        raise Rejected(DeadLetterReason.too_large, f"{where}: {e}") from e
-    except Exception as e:  # noqa: BLE001 - zstd, zip and npy each raise their own
-        raise Rejected(DeadLetterReason.media_content, f"{where} does not decode: {e}") from e
-    declared = {name: (spec.shape, spec.dtype) for name, spec in ref.arrays.items()}
-    if found != declared:
-        raise Rejected(DeadLetterReason.media_content, f"{where} holds {found}, the message declares {declared}")
+    """The arrays decode within the cap and are those the message declares, shape and dtype: read
+    from their headers alone, as ingest needs no more."""
+    with _decoding(ref, max_decoded_bytes):
+        _match(ref, arrays.inspect(blob, max_decoded_bytes))
 
 
 def load_media(s3: Minio, settings: Settings, ref: MediaRef) -> dict[str, np.ndarray]:
-    blob = fetch_verified(s3, settings, ref)
-    check_content(blob, ref, settings.learner.max_decoded_bytes)
-    return arrays.decode(blob, settings.learner.max_decoded_bytes)
+    """The media, checked as ingest checks them, decompressed once."""
+    blob, cap = fetch_verified(s3, settings, ref), settings.learner.max_decoded_bytes
+    with _decoding(ref, cap):
+        media = arrays.decode(blob, cap)
+    _match(ref, {name: (list(a.shape), a.dtype.name) for name, a in media.items()})
+    return media
+
+
+@contextmanager
+def _decoding(ref: MediaRef, max_decoded_bytes: int):
+    if ref.decoded_nbytes > max_decoded_bytes:
+        raise Rejected(DeadLetterReason.too_large, f"{ref.uri} declares {ref.decoded_nbytes} decoded bytes")
+    try:
+        yield
+    except arrays.TooLarge as e:
+        raise Rejected(DeadLetterReason.too_large, f"{ref.uri}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - zstd, zip and npy each raise their own
+        raise Rejected(DeadLetterReason.media_content, f"{ref.uri} does not decode: {e}") from e
+
+
+def _match(ref: MediaRef, found: dict[str, tuple[list[int], str]]) -> None:
+    declared = {name: (spec.shape, spec.dtype) for name, spec in ref.arrays.items()}
+    if found != declared:
+        raise Rejected(DeadLetterReason.media_content, f"{ref.uri} holds {found}, the message declares {declared}")

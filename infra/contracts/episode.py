@@ -91,6 +91,10 @@ class MediaRef(BaseModel):
         return v
 
     @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
     def decoded_nbytes(self) -> int:
         return sum(spec.nbytes for spec in self.arrays.values())
 
