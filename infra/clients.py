@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
 import urllib3
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError
 from minio import Minio
 
+from infra import kafka_bounded_wait
 from infra.errors import FleetError
 from infra.settings import Service, Settings
+
+kafka_bounded_wait.install()  # every Kafka client is built here, so every one gets the bound
 
 
 class ServiceUnavailable(FleetError):
@@ -100,6 +105,39 @@ def kafka_consumer(settings: Settings, *topics: str, group_id: str | None, **ove
         return KafkaConsumer(*topics, **(conf | overrides))
     except KafkaTimeoutError as e:
         raise unavailable(settings, "kafka", "no broker answered") from e
+
+
+def read_topic(settings: Settings, topic: str, stall_s: float = 30.0) -> Iterator[ConsumerRecord]:
+    """Every record on `topic` from its start to its end as of this call, outside any consumer group.
+
+    Bounded by the end, not by idleness: a topic its producers keep writing (telemetry carries a
+    heartbeat every few seconds per robot) is never idle for long, and a reader waiting for that
+    never returns. The end of each partition is the high watermark of the first fetch response
+    for it; fetch responses carry the right one on every broker, ListOffsets does not on the
+    embedded one (see `seek_since`). A read that makes no progress for `stall_s` is an error
+    naming the broker, never a silent short count."""
+    consumer = kafka_consumer(settings, group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends: dict[TopicPartition, int] = {}
+        progress, last_progress = None, time.monotonic()
+        while True:
+            for records in consumer.poll(timeout_ms=200, max_records=5_000).values():
+                yield from records
+            for tp in parts:
+                if tp not in ends and (highwater := consumer.highwater(tp)) is not None:
+                    ends[tp] = highwater
+            positions = [consumer.position(tp) for tp in parts]
+            if len(ends) == len(parts) and all(at >= ends[tp] for tp, at in zip(parts, positions, strict=True)):
+                return
+            if positions != progress:
+                progress, last_progress = positions, time.monotonic()
+            elif time.monotonic() - last_progress > stall_s:
+                raise unavailable(settings, "kafka", f"reading {topic} made no progress in {stall_s:.0f} s")
+    finally:
+        consumer.close()
 
 
 def seek_since(settings: Settings, consumer: KafkaConsumer, parts: list, since_s: float) -> None:

@@ -1,10 +1,8 @@
 """Did every episode arrive once? Counted by a reader that shares nothing with the ingest path.
 
 The publisher says which episodes Kafka acknowledged. This reader then reads the episodes topic
-and the dead-letter topic from their start, outside any consumer group, until they are idle (not
-up to the high watermark: the embedded Tansu broker answers ListOffsets with the base offset of
-the last batch, so a reader bounded by it stops short), and counts the index's rows per
-episode_id. From those three independent sources:
+and the dead-letter topic from their start to their end, outside any consumer group
+(`infra.clients.read_topic`), and counts the index's rows per episode_id. From those three independent sources:
 
 - `lost`: acknowledged, yet neither in the index nor on the dead-letter topic;
 - `duplicated`: messages on the topic beyond the first per episode_id (a producer's retry that
@@ -20,7 +18,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel
 
-from infra.clients import kafka_consumer
+from infra.clients import read_topic
 from infra.settings import Settings
 from learner.episode_index import EpisodeQueries
 
@@ -34,16 +32,9 @@ class Reconciliation(BaseModel):
     duplicated: int
 
 
-def episode_ids_on(settings: Settings, topic: str, idle_ms: int = 3_000) -> Counter:
-    """Messages per episode_id on a topic, read from its start until it has been idle `idle_ms`."""
-    consumer = kafka_consumer(settings, topic, group_id=None, consumer_timeout_ms=idle_ms)
-    ids: Counter = Counter()
-    try:
-        for record in consumer:
-            ids[_episode_id(record.value)] += 1
-    finally:
-        consumer.close()
-    return ids
+def episode_ids_on(settings: Settings, topic: str) -> Counter:
+    """Messages per episode_id on a topic, read from its start to its end."""
+    return Counter(_episode_id(record.value) for record in read_topic(settings, topic))
 
 
 def reconcile(settings: Settings, acknowledged: Iterable[str], index: EpisodeQueries) -> Reconciliation:

@@ -9,7 +9,7 @@ import pytest
 
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
-from infra.clients import kafka_consumer
+from infra.clients import kafka_producer, read_topic
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
@@ -88,11 +88,7 @@ def test_broker_killed_with_sigkill_mid_stream_loses_nothing(plane):
 
 def topic_records(settings, topic: str) -> list:
     """Every record on a topic, read from the beginning outside any consumer group."""
-    consumer = kafka_consumer(settings, topic, group_id=None, consumer_timeout_ms=5000)
-    try:
-        return list(consumer)
-    finally:
-        consumer.close()
+    return list(read_topic(settings, topic))
 
 
 def publisher_message(settings, episode_id: str) -> bytes:
@@ -111,6 +107,34 @@ def lost_where(settings, missing: set[str]) -> str:
     }
     found = {m: on_topic[m] for m in missing if m in on_topic}
     return f"{len(missing)} missing from the index; on the topic at {found}; {len(on_topic)} distinct on the topic"
+
+
+def test_a_topic_its_producers_never_leave_quiet_is_read_to_its_end(plane):
+    """Telemetry gets a heartbeat every few seconds: a reader that waits for quiet never returns."""
+    topic = plane.kafka.telemetry_topic
+    producer = kafka_producer(plane)
+    for i in range(50):
+        producer.send(topic, f"before-{i}".encode())
+    producer.flush()
+    stop = threading.Event()
+
+    def heartbeats():
+        while not stop.wait(0.3):
+            producer.send(topic, b"heartbeat")
+
+    beating = threading.Thread(target=heartbeats, daemon=True)
+    beating.start()
+    read: list = []
+    reader = threading.Thread(target=lambda: read.extend(r.value for r in read_topic(plane, topic)), daemon=True)
+    try:
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive(), "the read did not end while the topic kept getting messages"
+    finally:
+        stop.set()
+        beating.join(5)
+        producer.close()
+    assert sorted(v for v in read if v.startswith(b"before-")) == sorted(f"before-{i}".encode() for i in range(50))
 
 
 def test_with_s3_stopped_episodes_spool_on_disk_and_arrive_when_it_is_back(plane):

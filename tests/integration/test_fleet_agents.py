@@ -14,7 +14,7 @@ import pytest
 
 from fleet_agent.fleet import Fleet, FleetConfig
 from fleet_agent.models import canary_robots
-from infra.clients import kafka_consumer, s3_client
+from infra.clients import read_topic, s3_client
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
 from registry.model_store import ModelStore
@@ -29,11 +29,11 @@ FAST = PlannerConfig(candidates=2, noise_samples=1)
 def _telemetry(settings, kind: str) -> list[dict]:
     import json
 
-    consumer = kafka_consumer(settings, settings.kafka.telemetry_topic, group_id=None, consumer_timeout_ms=3000)
-    try:
-        return [m for m in (json.loads(r.value) for r in consumer) if m["kind"] == kind]
-    finally:
-        consumer.close()
+    return [
+        m
+        for m in (json.loads(r.value) for r in read_topic(settings, settings.kafka.telemetry_topic))
+        if m["kind"] == kind
+    ]
 
 
 def _versions(fleet: Fleet) -> set[str]:
@@ -162,14 +162,21 @@ def test_fleet_agents_run_finishes_its_episodes_and_reports_them(tracked, tiny_p
     assert "2 episodes" in out.stdout and "spool drained" in out.stdout
 
 
-def test_sigterm_stops_the_agents_between_decisions_and_drains_the_spool(tracked, tiny_policy_dir):
+def test_sigterm_stops_the_agents_between_decisions_and_drains_the_spool(tracked, tiny_policy_dir, tmp_path):
     Rollout(tracked).crown(ModelStore(tracked).register(tiny_policy_dir).version)
     args = [sys.executable, "-m", "cli", "agents", "run", "--robots", "2", "--candidates", "2"]
-    agents = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(tracked))
-    deadline = time.monotonic() + 300
-    while not _telemetry(tracked, "episode") and time.monotonic() < deadline:  # running, and publishing
-        time.sleep(2)
-    agents.send_signal(signal.SIGTERM)
-    stdout, stderr = agents.communicate(timeout=120)
+    # to files, not pipes: nobody reads a pipe while we wait, and a full one would stall the agents
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout_file, err.open("w") as stderr_file:
+        agents = subprocess.Popen(args, stdout=stdout_file, stderr=stderr_file, text=True, env=_cli_env(tracked))
+    try:
+        deadline = time.monotonic() + 300
+        while not _telemetry(tracked, "episode") and time.monotonic() < deadline:  # running, and publishing
+            time.sleep(2)
+        agents.send_signal(signal.SIGTERM)
+        agents.wait(timeout=120)
+    finally:  # a failure here must not leave two robots running through the rest of the suite
+        agents.kill()
+    stdout, stderr = out.read_text(), err.read_text()
     assert agents.returncode == 0, stderr[-2000:]
     assert "SIGTERM" in stdout and "spool drained" in stdout

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from infra.clients import kafka_consumer, s3_client
+from infra.clients import read_topic, s3_client
 from infra.contracts.rollout import RolloutEvent
 from registry.analysis import Arm
 from registry.model_store import ModelStore, TamperedModel, file_digests, resolve_policy
@@ -19,11 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def _rollout_events(settings) -> list[RolloutEvent]:
-    consumer = kafka_consumer(settings, settings.kafka.rollouts_topic, group_id=None, consumer_timeout_ms=3000)
-    try:
-        return sorted((RolloutEvent.model_validate_json(m.value) for m in consumer), key=lambda e: e.at)
-    finally:
-        consumer.close()
+    events = (RolloutEvent.model_validate_json(m.value) for m in read_topic(settings, settings.kafka.rollouts_topic))
+    return sorted(events, key=lambda e: e.at)
 
 
 def test_a_registered_version_carries_lineage_and_loads_verified(tracked, tiny_policy_dir):
