@@ -73,4 +73,8 @@ def run(
         drained = fleet.close()
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    console.print(f"{len(fleet.finished)} episodes, {wins} successes; spool {'drained' if drained else 'NOT drained'}")
+    not_kept = f", {len(fleet.not_kept)} NOT kept (spool full)" if fleet.not_kept else ""
+    console.print(
+        f"{len(fleet.finished) + len(fleet.not_kept)} episodes, {wins} successes{not_kept}; "
+        f"spool {'drained' if drained else 'NOT drained'}"
+    )

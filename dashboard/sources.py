@@ -91,12 +91,15 @@ class EpisodeSummary(NamedTuple):
 
 @dataclass
 class KafkaView:
-    """Recent episode telemetry, the robots' latest heartbeats and dead-letter counts by reason."""
+    """Recent episode telemetry, the robots' latest heartbeats, dead-letter counts by reason, and
+    the episodes robots could not ship (quarantined) or keep (spool full), by kind."""
 
     episodes: deque[EpisodeSummary] = field(default_factory=lambda: deque(maxlen=50_000))
     heartbeats: dict[str, dict] = field(default_factory=dict)
     refused: deque = field(default_factory=lambda: deque(maxlen=200))
     dead_letters: Counter = field(default_factory=Counter)
+    lost_on_robots: Counter = field(default_factory=Counter)
+    last_loss: dict | None = None
 
 
 class KafkaTail:
@@ -159,6 +162,9 @@ class KafkaTail:
             self.view.heartbeats[message["robot_id"]] = message
         elif kind == "model_refused":
             self.view.refused.append(message)
+        elif kind in ("episode_not_kept", "episode_quarantined"):
+            self.view.lost_on_robots[kind] += 1
+            self.view.last_loss = message
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -409,6 +409,15 @@ def health(src: Sources) -> list:
         fig = go.Figure(go.Bar(x=list(dead) or ["none"], y=list(dead.values()) or [0], marker_color="#cc79a7"))
         fig.update_layout(title=f"dead letters by reason: {sum(dead.values())}", yaxis={"rangemode": "tozero"})
         figs.append(html.Div(_graph(fig, "dead-letter-chart"), className="col"))
+        if lost := telemetry.lost_on_robots:
+            out.append(
+                notice(
+                    f"{lost['episode_not_kept']} episodes not kept (robot's spool full), "
+                    f"{lost['episode_quarantined']} quarantined on robots; latest: {telemetry.last_loss['robot_id']}: "
+                    f"{telemetry.last_loss['reason']}",
+                    "warning",
+                )
+            )
         if telemetry.refused:
             out.append(
                 notice(

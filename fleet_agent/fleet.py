@@ -24,9 +24,10 @@ from fleet_agent import metrics
 from fleet_agent.config import FleetConfig
 from fleet_agent.models import FleetModels
 from fleet_agent.publisher import EpisodePublisher
+from fleet_agent.spool import SpoolFull
 from infra.clients import kafka_producer
 from infra.contracts.episode import Decision, EpisodeCore, ModelVersions, SuccessSource
-from infra.contracts.telemetry import EpisodeQuarantined, EpisodeTelemetry, Heartbeat, ModelRefused
+from infra.contracts.telemetry import EpisodeNotKept, EpisodeQuarantined, EpisodeTelemetry, Heartbeat, ModelRefused
 from infra.settings import Settings
 from sim.tabletop import TabletopEnv
 from worldmodel.planner import Planner, PlanRequest
@@ -97,6 +98,7 @@ class Fleet:
         self.propagation_s: list[float] = []
         self.first_decision_s: list[float] = []
         self.finished: list[tuple[EpisodeCore, float]] = []  # every episode published, with its monotonic end time
+        self.not_kept: list[uuid.UUID] = []  # finished, but refused by a full spool
         self._last_heartbeat = 0.0
         # Set, robots hold between decisions (episodes in flight wait, nothing is dropped) and keep
         # sending heartbeats: for a learner that shares the robots' cores, as in `fleet demo`.
@@ -226,7 +228,7 @@ class Fleet:
             timings_ms={k: round(v, 2) for k, v in robot.timings.items()},
             hindsight=robot.info.get("hindsight", {}),
         )
-        self.publisher.publish(core, np.stack(robot.frames), np.stack(robot.imagined))
+        kept = self._keep(core, robot)
         robot.episodes += 1
         latencies = [d.latency_ms for d in robot.decisions]
         candidates = sum(len(d.candidates) for d in robot.decisions)
@@ -249,8 +251,24 @@ class Fleet:
         metrics.CANDIDATES.labels(version).inc(candidates)
         for reason, count in rejections.items():
             metrics.REJECTIONS.labels(version, reason).inc(count)
-        self.finished.append((core, time.monotonic()))
+        if kept:
+            self.finished.append((core, time.monotonic()))
         return core
+
+    def _keep(self, core: EpisodeCore, robot: Robot) -> bool:
+        try:
+            self.publisher.publish(core, np.stack(robot.frames), np.stack(robot.imagined))
+            return True
+        except SpoolFull as e:
+            # The robots keep working: one episode is lost, said in the log, a metric and telemetry,
+            # rather than every robot of the process stopping on a full disk.
+            log.error("%s: episode %s not kept: %s", robot.robot_id, core.episode_id, e)
+            metrics.NOT_KEPT.labels(robot.robot_id).inc()
+            self.not_kept.append(core.episode_id)
+            self._emit(
+                robot.robot_id, EpisodeNotKept(robot_id=robot.robot_id, episode_id=core.episode_id, reason=str(e))
+            )
+            return False
 
     def _heartbeats(self) -> None:
         if time.monotonic() - self._last_heartbeat < self.settings.agent.heartbeat_interval_s:

@@ -15,6 +15,7 @@ CANDIDATES = Counter("fleet_candidates_total", "imagined candidates", ["version"
 REJECTIONS = Counter("fleet_rejections_total", "rejected candidates", ["version", "reason"])
 MODEL = Gauge("fleet_robot_model_version", "the version each robot runs (the value is the version number)", ["robot"])
 SWAPS = Counter("fleet_model_swaps_total", "model swaps on rollout")
+NOT_KEPT = Counter("fleet_episodes_not_kept_total", "finished episodes the spool refused (disk or cap full)", ["robot"])
 QUARANTINED = Counter("fleet_spool_quarantined_total", "spooled episodes no retry could ship, set aside with a reason")
 REFUSALS = Counter("fleet_model_refusals_total", "versions refused because their weights failed the sha256 check")
 

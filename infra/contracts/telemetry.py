@@ -58,4 +58,15 @@ class EpisodeQuarantined(BaseModel):
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-Telemetry = Heartbeat | EpisodeTelemetry | ModelRefused | EpisodeQuarantined
+class EpisodeNotKept(BaseModel):
+    """A finished episode the robot could not keep: its spool refused it (full disk, or full cap)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["episode_not_kept"] = "episode_not_kept"
+    robot_id: str
+    episode_id: UUID
+    reason: str
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+Telemetry = Heartbeat | EpisodeTelemetry | ModelRefused | EpisodeQuarantined | EpisodeNotKept

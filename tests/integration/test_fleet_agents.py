@@ -4,16 +4,19 @@ rollout events without losing an episode in flight, every episode through Kafka 
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from fleet_agent.fleet import Fleet, FleetConfig
 from fleet_agent.models import canary_robots
+from fleet_agent.spool import Spool
 from infra.clients import read_topic, s3_client
 from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
@@ -27,8 +30,6 @@ FAST = PlannerConfig(candidates=2, noise_samples=1)
 
 
 def _telemetry(settings, kind: str) -> list[dict]:
-    import json
-
     return [
         m
         for m in (json.loads(r.value) for r in read_topic(settings, settings.kafka.telemetry_topic))
@@ -162,21 +163,70 @@ def test_fleet_agents_run_finishes_its_episodes_and_reports_them(tracked, tiny_p
     assert "2 episodes" in out.stdout and "spool drained" in out.stdout
 
 
+def _start_agents(settings, logs: Path, *options: str) -> subprocess.Popen:
+    """`fleet agents run` in its own process, its output to files in `logs`: nobody reads a pipe
+    while a test waits, and a full one would stall the agents."""
+    args = [sys.executable, "-m", "cli", "agents", "run", "--candidates", "2", *options]
+    with (logs / "stdout").open("w") as out, (logs / "stderr").open("w") as err:
+        return subprocess.Popen(args, stdout=out, stderr=err, text=True, env=_cli_env(settings))
+
+
+def _wait_for_an_episode(settings, agents: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while not _telemetry(settings, "episode") and agents.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _telemetry(settings, "episode"), "the agents published no episode"
+
+
 def test_sigterm_stops_the_agents_between_decisions_and_drains_the_spool(tracked, tiny_policy_dir, tmp_path):
     Rollout(tracked).crown(ModelStore(tracked).register(tiny_policy_dir).version)
-    args = [sys.executable, "-m", "cli", "agents", "run", "--robots", "2", "--candidates", "2"]
-    # to files, not pipes: nobody reads a pipe while we wait, and a full one would stall the agents
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
-    with out.open("w") as stdout_file, err.open("w") as stderr_file:
-        agents = subprocess.Popen(args, stdout=stdout_file, stderr=stderr_file, text=True, env=_cli_env(tracked))
+    agents = _start_agents(tracked, tmp_path, "--robots", "2")
     try:
-        deadline = time.monotonic() + 300
-        while not _telemetry(tracked, "episode") and time.monotonic() < deadline:  # running, and publishing
-            time.sleep(2)
+        _wait_for_an_episode(tracked, agents)
         agents.send_signal(signal.SIGTERM)
         agents.wait(timeout=120)
     finally:  # a failure here must not leave two robots running through the rest of the suite
         agents.kill()
-    stdout, stderr = out.read_text(), err.read_text()
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert agents.returncode == 0, stderr[-2000:]
     assert "SIGTERM" in stdout and "spool drained" in stdout
+
+
+def test_an_agent_killed_mid_episode_loses_only_the_episodes_it_had_not_finished(tracked, tiny_policy_dir, tmp_path):
+    Rollout(tracked).crown(ModelStore(tracked).register(tiny_policy_dir).version)
+    agents = _start_agents(tracked, tmp_path, "--robots", "2")
+    try:
+        _wait_for_an_episode(tracked, agents)  # one robot has finished an episode; the other is mid-way
+        agents.kill()  # SIGKILL: no handler, no drain, the spool's lock and files as they were
+        agents.wait(timeout=30)
+    finally:
+        agents.kill()
+    finished = {m["episode_id"] for m in _telemetry(tracked, "episode")}  # announced after it was spooled
+    Spool(tracked.spool_dir).close()  # the kernel released the dead agent's lock; half-writes are swept
+    restarted = subprocess.run(
+        [sys.executable, "-m", "cli", "agents", "run", "--robots", "1", "--episodes", "1", "--candidates", "2"],
+        capture_output=True,
+        text=True,
+        env=_cli_env(tracked),
+        timeout=600,
+    )
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert "spool drained" in restarted.stdout
+    shipped = [json.loads(r.value)["episode_id"] for r in read_topic(tracked, tracked.kafka.episodes_topic)]
+    assert finished <= set(shipped)  # every episode the killed agent finished reached Kafka ...
+    assert len(shipped) == len(set(shipped))  # ... once
+
+
+def test_a_full_disk_costs_the_episodes_it_refused_and_nothing_else(tracked, tiny_policy_dir):
+    Rollout(tracked).crown(ModelStore(tracked).register(tiny_policy_dir).version)
+    fleet = Fleet(tracked, FleetConfig(robots=2, planner=FAST))
+    for seq in (0, 1):  # the first two episodes meet the kernel's own ENOSPC
+        (fleet.publisher.spool.root / f"{seq:012d}.media.tmp").symlink_to("/dev/full")
+    fleet.run(episodes=4)
+    assert fleet.close()  # the robots kept working, and what they kept was shipped
+    assert len(fleet.not_kept) == 2 and len(fleet.finished) >= 2
+    refused = _telemetry(tracked, "episode_not_kept")
+    assert sorted(m["episode_id"] for m in refused) == sorted(str(i) for i in fleet.not_kept)
+    assert all("disk under spool" in m["reason"] for m in refused)
+    shipped = sorted(json.loads(r.value)["episode_id"] for r in read_topic(tracked, tracked.kafka.episodes_topic))
+    assert shipped == sorted(str(core.episode_id) for core, _ in fleet.finished)

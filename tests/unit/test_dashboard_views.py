@@ -3,6 +3,7 @@ when there is nothing, or a service does not answer."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -138,3 +139,21 @@ def test_the_chosen_imagined_video_lines_up_with_the_executed_steps(tmp_path):
     for d, decision in enumerate(episode.decisions):
         if decision.chosen is not None:
             assert (frames[decision.step] == 10 * (d + 1)).all()
+
+
+def test_episodes_lost_on_robots_are_counted_by_kind_in_the_health_view(tmp_path):
+    from types import SimpleNamespace
+
+    from dashboard.sources import KafkaTail
+
+    tail = KafkaTail(Settings().isolated("dash", tmp_path))
+    for kind, reason in [
+        ("episode_not_kept", "the disk under spool /s is full"),
+        ("episode_quarantined", "unreadable"),
+        ("episode_not_kept", "the disk under spool /s is full"),
+    ]:
+        message = {"kind": kind, "robot_id": "robot-001", "reason": reason}
+        tail._take(SimpleNamespace(topic=tail.settings.kafka.telemetry_topic, value=json.dumps(message).encode()))
+    text = _text(views.health(_sources(tmp_path, kafka=tail.view)))
+    assert "2 episodes not kept (robot's spool full), 1 quarantined on robots" in text
+    assert "latest: robot-001: the disk under spool /s is full" in text

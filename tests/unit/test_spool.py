@@ -72,3 +72,20 @@ def test_an_entry_that_can_never_ship_is_quarantined_with_its_reason(tmp_path):
     ]
     spool.close()
     assert len(Spool(tmp_path)) == 2  # a restart keeps the quarantine out of the stream
+
+
+def disk_full_for(spool_dir, seq: int, suffix: str) -> None:
+    """The kernel's own ENOSPC for one file of one entry: it is written through a link to /dev/full."""
+    (spool_dir / f"{seq:012d}{suffix}.tmp").symlink_to("/dev/full")
+
+
+@pytest.mark.parametrize("suffix", [".media", ".json"])
+def test_a_full_disk_refuses_the_episode_and_leaves_the_spool_as_it_was(tmp_path, suffix):
+    spool = Spool(tmp_path)
+    kept = spool.append(message(0), b"m0")
+    disk_full_for(tmp_path, 1, suffix)
+    with pytest.raises(SpoolFull, match="disk under spool .* is full"):
+        spool.append(message(1), b"m1")
+    assert [e.message() for e in spool.peek(10)] == [message(0)] and spool.nbytes == kept.nbytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "000000000000.json", "000000000000.media"]
+    assert spool.append(message(2), b"m2").seq == 2  # the disk has room again: the next episode is kept
