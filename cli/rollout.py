@@ -34,6 +34,17 @@ def register(
         console.print(f"version {version.version} is champion")
 
 
+@rollout_app.command("public-key")
+def public_key() -> None:
+    """Print the learner's public key: give it to robots as FLEET_REGISTRY__VERIFY_KEY.
+
+    The learner signs every version it registers with its private key (registry.signing_key_file,
+    made on first use); robots load only versions whose signature this key verifies."""
+    from registry.signing import public_key_text
+
+    console.print(public_key_text(settings()))
+
+
 @rollout_app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="print JSON for scripts")) -> None:
     """Every version with its rollout state, aliases, parent and evaluation figure."""

@@ -113,6 +113,14 @@ class RegistrySettings(_Section):
     model_name: str = Field("worldfleet-policy", description="the MLflow registered model of the policy")
     experiment: str = Field("worldfleet", description="the MLflow experiment that holds registration runs")
     cache_dir: Path | None = Field(None, description="downloaded versions; unset = in state_dir")
+    signing_key_file: Path | None = Field(
+        None,
+        description="the learner's Ed25519 key (PEM) that signs every version; unset = in state_dir, made on first use",
+    )
+    verify_key: str | None = Field(
+        None,
+        description="robots: the learner's public key (base64, `fleet rollout public-key`); unset = from signing_key_file",
+    )
 
     @property
     def flow_run_tag(self) -> str:
@@ -221,6 +229,10 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.registry.cache_dir or self.state_dir / "models"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.registry.signing_key_file or self.state_dir / "keys" / "registry-signing.pem"
 
     @property
     def spool_dir(self) -> Path:

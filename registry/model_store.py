@@ -3,8 +3,9 @@
 A version is a registration run whose artifacts are the policy directory (safetensors weights
 and JSON configs, kept in S3 through the tracking server) plus tags for lineage: the dataset
 manifest, the parent version, the code revision, evaluation figures, and the sha256 of every
-file. Whoever loads a version downloads the files and checks each digest against the registry
-before a single weight is read; a mismatch is refused with `TamperedModel`.
+file, signed by the learner (`registry/signing.py`). Whoever loads a version checks the signature,
+downloads the files and checks each digest against the registry before a single weight is read;
+an unsigned version or a mismatch is refused with `TamperedModel`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from infra.clients import mlflow_client, unavailable
 from infra.errors import FleetError, UsageError
 from infra.settings import Settings
+from registry import signing
 
 ALIASES = ("champion", "canary", "previous")
 DIGESTS_TAG = "weights_sha256"  # JSON {file name: sha256} of the policy directory
@@ -101,6 +103,7 @@ class ModelStore:
             "create a registration run", self.client.create_run, experiment, tags=tags, run_name=f"register-{self.name}"
         )
         run_id = run.info.run_id
+        tags[signing.SIGNATURE_TAG] = signing.sign(self.settings, self.name, run_id, digests)
         self._call("upload the policy", self.client.log_artifacts, run_id, str(policy_dir), "policy")
         for key, value in (metrics or {}).items():
             self.client.log_metric(run_id, key, float(value))
@@ -158,6 +161,7 @@ class ModelStore:
 
     def fetch(self, version: PolicyVersion) -> Path:
         """A verified local copy of the version's policy directory (downloaded once, checked always)."""
+        self.check_signed(version)
         target = self.settings.model_cache_dir / self.name / version.version
         if not target.exists():
             import mlflow.artifacts
@@ -175,6 +179,13 @@ class ModelStore:
                 Path(got).rename(target)
         self.verify(version, target)
         return target
+
+    def check_signed(self, version: PolicyVersion) -> None:
+        """The learner signed these digests for this version: tags alone are no reason to trust them."""
+        signature = version.tags.get(signing.SIGNATURE_TAG, "")
+        if not signing.is_signed_by_the_learner(self.settings, self.name, version.run_id, version.digests, signature):
+            why = f"no {signing.SIGNATURE_TAG} tag" if not signature else "the signature does not match"
+            raise TamperedModel(f"{version.uri}: its digests are not signed by the learner's key ({why}); refused")
 
     def verify(self, version: PolicyVersion, directory: Path) -> None:
         actual = file_digests(directory)

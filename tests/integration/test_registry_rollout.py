@@ -3,6 +3,7 @@ rolled out through the state machine with every transition announced on Kafka.""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -11,8 +12,9 @@ import pytest
 from infra.clients import read_topic, s3_client
 from infra.contracts.rollout import RolloutEvent
 from registry.analysis import Arm
-from registry.model_store import ModelStore, TamperedModel, file_digests, resolve_policy
+from registry.model_store import DIGESTS_TAG, ModelStore, TamperedModel, file_digests, resolve_policy
 from registry.rollout import Rollout, RolloutError
+from registry.signing import SIGNATURE_TAG, public_key_text
 from worldmodel.policy import WorldModelPolicy
 
 pytestmark = pytest.mark.integration
@@ -57,6 +59,56 @@ def test_weights_tampered_in_storage_are_refused(tracked, tiny_policy_dir):
     with pytest.raises(TamperedModel, match="idm.safetensors"):
         store.fetch(v)
     assert not (tracked.model_cache_dir / store.name / v.version).exists()
+
+
+def _forge_storage_and_tags(settings, store: ModelStore, v, file: str = "idm.safetensors") -> dict[str, str]:
+    """What someone who may write the artifact bucket and MLflow tags, but has no key, can do:
+    replace a file's bytes, then write the new file's sha256 into the version's digests tag."""
+    s3 = s3_client(settings)
+    key = next(
+        o.object_name
+        for o in s3.list_objects(settings.s3.mlflow_bucket, recursive=True)
+        if v.run_id in o.object_name and o.object_name.endswith(f"policy/{file}")
+    )
+    original = s3.get_object(settings.s3.mlflow_bucket, key).read()
+    forged = original[:-8] + b"\x00" * 8
+    s3.put_object(settings.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
+    digests = v.digests | {file: hashlib.sha256(forged).hexdigest()}
+    store.tag(v.version, DIGESTS_TAG, json.dumps(digests, sort_keys=True))
+    return digests
+
+
+def test_weights_and_digests_forged_together_are_refused_for_want_of_the_learners_signature(tracked, tiny_policy_dir):
+    store = ModelStore(tracked)
+    v = store.register(tiny_policy_dir)
+    _forge_storage_and_tags(tracked, store, v)
+    forged = store.get(v.version)
+    with pytest.raises(TamperedModel, match="not signed by the learner's key"):
+        store.fetch(forged)
+    assert not (tracked.model_cache_dir / store.name / v.version).exists()
+
+
+def test_a_signature_copied_from_another_version_is_refused(tracked, tiny_policy_dir):
+    store = ModelStore(tracked)
+    first, second = store.register(tiny_policy_dir), store.register(tiny_policy_dir)
+    # same files, so the same digests: the signature still names the other version's run
+    store.tag(second.version, SIGNATURE_TAG, first.tags[SIGNATURE_TAG])
+    with pytest.raises(TamperedModel, match="signature does not match"):
+        store.fetch(store.get(second.version))
+    store.fetch(store.get(first.version))  # the one it belongs to still loads
+
+
+def test_a_robot_given_another_learners_public_key_refuses_every_version(tracked, tiny_policy_dir, tmp_path):
+    v = ModelStore(tracked).register(tiny_policy_dir)
+    elsewhere = tracked.model_copy(update={"stack": tracked.stack.model_copy(update={"state_dir": tmp_path / "other"})})
+    other_key = public_key_text(elsewhere)
+    robot = tracked.model_copy(update={"registry": tracked.registry.model_copy(update={"verify_key": other_key})})
+    with pytest.raises(TamperedModel, match="signature does not match"):
+        ModelStore(robot).fetch(v)
+    mine = tracked.model_copy(
+        update={"registry": tracked.registry.model_copy(update={"verify_key": public_key_text(tracked)})}
+    )
+    ModelStore(mine).fetch(v)  # the learner's own public key, given as a robot is given it
 
 
 def test_a_tampered_local_copy_is_refused_on_the_next_load(tracked, tiny_policy_dir):
