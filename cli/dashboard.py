@@ -12,7 +12,9 @@ from infra.errors import UsageError
 
 @app.command("dashboard")
 def dashboard(
-    host: str = typer.Option("127.0.0.1", help="interface to bind; it has no login, so loopback unless you mean it"),
+    host: str = typer.Option(
+        "127.0.0.1", help="interface to bind; any but loopback needs a login (FLEET_DASHBOARD__PASSWORD)"
+    ),
     port: int = typer.Option(8050, help="port to serve on"),
     run: str | None = typer.Option(
         None, help="a demo run to look at (its own topics, model and index): its name, e.g. demo-2aae54, or 'latest'"

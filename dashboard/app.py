@@ -2,25 +2,29 @@
 
 A Dash app (Plotly charts, sortable tables) on Flask: the views in `dashboard.views` redraw every
 few seconds from the sources in `dashboard.sources`; the episode browser's videos are served by a
-Flask route on the same server. It binds to 127.0.0.1 unless told otherwise: the dashboard shows
-everything the fleet does and has no login of its own.
+Flask route on the same server. It shows everything the fleet does, so it binds to 127.0.0.1
+unless a login is configured (`dashboard.password`, HTTP basic auth on every route, pages, updates
+and videos alike); any other bind without one is refused.
 """
 
 from __future__ import annotations
 
+import hmac
 import io
+import ipaddress
 import logging
 import threading
 
 import dash
 from dash import Input, Output, State, dcc, html
-from flask import abort, send_file
+from flask import Response, abort, request, send_file
 from werkzeug.serving import make_server
 
 from dashboard import views
 from dashboard.media import EpisodeMedia, MediaMissing
 from dashboard.sources import Sources
-from infra.settings import Settings
+from infra.errors import UsageError
+from infra.settings import DashboardSettings, Settings
 
 TABS = {
     "fleet": "Fleet success",
@@ -115,9 +119,17 @@ class DashboardServer:
         refresh_s: float = 5.0,
         sources: Sources | None = None,
     ):
+        login = settings.dashboard
+        if login.password is None and not _is_loopback(host):
+            raise UsageError(
+                f"the dashboard shows everything the fleet does; it will not serve {host} without a login",
+                hint="set FLEET_DASHBOARD__PASSWORD (and FLEET_DASHBOARD__USER), or bind 127.0.0.1",
+            )
         self.sources = sources or Sources.start(settings)
         self.media = EpisodeMedia(settings)
         self.app = build_app(self.sources, self.media, refresh_s)
+        if login.password is not None:
+            self.app.server.before_request(lambda: _require_login(login))
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
         self._server = make_server(host, port, self.app.server, threaded=True)
         self.url = f"http://{host}:{self._server.server_port}"
@@ -132,3 +144,26 @@ class DashboardServer:
     def stop(self) -> None:
         self._server.shutdown()
         self.sources.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: whatever it resolves to, it is not known to be loopback
+
+
+def _require_login(login: DashboardSettings) -> Response | None:
+    given = request.authorization
+    expected = login.password.get_secret_value()
+    # compare_digest on both parts: how long a wrong guess takes says nothing about the right one
+    if (
+        given is not None
+        and given.type == "basic"
+        and hmac.compare_digest((given.username or "").encode(), login.user.encode())
+        and hmac.compare_digest((given.password or "").encode(), expected.encode())
+    ):
+        return None
+    return Response("login required", 401, {"WWW-Authenticate": 'Basic realm="worldfleet dashboard"'})

@@ -157,6 +157,14 @@ class AgentSettings(_Section):
     metrics_port: int | None = Field(None, description="Prometheus metrics on 127.0.0.1:PORT; unset = off")
 
 
+class DashboardSettings(_Section):
+    # HTTP basic auth: put TLS in front of it (a reverse proxy) anywhere but a trusted network.
+    user: str = Field("fleet", description="the dashboard's login name")
+    password: SecretStr | None = Field(
+        None, description="the dashboard's login password; unset = no login, and only a loopback bind is allowed"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEET_", env_nested_delimiter="__", extra="forbid", toml_file="fleet.toml"
@@ -170,6 +178,7 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = PrefectSettings()
     learner: LearnerSettings = LearnerSettings()
     agent: AgentSettings = AgentSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @classmethod
     def settings_customise_sources(
