@@ -215,6 +215,23 @@ def s3_client(settings: Settings) -> Minio:
     )
 
 
+def s3_conditional_client(settings: Settings):
+    """A boto3 S3 client, for the one thing minio's client cannot send: conditional writes
+    (If-None-Match / If-Match on PUT), which S3, MinIO and SeaweedFS all honour."""
+    import boto3
+    from botocore.config import Config
+
+    access, secret = settings.s3_credentials()
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        region_name=settings.s3.region,
+        config=Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2}),
+    )
+
+
 def s3_env(settings: Settings) -> dict[str, str]:
     """Environment variables through which boto3-based tools (MLflow, Tansu) reach our S3."""
     access, secret = settings.s3_credentials()

@@ -14,6 +14,9 @@ anywhere (a kill -9, a registry error) is completed by calling it again, and cal
 again only re-announces it. Events are built from the registry's state and published last (the
 registry is the outbox): a failed publish loses nothing, and the retry publishes it.
 
+Transitions are exclusive per model across processes and machines (`registry/lease.py`): with
+several learners, "check that no canary runs, then set one" is one step, not a race.
+
 Each transition appends one object to `rollout-history/<model>/` in the registry's bucket, never
 rewritten (`fleet rollout history`), and the version's `rollout_state` and `rollout_history` tags
 (its last transitions, for the dashboard) are set in MLflow.
@@ -21,8 +24,10 @@ rewritten (`fleet rollout history`), and the version's `rollout_state` and `roll
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import threading
 from datetime import UTC, datetime
 
 from infra.clients import ServiceUnavailable, kafka_producer, s3_client
@@ -30,6 +35,7 @@ from infra.contracts.rollout import CanaryDecision, RolloutEvent, RolloutState
 from infra.errors import FleetError
 from infra.settings import Settings
 from registry.analysis import AnalysisConfig, Arm, Verdict, analyse
+from registry.lease import RolloutLease
 from registry.model_store import ModelStore, PolicyVersion
 
 STATE_TAG, HISTORY_TAG, FRACTION_TAG = "rollout_state", "rollout_history", "canary_fraction"
@@ -40,17 +46,38 @@ class RolloutError(FleetError):
     """A transition the state machine does not allow; the message says why."""
 
 
+def _exclusive(transition):
+    """Run a transition holding the model's rollout lease; one called from another (decide ->
+    promote) runs under the lease its caller holds."""
+
+    @functools.wraps(transition)
+    def held(self: Rollout, *args, **kwargs):
+        if getattr(self._held, "depth", 0):
+            return transition(self, *args, **kwargs)
+        with RolloutLease(self.settings, self.store.name):
+            self._held.depth = 1
+            try:
+                return transition(self, *args, **kwargs)
+            finally:
+                self._held.depth = 0
+
+    return held
+
+
 class Rollout:
     def __init__(self, settings: Settings, store: ModelStore | None = None):
         self.settings = settings
         self.store = store or ModelStore(settings)
         self._producer = None
+        self._held = threading.local()
 
     # -- transitions --------------------------------------------------------------------------
+    @_exclusive
     def crown(self, version: str, reason: str = "first champion") -> RolloutEvent:
         """Make a version champion directly: the fleet's first model, or an operator's choice."""
         return self._make_champion(str(version), reason, old_state=RolloutState.retired)
 
+    @_exclusive
     def start_canary(self, version: str, fraction: float, reason: str = "candidate from the learner") -> RolloutEvent:
         version = str(version)
         if not 0 < fraction < 1:
@@ -67,6 +94,7 @@ class Rollout:
         self.store.set_alias("canary", version)
         return self._settle(self.store.get(version), RolloutState.canary, reason, fraction)
 
+    @_exclusive
     def promote(self, version: str | None = None, reason: str = "promoted by an operator") -> RolloutEvent:
         """Make the canary (`version`, if given, must be it) champion; the old champion becomes `previous`."""
         canary, champion = self.store.by_alias("canary"), self.store.by_alias("champion")
@@ -78,6 +106,7 @@ class Rollout:
             raise RolloutError(f"version {version} is not in canary (canary: {canary.version if canary else 'none'})")
         return self._make_champion(version, reason, old_state=RolloutState.retired)
 
+    @_exclusive
     def end_canary(self, version: str, reason: str) -> RolloutEvent:
         """End version's canary without promoting it. The champion is never touched."""
         version, canary = str(version), self.store.by_alias("canary")
@@ -91,6 +120,7 @@ class Rollout:
         self.store.delete_alias("canary")
         return self._settle(self.store.get(version), RolloutState.rolled_back, reason)
 
+    @_exclusive
     def rollback(self, to: str | None = None, reason: str = "rolled back by an operator") -> RolloutEvent:
         """End the canary; with no canary running, restore `previous` (or `to`) as champion."""
         canary = self.store.by_alias("canary")
@@ -103,6 +133,7 @@ class Rollout:
             raise RolloutError("no canary running and no previous champion to roll back to")
         return self._make_champion(str(target), reason, old_state=RolloutState.rolled_back)
 
+    @_exclusive
     def decide(
         self, version: str, canary: Arm, champion: Arm, config: AnalysisConfig = AnalysisConfig(), final: bool = False
     ) -> Verdict:

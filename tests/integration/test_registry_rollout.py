@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 
 import pytest
 
 from infra.clients import read_topic, s3_client
 from infra.contracts.rollout import RolloutEvent
 from registry.analysis import Arm
+from registry.lease import RolloutBusy, RolloutLease
 from registry.model_store import DIGESTS_TAG, ModelStore, TamperedModel, file_digests, resolve_policy
 from registry.rollout import Rollout, RolloutError
 from registry.signing import SIGNATURE_TAG, public_key_text
@@ -224,3 +226,48 @@ def test_a_promote_interrupted_between_alias_moves_is_completed_by_a_retry(track
         (v2, "champion")
     ]
     rollout.close()
+
+
+def test_two_learners_starting_two_canaries_at_once_start_exactly_one(tracked, tiny_policy_dir):
+    store = ModelStore(tracked)
+    champion, a, b = (store.register(tiny_policy_dir).version for _ in range(3))
+    Rollout(tracked).crown(champion)
+    together, outcomes = threading.Barrier(2), {}
+
+    def learner(version: str) -> None:
+        rollout = Rollout(tracked)  # each learner its own clients, as in its own process
+        together.wait()
+        try:
+            rollout.start_canary(version, 0.25)
+            outcomes[version] = "started"
+        except RolloutError as e:
+            outcomes[version] = str(e)
+        finally:
+            rollout.close()
+
+    threads = [threading.Thread(target=learner, args=(v,)) for v in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    started = [v for v, outcome in outcomes.items() if outcome == "started"]
+    assert len(started) == 1, outcomes
+    (loser,) = {a, b} - set(started)
+    assert "already in canary" in outcomes[loser]
+    assert store.by_alias("canary").version == started[0]
+    assert [v.version for v in store.versions() if v.tags.get("rollout_state") == "canary"] == started
+
+
+def test_a_lease_whose_holder_died_is_taken_over_when_it_expires_and_only_then(tracked):
+    model = tracked.registry.model_name
+    dead = RolloutLease(tracked, model, ttl_s=3)
+    dead.acquire()  # and never released: a learner killed with SIGKILL mid-transition
+    with pytest.raises(RolloutBusy, match=dead.holder):
+        RolloutLease(tracked, model, wait_s=0.5).acquire()
+    successor = RolloutLease(tracked, model, wait_s=20)
+    successor.acquire()  # waits out the dead holder's lease, then takes it over
+    dead.release()  # the late holder comes back: its release must not free the successor's lease
+    with pytest.raises(RolloutBusy, match=successor.holder):
+        RolloutLease(tracked, model, wait_s=0.5).acquire()
+    successor.release()
+    RolloutLease(tracked, model, wait_s=0.5).acquire()  # released: free at once
