@@ -8,7 +8,21 @@ import sys
 from pydantic import ValidationError
 from rich.markup import escape
 
-from cli import agents, bench, contracts, dashboard, demo, episodes, export, loop, policy, rollout, stack, train  # noqa: F401
+from cli import (  # noqa: F401
+    agents,
+    bench,
+    contracts,
+    dashboard,
+    demo,
+    episodes,
+    export,
+    imports,
+    loop,
+    policy,
+    rollout,
+    stack,
+    train,
+)
 from cli.app import app, console
 from infra.errors import FleetError, UsageError
 

@@ -23,7 +23,7 @@ def lerobot(
     tasks, episodes (with each one's fleet episode id, robot and policy version) and stats."""
     from infra.clients import s3_client
     from learner.episode_index import IndexReader
-    from learner.lerobot_export import export_lerobot
+    from learner.lerobot import export_lerobot
     from learner.media import load_media
 
     config = settings()

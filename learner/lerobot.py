@@ -1,4 +1,5 @@
-"""The fleet's episodes as a LeRobot v3.0 dataset, the format robot learners already load.
+"""LeRobot v3.0 datasets, the format robot learners already load: the fleet's episodes written
+as one (`export_lerobot`), and one read as training clips (`import_lerobot`).
 
     DIR/meta/info.json                                         features, fps, counts, path templates
     DIR/meta/tasks.parquet                                     task string (index) -> task_index
@@ -14,6 +15,11 @@ LeRobot columns, the episodes table keeps where each episode came from (`worldfl
 episode id, robot, policy version and success), so a dataset can be traced back to the fleet.
 One data file and one video file: a fleet export is sized for a training run, not the Hub's
 100 MB file cap (`--since` bounds it).
+
+Imported, each episode is a clip of its frames and the actions between them (the last row's
+action has no frame after it, so a clip of n rows keeps n - 1 actions), captioned with its task,
+labelled with `next.success` where the dataset has it. Any v3.0 dataset with one video key and an
+`action` feature reads; whether its frames and actions suit a policy is the trainer's check.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from infra.contracts.episode import Episode
-from infra.errors import FleetError
+from infra.errors import FleetError, UsageError
 from learner.media import Rejected
+from worldmodel.stage_data import Clip
 
 CODEBASE_VERSION = "v3.0"
 FPS = 10  # the tabletop simulator's control rate: one action per rendered frame
@@ -280,3 +287,69 @@ class _VideoWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+# -- import -----------------------------------------------------------------------------------------
+def import_lerobot(root: Path, stage: str = "replay") -> list[Clip]:
+    """A LeRobot v3.0 dataset's episodes as training clips (frames, actions, task, success)."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    info = _info(root)
+    videos = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    if len(videos) != 1 or "action" not in info["features"]:
+        raise UsageError(f"{root}: needs one video feature and an action feature, has {sorted(info['features'])}")
+    key = videos[0]
+    import pyarrow as pa
+
+    data = pa.concat_tables([pq.read_table(p) for p in sorted((root / "data").glob("chunk-*/file-*.parquet"))])
+    data = data.to_pydict()
+    episodes = sorted(
+        (
+            row
+            for path in sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+            for row in pq.read_table(path).to_pylist()
+        ),
+        key=lambda row: row["episode_index"],
+    )
+    decoded: dict[tuple[int, int], np.ndarray] = {}
+    clips = []
+    for row in episodes:
+        where = (row[f"videos/{key}/chunk_index"], row[f"videos/{key}/file_index"])
+        if where not in decoded:
+            path = root / info["video_path"].format(video_key=key, chunk_index=where[0], file_index=where[1])
+            decoded[where] = _decode(path)
+        first = round(row[f"videos/{key}/from_timestamp"] * info["fps"])
+        n = row["length"]
+        frames = decoded[where][first : first + n]
+        steps = slice(row["dataset_from_index"], row["dataset_to_index"])
+        if frames.shape[1] != frames.shape[2]:
+            raise UsageError(f"{root}: {key} is {frames.shape[2]}x{frames.shape[1]}; training clips are square")
+        if len(frames) != n or steps.stop - steps.start != n:
+            raise UsageError(f"{root}: episode {row['episode_index']} spans {len(frames)} frames for {n} rows")
+        actions = np.asarray(data["action"][steps], np.float32)
+        success = data["next.success"][steps][-1] if "next.success" in data else None
+        task = row["tasks"][0]
+        clips.append(Clip(stage, frames, task, task, actions[: n - 1], success))
+    return clips
+
+
+def _info(root: Path) -> dict:
+    try:
+        info = json.loads((root / "meta" / "info.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{root} is not a LeRobot dataset: {e}") from e
+    if info.get("codebase_version") != CODEBASE_VERSION:
+        raise UsageError(
+            f"{root} is a LeRobot {info.get('codebase_version')} dataset; this reads {CODEBASE_VERSION}",
+            hint="convert it with LeRobot's convert_dataset_v21_to_v30",
+        )
+    return info
+
+
+def _decode(path: Path) -> np.ndarray:
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    w, h = next(reader)["size"]
+    return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])

@@ -1,5 +1,6 @@
-"""`fleet export lerobot`: indexed episodes with media in real S3, written as a LeRobot v3.0
-dataset and read back with pyarrow and a video decoder, field by field."""
+"""`fleet export lerobot` and `fleet import lerobot`: indexed episodes with media in real S3,
+written as a LeRobot v3.0 dataset, read back with pyarrow and a video decoder field by field, and
+imported again as training clips."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from cli import app
 from infra.clients import s3_client
 from infra.contracts import arrays
 from infra.contracts.episode import ArraySpec, Episode, MediaRef
+from infra.errors import UsageError
+from learner.dataset import load_clips
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
-from learner.lerobot_export import FPS, VIDEO_KEY, export_lerobot
+from learner.lerobot import FPS, VIDEO_KEY, export_lerobot, import_lerobot
 from learner.media import load_media
 from sim.synthetic import EpisodeShape, render_clip, synthetic_core
 
@@ -158,3 +163,33 @@ def _frames(path):
     meta = next(reader)
     assert tuple(meta["size"]) == (SIZE, SIZE)
     return list(reader)
+
+
+def test_an_exported_dataset_imports_as_training_clips_of_the_same_steps(plane, tmp_path):
+    rng = np.random.default_rng(5)
+    made = [_indexed_episode(plane, rng, steps, success) for steps, success in ((10, True), (6, False))]
+    with EpisodeIndex(plane.index_path) as index:
+        index.record([(e, Provenance("t", 0, i, 0.0)) for i, (e, _) in enumerate(made)])
+    s3 = s3_client(plane)
+    dataset = tmp_path / "dataset"
+    export_lerobot(
+        IndexReader(plane.index_path).query(), dataset, lambda e: load_media(s3, plane, e.media)["executed_frames"]
+    )
+
+    result = CliRunner().invoke(app, ["import", "lerobot", str(dataset), "--out", str(tmp_path / "clips")])
+    assert result.exit_code == 0, result.output
+    assert "2 episodes, 16 frames" in result.output
+    clips = load_clips(tmp_path / "clips")
+    for clip, (episode, frames) in zip(clips, made, strict=True):
+        n = len(episode.actions)
+        assert clip.stage == "replay" and clip.caption == episode.instruction and clip.success is episode.success
+        assert len(clip.frames) == n and np.allclose(clip.actions, np.asarray(episode.actions, np.float32)[: n - 1])
+        assert np.abs(clip.frames.astype(int) - frames[:n].astype(int)).mean() < 4
+
+
+def test_a_dataset_of_another_format_version_is_refused_with_how_to_convert_it(tmp_path):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "features": {}}))
+    with pytest.raises(UsageError, match="LeRobot v2.1 dataset; this reads v3.0") as e:
+        import_lerobot(tmp_path)
+    assert "convert" in e.value.hint
