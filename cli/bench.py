@@ -125,6 +125,35 @@ def sim(
     write_json(result, out)
 
 
+@bench_app.command("media-codecs")
+def media_codecs(
+    episodes: int = typer.Option(20, help="episodes of rendered frames per kind"),
+    frames: int = typer.Option(60, help="frames per episode (the tabletop's 60 steps)"),
+    noise: float = typer.Option(2.0, help="camera-like sensor noise, std in grey levels"),
+    out: Path = typer.Option(Path("out/bench_media_codecs.json"), help="where to write the JSON result"),
+) -> None:
+    """Bytes per episode of the robot's frames as the data plane ships them (npy+zstd) against
+    H.264 at CRF 10 and 23, with encode and decode time and the mean error H.264 adds, on
+    camera-like and noise-free frames. In this one process."""
+    from benchmarks.media_codecs import bench_media_codecs
+
+    result = bench_media_codecs(episodes, frames, noise=noise)
+    table = Table("frames", "codec", "KiB/episode", "encode ms", "decode ms", "mean abs error")
+    for kind in ("camera_like", "noise_free"):
+        for row in getattr(result, kind):
+            table.add_row(
+                kind,
+                row.codec,
+                str(row.kib_per_episode),
+                str(row.encode_ms_per_episode),
+                str(row.decode_ms_per_episode),
+                str(row.mean_abs_error),
+            )
+    console.print(table)
+    console.print(f"raw: {result.raw_kib_per_episode} KiB/episode")
+    write_json(result, out)
+
+
 @bench_app.command("policy")
 def policy(
     policy: Path = typer.Option(..., help="a policy directory from `fleet train all`"),

@@ -69,7 +69,8 @@ def export_lerobot(
     media are bad (`Rejected`) is skipped and named in the report; a service that does not answer
     stops the export."""
     out = Path(out)
-    staging = Path(tempfile.mkdtemp(prefix=".lerobot-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lerobot-", dir=out.parent))  # beside it: the rename stays on one disk
     try:
         report = _write(staging, episodes, load_frames, progress)
         if out.exists():
@@ -106,7 +107,7 @@ def _write(root: Path, episodes, load_frames, progress) -> ExportReport:
                 continue
             if shape is None:
                 shape, action_dim = frames.shape[1:], actions.shape[1]
-                video = _VideoWriter(root / VIDEO_PATH.format(video_key=VIDEO_KEY, chunk_index=0, file_index=0), shape)
+                video = H264Writer(root / VIDEO_PATH.format(video_key=VIDEO_KEY, chunk_index=0, file_index=0), shape)
             if frames.shape[1:] != shape or actions.shape[1] != action_dim:
                 skipped[str(episode.episode_id)] = f"frames {frames.shape[1:]} / actions {actions.shape[1]} differ"
                 continue
@@ -234,11 +235,11 @@ def _parquet(pq, table, path: Path) -> None:
     pq.write_table(table, path)
 
 
-class _VideoWriter:
-    """Frames appended to one H.264 file (yuv420p, near-lossless), with per-channel image stats in
-    [0, 1] as LeRobot normalises them."""
+class H264Writer:
+    """Frames appended to one H.264 file (yuv420p; CRF 10 is near-lossless), with per-channel image
+    stats in [0, 1] as LeRobot normalises them."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...]):
+    def __init__(self, path: Path, shape: tuple[int, ...], crf: int = 10):
         import imageio_ffmpeg
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +251,7 @@ class _VideoWriter:
             codec="libx264",
             pix_fmt_out="yuv420p",
             quality=None,
-            output_params=["-crf", "10", "-preset", "veryfast", "-g", str(FPS)],
+            output_params=["-crf", str(crf), "-preset", "veryfast", "-g", str(FPS)],
             macro_block_size=1,
             ffmpeg_log_level="error",
         )
@@ -318,7 +319,7 @@ def import_lerobot(root: Path, stage: str = "replay") -> list[Clip]:
         where = (row[f"videos/{key}/chunk_index"], row[f"videos/{key}/file_index"])
         if where not in decoded:
             path = root / info["video_path"].format(video_key=key, chunk_index=where[0], file_index=where[1])
-            decoded[where] = _decode(path)
+            decoded[where] = decode_video(path)
         first = round(row[f"videos/{key}/from_timestamp"] * info["fps"])
         n = row["length"]
         frames = decoded[where][first : first + n]
@@ -347,7 +348,7 @@ def _info(root: Path) -> dict:
     return info
 
 
-def _decode(path: Path) -> np.ndarray:
+def decode_video(path: Path) -> np.ndarray:
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
