@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli import app
@@ -22,9 +23,12 @@ from infra.contracts.episode import ArraySpec, Episode, MediaRef
 from infra.errors import UsageError
 from learner.dataset import load_clips
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
+from learner.finetune import FinetuneJob
+from learner.finetune_worker import Objective
 from learner.lerobot import FPS, VIDEO_KEY, export_lerobot, import_lerobot
 from learner.media import load_media
 from sim.synthetic import EpisodeShape, render_clip, synthetic_core
+from worldmodel.policy import WorldModelPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +71,8 @@ EPISODE_COLUMNS = {
 
 
 def _indexed_episode(settings, rng, steps: int, success: bool) -> tuple[Episode, np.ndarray]:
-    core = synthetic_core(rng, "robot-007", EpisodeShape(steps=steps, decisions=1, candidates=2)).model_copy(
-        update={"success": success}
-    )
+    shape = EpisodeShape(steps=steps, decisions=1, candidates=2, action_dim=3)  # the tabletop's actions
+    core = synthetic_core(rng, "robot-007", shape).model_copy(update={"success": success})
     # the start, then one frame per step; each a shade brighter, so that a frame one step off shows
     shade = (np.arange(steps + 1) * 9).astype(np.uint8)[:, None, None, None]
     frames = render_clip(rng, steps + 1, SIZE, noise=0) // 2 + shade
@@ -165,9 +168,9 @@ def _frames(path):
     return list(reader)
 
 
-def test_an_exported_dataset_imports_as_training_clips_of_the_same_steps(plane, tmp_path):
+def test_an_exported_dataset_imports_as_training_clips_of_the_same_steps(plane, tmp_path, tiny_policy_dir):
     rng = np.random.default_rng(5)
-    made = [_indexed_episode(plane, rng, steps, success) for steps, success in ((10, True), (6, False))]
+    made = [_indexed_episode(plane, rng, steps, success) for steps, success in ((14, True), (12, False))]
     with EpisodeIndex(plane.index_path) as index:
         index.record([(e, Provenance("t", 0, i, 0.0)) for i, (e, _) in enumerate(made)])
     s3 = s3_client(plane)
@@ -178,13 +181,19 @@ def test_an_exported_dataset_imports_as_training_clips_of_the_same_steps(plane, 
 
     result = CliRunner().invoke(app, ["import", "lerobot", str(dataset), "--out", str(tmp_path / "clips")])
     assert result.exit_code == 0, result.output
-    assert "2 episodes, 16 frames" in result.output
+    assert "2 episodes, 26 frames" in result.output
     clips = load_clips(tmp_path / "clips")
     for clip, (episode, frames) in zip(clips, made, strict=True):
         n = len(episode.actions)
         assert clip.stage == "replay" and clip.caption == episode.instruction and clip.success is episode.success
         assert len(clip.frames) == n and np.allclose(clip.actions, np.asarray(episode.actions, np.float32)[: n - 1])
         assert np.abs(clip.frames.astype(int) - frames[:n].astype(int)).mean() < 4
+    # and they are what fine-tuning reads: every loss of a step on them is finite, and so are its gradients
+    objective = Objective(WorldModelPolicy.load(tiny_policy_dir), clips, FinetuneJob(batch=2, imagined_windows=0))
+    loss, parts = objective(0, 0)
+    loss.backward()
+    assert set(parts) == {"video", "idm", "critic"} and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in objective.parameters() if p.grad is not None)
 
 
 def test_a_dataset_of_another_format_version_is_refused_with_how_to_convert_it(tmp_path):
