@@ -49,3 +49,10 @@ def test_production_settings_point_every_service_outside(monkeypatch):
     settings = Settings()
     assert not any(settings.is_embedded(s) for s in ("s3", "kafka", "mlflow", "prefect"))
     assert settings.kafka_bootstrap == "localhost:9094"
+
+
+def test_minio_is_checked_with_the_client_its_image_ships_not_curl():
+    compose = interpolated((PRODUCTION / "docker-compose.yml").read_text())
+    assert compose["services"]["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    # mlflow waits on it: a check that cannot run would keep the registry down for good
+    assert compose["services"]["mlflow"]["depends_on"]["minio"] == {"condition": "service_healthy"}
