@@ -256,6 +256,9 @@ def mlflow_client(settings: Settings):
     import mlflow
     from mlflow import MlflowClient
 
+    if settings.mlflow.authenticated:  # MLflow's client reads its credentials from the environment
+        os.environ["MLFLOW_TRACKING_USERNAME"] = settings.mlflow.username
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow.password.get_secret_value()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     return MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
 

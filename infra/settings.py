@@ -107,6 +107,14 @@ class S3Settings(_Section):
 
 class MlflowSettings(_Section):
     tracking_uri: str | None = Field(None, description="unset = the embedded MLflow server")
+    # HTTP basic auth against a server running MLflow's basic-auth app. With the embedded server,
+    # setting both starts it with that app and these as its admin.
+    username: str | None = Field(None, description="MLflow login; unset = no authentication")
+    password: SecretStr | None = Field(None, description="MLflow password, with username")
+
+    @property
+    def authenticated(self) -> bool:
+        return self.username is not None and self.password is not None
 
 
 class RegistrySettings(_Section):

@@ -155,6 +155,7 @@ def _kafka_healthy(s: Settings) -> bool:
 def _mlflow_command(s: Settings) -> list[str]:
     db = s.state_dir / "mlflow" / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
+    login = ["--app-name", "basic-auth"] if s.mlflow.authenticated else []
     return [
         _binary("mlflow"),
         "server",
@@ -168,7 +169,28 @@ def _mlflow_command(s: Settings) -> list[str]:
         str(s.stack.mlflow_port),
         "--workers",
         "1",
+        *login,
     ]
+
+
+def _mlflow_env(s: Settings) -> dict[str, str]:
+    """S3 for the artifacts; with a login configured, the basic-auth app's own store and admin."""
+    env = s3_env(s)
+    if s.mlflow.authenticated:
+        folder = s.state_dir / "mlflow"
+        ini = folder / "basic_auth.ini"
+        ini.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env |= {
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_AUTH_ADMIN_USERNAME": s.mlflow.username,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": s.mlflow.password.get_secret_value(),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # signs the UI's CSRF tokens
+        }
+    return env
 
 
 def _http_ok(url: str) -> bool:
@@ -208,7 +230,7 @@ SERVICES_IN_ORDER: dict[Service, EmbeddedService] = {
         "mlflow",
         lambda s: {"http": s.stack.mlflow_port},
         _mlflow_command,
-        s3_env,
+        _mlflow_env,
         lambda s: _http_ok(s.mlflow_tracking_uri.rstrip("/") + "/health"),
     ),
     "prefect": EmbeddedService(

@@ -56,3 +56,13 @@ def test_minio_is_checked_with_the_client_its_image_ships_not_curl():
     assert compose["services"]["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
     # mlflow waits on it: a check that cannot run would keep the registry down for good
     assert compose["services"]["mlflow"]["depends_on"]["minio"] == {"condition": "service_healthy"}
+
+
+def test_mlflow_asks_for_a_login_whose_secrets_must_be_set():
+    text = (PRODUCTION / "docker-compose.yml").read_text()
+    mlflow = interpolated(text)["services"]["mlflow"]
+    assert "--app-name basic-auth" in mlflow["command"]
+    for var in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert re.search(rf"{var}: \$\{{[A-Z_]+:\?", text), f"{var} must come from the environment, and be set"
+    ini = (PRODUCTION / "mlflow-auth.ini").read_text()
+    assert "admin_password" not in ini and "basic_auth.db" in ini
