@@ -72,16 +72,16 @@ def export_lerobot(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".lerobot-", dir=out.parent))  # beside it: the rename stays on one disk
     try:
-        report = _write(staging, episodes, load_frames, progress)
+        episodes, frames, skipped = _write(staging, episodes, load_frames, progress)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
-        return ExportReport(out, report.episodes, report.frames, report.skipped)
+        return ExportReport(out, episodes, frames, skipped)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write(root: Path, episodes, load_frames, progress) -> ExportReport:
+def _write(root: Path, episodes, load_frames, progress) -> tuple[int, int, dict[str, str]]:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -187,7 +187,7 @@ def _write(root: Path, episodes, load_frames, progress) -> ExportReport:
         **{k: _stats(np.asarray(rows[k], np.float64)[:, None]) for k in ("timestamp", "frame_index", "index")},
     }
     (root / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
-    return ExportReport(root, len(meta), len(table), skipped)
+    return len(meta), len(table), skipped
 
 
 def _features(shape: tuple[int, ...], action_dim: int) -> dict:

@@ -45,18 +45,23 @@ def test_a_registered_version_carries_lineage_and_loads_verified(tracked, tiny_p
     assert isinstance(store.load(v), WorldModelPolicy)
 
 
+def _forge_in_storage(settings, v, file: str = "idm.safetensors") -> bytes:
+    """What someone with write access to the artifact bucket can do: swap a file's last bytes."""
+    s3 = s3_client(settings)
+    key = next(
+        o.object_name
+        for o in s3.list_objects(settings.s3.mlflow_bucket, recursive=True)
+        if v.run_id in o.object_name and o.object_name.endswith(f"policy/{file}")
+    )
+    forged = s3.get_object(settings.s3.mlflow_bucket, key).read()[:-8] + b"\x00" * 8
+    s3.put_object(settings.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
+    return forged
+
+
 def test_weights_tampered_in_storage_are_refused(tracked, tiny_policy_dir):
     store = ModelStore(tracked)
     v = store.register(tiny_policy_dir)
-    # Someone with write access to the artifact bucket swaps the IDM weights for other bytes.
-    s3 = s3_client(tracked)
-    key = next(
-        o.object_name
-        for o in s3.list_objects(tracked.s3.mlflow_bucket, recursive=True)
-        if v.run_id in o.object_name and o.object_name.endswith("policy/idm.safetensors")
-    )
-    forged = (tiny_policy_dir / "idm.safetensors").read_bytes()[:-8] + b"\x00" * 8
-    s3.put_object(tracked.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
+    _forge_in_storage(tracked, v)  # the IDM's weights, swapped for other bytes
 
     with pytest.raises(TamperedModel, match="idm.safetensors"):
         store.fetch(v)
@@ -64,18 +69,8 @@ def test_weights_tampered_in_storage_are_refused(tracked, tiny_policy_dir):
 
 
 def _forge_storage_and_tags(settings, store: ModelStore, v, file: str = "idm.safetensors") -> dict[str, str]:
-    """What someone who may write the artifact bucket and MLflow tags, but has no key, can do:
-    replace a file's bytes, then write the new file's sha256 into the version's digests tag."""
-    s3 = s3_client(settings)
-    key = next(
-        o.object_name
-        for o in s3.list_objects(settings.s3.mlflow_bucket, recursive=True)
-        if v.run_id in o.object_name and o.object_name.endswith(f"policy/{file}")
-    )
-    original = s3.get_object(settings.s3.mlflow_bucket, key).read()
-    forged = original[:-8] + b"\x00" * 8
-    s3.put_object(settings.s3.mlflow_bucket, key, io.BytesIO(forged), len(forged))
-    digests = v.digests | {file: hashlib.sha256(forged).hexdigest()}
+    """And with write access to MLflow tags too, but no key: the new file's sha256 in the digests tag."""
+    digests = v.digests | {file: hashlib.sha256(_forge_in_storage(settings, v, file)).hexdigest()}
     store.tag(v.version, DIGESTS_TAG, json.dumps(digests, sort_keys=True))
     return digests
 
