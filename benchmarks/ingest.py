@@ -18,14 +18,14 @@ from benchmarks import BenchResult
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.settings import Settings
-from learner.episode_index import EpisodeIndex
+from learner.episode_index import open_index
 from learner.ingest import EpisodeIngestor
 from learner.reconcile import reconcile
 from sim.synthetic import EpisodeShape, episode_stream
 
 
 def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         ingestor = EpisodeIngestor(settings, index)
         try:
             # Join the group before the clock starts: a join is a one-off cost, not throughput.
@@ -102,7 +102,7 @@ def bench_ingest(
     worker.join(10)
     publisher.close()
 
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         indexed_ids = index.episode_ids()
         latencies_ms = np.array(index.latencies_s()) * 1000
         # lost and duplicated from a reader independent of the ingest path (learner/reconcile.py)

@@ -35,7 +35,7 @@ def dashboard(
         config = config.isolated(run, work / "runs" / run)
     server = DashboardServer(config, host, port, refresh_s)
     console.print(
-        f"dashboard at {server.url} (reading {config.index_path}, model {config.registry.model_name}); Ctrl-C stops it"
+        f"dashboard at {server.url} (reading {config.index_where}, model {config.registry.model_name}); Ctrl-C stops it"
     )
     try:
         server.serve_forever()

@@ -90,7 +90,7 @@ def data_plane_demo(
 ) -> None:
     """Bring the stack up and stream synthetic episodes through the data plane (a Prefect flow)."""
     from infra.clients import use_prefect
-    from learner.episode_index import EpisodeIndex
+    from learner.episode_index import open_index
 
     fleet = settings()
     start_stack(fleet)
@@ -98,7 +98,7 @@ def data_plane_demo(
     from flows.data_plane_demo import data_plane_demo
 
     result = data_plane_demo(fleet, episodes=episodes, robots=robots, rate=rate)
-    with EpisodeIndex(fleet.index_path) as index:
+    with open_index(fleet) as index:
         print_summary(index)
     console.print(
         f"published {result['published']}, arrived {result['arrived']}, dead-lettered {result['dead_lettered']}, "

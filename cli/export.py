@@ -22,12 +22,12 @@ def lerobot(
     next.done, next.success), the executed camera frames as one H.264 video, meta/info.json,
     tasks, episodes (with each one's fleet episode id, robot and policy version) and stats."""
     from infra.clients import s3_client
-    from learner.episode_index import IndexReader
+    from learner.episode_index import open_reader
     from learner.lerobot import export_lerobot
     from learner.media import load_media
 
     config = settings()
-    reader = IndexReader(config.index_path)
+    reader = open_reader(config)
     filters = {"since": since, "success": True if success_only else None}
     chosen = reader.query(**filters)
     s3 = s3_client(config)

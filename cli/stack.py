@@ -62,3 +62,15 @@ def print_status(result: dict) -> None:
         ok = "[green]yes[/]" if svc["healthy"] else "[red]no[/]"
         table.add_row(name, svc["url"], ok, "embedded" if svc["embedded"] else "external")
     console.print(table)
+
+
+@stack_app.command("robot-credentials")
+def robot_credentials(robot_id: str = typer.Argument(..., help="the robot's id, as its episodes carry it")) -> None:
+    """S3 keys for one robot of the embedded S3: it may write its own episodes/ROBOT_ID/ prefix and
+    nothing else (no reads, no other robot's prefix, no MLflow artifacts). Made on first request,
+    the same keys after. Prints FLEET_S3__ACCESS_KEY=... and FLEET_S3__SECRET_KEY=... lines for the
+    robot's environment: `export $(fleet stack robot-credentials robot-7)`."""
+    from infra.stack.credentials import robot_credentials as credentials
+
+    access, secret = credentials(settings(), robot_id)
+    typer.echo(f"FLEET_S3__ACCESS_KEY={access}\nFLEET_S3__SECRET_KEY={secret}")

@@ -23,7 +23,7 @@ from infra.contracts.dead_letter import DeadLetter
 from infra.contracts.telemetry import EpisodeTelemetry
 from infra.errors import FleetError
 from infra.settings import Settings
-from learner.episode_index import IndexReader
+from learner.episode_index import EpisodeQueries, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class Sources:
     """Everything the views read, started together and stopped together."""
 
     settings: Settings
-    index: IndexReader
+    index: EpisodeQueries
     kafka: Poller
     registry: Poller
     prefect: Poller
@@ -252,7 +252,7 @@ class Sources:
         tail = KafkaTail(settings)
         return cls(
             settings,
-            IndexReader(settings.index_path),
+            open_reader(settings),
             Poller("kafka", tail.read, poll_s, tail.close).start(),
             Poller("mlflow", lambda: read_registry(settings), poll_s * 2).start(),
             Poller("prefect", lambda: read_flow_runs(settings), poll_s * 3).start(),

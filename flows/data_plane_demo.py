@@ -14,7 +14,7 @@ from prefect import flow, task
 
 from fleet_agent.publisher import EpisodePublisher
 from infra.settings import Settings
-from learner.episode_index import EpisodeIndex
+from learner.episode_index import open_index
 from learner.ingest import EpisodeIngestor
 from sim.synthetic import episode_stream
 
@@ -35,7 +35,7 @@ def publish_episodes(settings: Settings, episodes: int, robots: int, seed: int |
 @task
 def ingest_episodes(settings: Settings, expected: int) -> dict:
     """Run the learner's ingest until `expected` new episodes are indexed (or it goes idle)."""
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         ingestor = EpisodeIngestor(settings, index)
         try:
             stats = ingestor.run(until_indexed=expected, idle_timeout_s=60)
@@ -53,7 +53,7 @@ def data_plane_demo(
     ingest = ingest_episodes.submit(settings, episodes)
     ids = publish_episodes(settings, episodes, robots, seed, rate)
     stats = ingest.result()
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         arrived = len(set(ids) & set(index.episode_ids()))
         latencies_ms = np.array(index.latencies_s(since=started)) * 1000
     return {

@@ -31,7 +31,7 @@ from infra.contracts.rounds import Learning, RoundReport, RoundSuccess
 from infra.settings import Settings
 from infra.stats import mcnemar, wilson
 from learner.dataset import save_clips
-from learner.episode_index import EpisodeIndex
+from learner.episode_index import open_index
 from learner.reconcile import reconcile
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
@@ -212,7 +212,7 @@ def rounds_summary(settings: Settings, fleet: Fleet, rounds: list[RoundSuccess],
 
     ingest_new.fn(settings, idle_s=10)
     published = {str(c.episode_id) for c, _ in fleet.finished}
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         counts = reconcile(settings, published, index)  # read apart from the ingest path
         rows = index.count()
     return {

@@ -33,7 +33,7 @@ from infra.contracts.telemetry import EpisodeTelemetry
 from infra.settings import Settings
 from learner.curation import CurationConfig, curate, load_manifest, save_manifest
 from learner.dataset import build_training_set
-from learner.episode_index import EpisodeIndex
+from learner.episode_index import EpisodeWriter, open_index
 from learner.finetune import prepare_run, run_finetune
 from learner.ingest import EpisodeIngestor
 from registry.analysis import Arm
@@ -47,12 +47,12 @@ CLOCK_SKEW_S = 60.0
 def ingest_new(settings: Settings, idle_s: float = 5.0, max_s: float = 60.0) -> dict:
     """Index what the fleet has published so far: until the topic is quiet for `idle_s`, or for at
     most `max_s` while robots keep publishing (the rest waits, safely, for the next round)."""
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         stats = _ingest_until_quiet(settings, index, idle_s, max_s)
     return {"indexed": stats.indexed, "duplicates_dropped": stats.duplicates, "dead_lettered": stats.dead_lettered}
 
 
-def _ingest_until_quiet(settings: Settings, index: EpisodeIndex, idle_s: float, max_s: float):
+def _ingest_until_quiet(settings: Settings, index: EpisodeWriter, idle_s: float, max_s: float):
     ingestor = EpisodeIngestor(settings, index)
     stop = threading.Event()
     timer = threading.Timer(max_s, stop.set)
@@ -69,7 +69,7 @@ def _ingest_until_quiet(settings: Settings, index: EpisodeIndex, idle_s: float, 
 def curate_episodes(settings: Settings, ingested_after: float | None, threshold: float) -> dict:
     """Curate the episodes ingested after the watermark `ingested_after` (None: all), up to the
     index's watermark now, which the result carries for the next round."""
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         watermark = index.watermark()
         episodes = index.query(ingested_after=ingested_after, ingested_until=watermark)
     manifest = curate(settings, episodes, CurationConfig(consistency_threshold=threshold))
@@ -92,7 +92,7 @@ def train_candidate(settings: Settings, champion: str, manifest_uri: str, config
     store = ModelStore(settings)
     parent = store.fetch(store.get(champion))
     manifest = load_manifest(settings, manifest_uri)
-    with EpisodeIndex(settings.index_path) as index:
+    with open_index(settings) as index:
         data = build_training_set(settings, manifest, index, run_dir / "dataset", config.replay_dir)
     run = prepare_run(run_dir / "finetune", parent, data, config.finetune)
     run_finetune(run, config.world_size, progress=None)
@@ -280,7 +280,7 @@ def improvement_loop(
     for round_id in range(1, rounds + 1):
         while True:
             ingest_new(settings)
-            with EpisodeIndex(settings.index_path) as index:
+            with open_index(settings) as index:
                 fresh = index.count(success=True, ingested_after=watermark)
             if fresh >= min_new_successes:
                 break

@@ -35,6 +35,7 @@ def unavailable(settings: Settings, service: Service, detail: str) -> ServiceUna
         "kafka": "FLEET_KAFKA__BOOTSTRAP_SERVERS",
         "mlflow": "FLEET_MLFLOW__TRACKING_URI",
         "prefect": "FLEET_PREFECT__API_URL",
+        "postgres": "FLEET_LEARNER__INDEX_URL",
     }[service]
     where = settings.endpoint(service)
     hint = (

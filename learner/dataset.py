@@ -22,7 +22,7 @@ from infra.clients import s3_client
 from infra.contracts.episode import Episode
 from infra.settings import Settings
 from learner.curation import DatasetManifest, ManifestEntry
-from learner.episode_index import EpisodeIndex
+from learner.episode_index import EpisodeQueries
 from learner.media import load_media
 from sim.tabletop import Task
 from worldmodel import stage_data
@@ -30,7 +30,7 @@ from worldmodel.stage_data import Clip
 
 
 def build_training_set(
-    settings: Settings, manifest: DatasetManifest, index: EpisodeIndex, out: Path, replay: Path | None = None
+    settings: Settings, manifest: DatasetManifest, index: EpisodeQueries, out: Path, replay: Path | None = None
 ) -> Path:
     """Write `out/data.npz` and `out/episodes.json` for every episode of the manifest, plus the
     clips of the `replay` training set (in `save_clips`' layout) when one is given."""

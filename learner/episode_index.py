@@ -1,13 +1,15 @@
 """The learner's episode index: every accepted episode, queryable, surviving restarts.
 
-SQLite in WAL mode: a single file beside the learner, transactional (an episode and its
-dedupe key commit together, before the Kafka offset does), indexed for the questions people and
-the curation step ask (by robot, task, model version, time, success), and able to serve
-hundreds of thousands of rows to a dashboard without a server to run. One learner writes; any
-number of readers may read while it does.
+Two stores behind one query layer. SQLite in WAL mode is the default: a single file beside the
+learner, transactional (an episode and its dedupe key commit together, before the Kafka offset
+does), able to serve hundreds of thousands of rows to a dashboard without a server to run; one
+learner writes, any number of readers read. PostgreSQL (`learner/episode_index_postgres.py`,
+chosen by `learner.index_url`) is for several learners sharing one index, or an index that
+outgrows a file on one machine.
 
-The read queries are one layer (`EpisodeQueries`) shared by the learner's `EpisodeIndex` (which
-writes) and the dashboard's `IndexReader` (read-only, a connection per query).
+The read queries are one layer (`EpisodeQueries`), written once in the SQL both understand, with
+the two expressions they spell differently as class attributes. `open_index` gives the learner its
+writer, `open_reader` the dashboard and the CLI a reader, for whichever store is configured.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Literal
 
 from infra.contracts.episode import Episode
 from infra.errors import FleetError
+from infra.settings import Settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -31,10 +34,10 @@ CREATE TABLE IF NOT EXISTS episodes (
     policy_version TEXT NOT NULL,
     world_model_version TEXT NOT NULL,
     idm_version TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL NOT NULL,
-    published_at REAL NOT NULL,
-    ingested_at REAL NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION NOT NULL,
+    published_at DOUBLE PRECISION NOT NULL,
+    ingested_at DOUBLE PRECISION NOT NULL,
     success INTEGER NOT NULL,
     success_source TEXT NOT NULL,
     n_steps INTEGER NOT NULL,
@@ -42,7 +45,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     n_rejections INTEGER NOT NULL,
     source_topic TEXT,
     source_partition INTEGER,
-    source_offset INTEGER,
+    source_offset BIGINT,
     episode_json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS episodes_policy ON episodes (policy_version, started_at);
@@ -73,13 +76,58 @@ class IndexMissing(FleetError):
     """No episode index yet: the learner creates it when it ingests its first episode."""
 
 
-class EpisodeQueries:
-    """The questions asked of the index, over `_rows(sql, args)`, which each reader provides."""
+# Rollups, counted by an insert trigger in the same transaction as the episode (a dropped duplicate
+# fires nothing): the dashboard's aggregates read thousands of rollup rows, not millions of episodes.
+ROLLUP_S = 10  # the timeline's finest bucket; every width it draws is a multiple of it
+ROLLUP_KEYS = ("robot_id", "task_id", "policy_version")
+ROLLUP_TABLES = """
+CREATE TABLE rollup_time (
+    bucket BIGINT NOT NULL,
+    policy_version TEXT NOT NULL,
+    episodes BIGINT NOT NULL,
+    successes BIGINT NOT NULL,
+    PRIMARY KEY (bucket, policy_version)
+);
+CREATE TABLE rollup_key (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    episodes BIGINT NOT NULL,
+    successes BIGINT NOT NULL,
+    last_ended_at DOUBLE PRECISION NOT NULL,
+    last_version TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"""
+# Both stores run these upserts as written (the old row's values on the right of every SET).
+_COUNT_TIME = """INSERT INTO rollup_time VALUES ({bucket}, NEW.policy_version, 1, NEW.success)
+    ON CONFLICT (bucket, policy_version) DO UPDATE SET
+    episodes = rollup_time.episodes + 1, successes = rollup_time.successes + excluded.successes"""
+_COUNT_KEY = """INSERT INTO rollup_key VALUES ('{kind}', NEW.{kind}, 1, NEW.success, NEW.ended_at, NEW.policy_version)
+    ON CONFLICT (kind, key) DO UPDATE SET
+    episodes = rollup_key.episodes + 1, successes = rollup_key.successes + excluded.successes,
+    last_version = CASE WHEN excluded.last_ended_at >= rollup_key.last_ended_at
+                   THEN excluded.last_version ELSE rollup_key.last_version END,
+    last_ended_at = CASE WHEN excluded.last_ended_at >= rollup_key.last_ended_at
+                    THEN excluded.last_ended_at ELSE rollup_key.last_ended_at END"""
 
-    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
-        raise NotImplementedError
+# Both stores take this; a second learner's insert of the same episode waits, then does nothing.
+INSERT = f"INSERT INTO episodes VALUES ({','.join('?' * 20)}) ON CONFLICT (episode_id) DO NOTHING"
+
+
+class EpisodeQueries:
+    """The questions asked of the index, over `_rows(sql, args)`, which each store provides
+    (`?` placeholders; the PostgreSQL store translates them)."""
+
+    where: str  # the file or the server, for messages
+    # SQLite takes a bare column from the row that holds the group's MAX(); PostgreSQL says so.
+    latest_version_sql = "policy_version"
+    # A time bucket: SQLite's CAST truncates (times are positive); PostgreSQL's would round.
+    bucket_sql = "CAST({x} / {width} AS INTEGER) * {width}"
 
     def count(self, **filters) -> int:
+        if not filters:  # the whole index: from the rollups, not a scan of every row
+            sql = "SELECT CAST(COALESCE(SUM(episodes), 0) AS BIGINT) FROM rollup_key WHERE kind = 'policy_version'"
+            return self._rows(sql)[0][0]
         where, args = _where(**filters)
         return self._rows(f"SELECT COUNT(*) FROM episodes {where}", args)[0][0]
 
@@ -125,9 +173,9 @@ class EpisodeQueries:
         """(key, episodes, successes, last seen, version of the latest episode) per robot, task or version."""
         if by not in ("robot_id", "task_id", "policy_version"):
             raise ValueError(f"cannot group by {by!r}")
-        # SQLite takes the bare column (policy_version) from the row that holds MAX(ended_at).
         return self._rows(
-            f"SELECT {by}, COUNT(*), SUM(success), MAX(ended_at), policy_version FROM episodes GROUP BY {by} ORDER BY {by}"
+            "SELECT key, episodes, successes, last_ended_at, last_version FROM rollup_key WHERE kind = ? ORDER BY key",
+            (by,),
         )
 
     def success_timeline(self, buckets: int = 60) -> tuple[float, list[tuple[float, str, int, int]]]:
@@ -137,12 +185,12 @@ class EpisodeQueries:
         if first is None:
             return 0.0, []
         width = _nice_width(max(last - first, 1.0) / buckets)
+        bucket = self.bucket_sql.format(x="bucket", width="?")
         rows = self._rows(
-            "SELECT CAST(started_at / ? AS INTEGER) * ?, policy_version, COUNT(*), SUM(success) "
-            "FROM episodes GROUP BY 1, 2 ORDER BY 1",
+            f"SELECT {bucket}, policy_version, SUM(episodes), SUM(successes) FROM rollup_time GROUP BY 1, 2 ORDER BY 1",
             (width, width),
         )
-        return width, rows
+        return width, [(float(start), version, int(n), int(s)) for start, version, n, s in rows]
 
     def latest(self, limit: int = 200) -> list[tuple]:
         """The latest episodes: (id, robot, task, version, ended_at, success, steps, decisions, rejections)."""
@@ -153,11 +201,57 @@ class EpisodeQueries:
         )
 
 
-class EpisodeIndex(EpisodeQueries):
-    """The learner's index: the one writer. A context manager, so that it is closed on every path."""
+class EpisodeWriter(EpisodeQueries):
+    """What the learner writes through: a context manager, so that it is closed on every path."""
+
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def record(self, batch: Iterable[tuple[Episode, Provenance]]) -> tuple[int, int]:
+        """Insert a batch in one transaction; returns (inserted, duplicates dropped)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def trigger_ddl(self) -> list[str]:
+        """The insert trigger that runs `rollup_upserts`, in the store's own dialect."""
+        raise NotImplementedError
+
+    def rollup_setup(self) -> list[str]:
+        """Rollup tables, their trigger and their backfill: run once, in one transaction, by the
+        writer that finds no rollups (a new index, or one made before they existed)."""
+        return [s for s in ROLLUP_TABLES.split(";") if s.strip()] + self.trigger_ddl() + self.rollup_backfill()
+
+    def rollup_upserts(self) -> list[str]:
+        """What the insert trigger runs for one new row, NEW."""
+        bucket = self.bucket_sql.format(x="NEW.started_at", width=ROLLUP_S)
+        return [_COUNT_TIME.format(bucket=bucket)] + [_COUNT_KEY.format(kind=k) for k in ROLLUP_KEYS]
+
+    def rollup_backfill(self) -> list[str]:
+        """The rollups of the rows already there: an index made before rollups existed."""
+        bucket = self.bucket_sql.format(x="started_at", width=ROLLUP_S)
+        return [
+            f"INSERT INTO rollup_time SELECT {bucket}, policy_version, COUNT(*), SUM(success) FROM episodes GROUP BY 1, 2"
+        ] + [
+            f"INSERT INTO rollup_key SELECT '{k}', {k}, COUNT(*), SUM(success), MAX(ended_at), "
+            f"{self.latest_version_sql} FROM episodes GROUP BY {k}"
+            for k in ROLLUP_KEYS
+        ]
+
+    def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
+        raise NotImplementedError
+
+
+class EpisodeIndex(EpisodeWriter):
+    """The learner's SQLite index: the one writer."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.where = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -165,30 +259,35 @@ class EpisodeIndex(EpisodeQueries):
         # last transactions, and those offsets were not committed either, so Kafka redelivers.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollup_key'").fetchone():
+                for statement in self.rollup_setup():
+                    self._db.execute(statement)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
-    def __enter__(self) -> EpisodeIndex:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def trigger_ddl(self) -> list[str]:
+        body = ";\n".join(self.rollup_upserts())
+        return [f"CREATE TRIGGER episodes_rollup AFTER INSERT ON episodes BEGIN\n{body};\nEND"]
 
     def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         return self._db.execute(sql, args).fetchall()
 
     def record(self, batch: Iterable[tuple[Episode, Provenance]]) -> tuple[int, int]:
-        """Insert a batch in one transaction; returns (inserted, duplicates dropped)."""
         rows = [_row(ep, prov) for ep, prov in batch]
         if not rows:
             return 0, 0
-        before = self._db.total_changes
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(f"INSERT OR IGNORE INTO episodes VALUES ({','.join('?' * len(rows[0]))})", rows)
+            # rowcount sums each insert's own changes: a dropped duplicate is 0, the trigger's upserts are not counted
+            inserted = self._db.executemany(INSERT, rows).rowcount
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        inserted = self._db.total_changes - before
         return inserted, len(rows) - inserted
 
     def close(self) -> None:
@@ -200,6 +299,7 @@ class IndexReader(EpisodeQueries):
 
     def __init__(self, path: Path):
         self.path = path
+        self.where = str(path)
 
     def _rows(self, sql: str, args: tuple | list = ()) -> list[tuple]:
         if not self.path.exists():
@@ -214,8 +314,26 @@ class IndexReader(EpisodeQueries):
             db.close()
 
 
+def open_index(settings: Settings) -> EpisodeWriter:
+    """The learner's writer for the configured store (a context manager)."""
+    if settings.index_url is None:
+        return EpisodeIndex(settings.index_path)
+    from learner.episode_index_postgres import PostgresIndex
+
+    return PostgresIndex(settings)
+
+
+def open_reader(settings: Settings) -> EpisodeQueries:
+    """A reader for the dashboard and the CLI: it never creates the index."""
+    if settings.index_url is None:
+        return IndexReader(settings.index_path)
+    from learner.episode_index_postgres import PostgresIndex
+
+    return PostgresIndex(settings, create=False)
+
+
 def _nice_width(seconds: float) -> float:
-    for width in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400):
+    for width in (10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400):  # multiples of ROLLUP_S
         if width >= seconds:
             return float(width)
     return 86400.0 * round(seconds / 86400 + 0.5)

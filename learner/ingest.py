@@ -33,7 +33,7 @@ from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3
 from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import Episode, MediaRef
 from infra.settings import Settings
-from learner.episode_index import EpisodeIndex, Provenance
+from learner.episode_index import EpisodeWriter, Provenance
 from learner.media import Rejected, check_content, fetch_verified
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class EpisodeIngestor:
     def __init__(
         self,
         settings: Settings,
-        index: EpisodeIndex,
+        index: EpisodeWriter,
         *,
         verify_media: bool = True,
     ):

@@ -81,11 +81,15 @@ class ModelStore:
         try:
             return fn(*args, **kwargs)
         except MlflowException as e:
-            if "error code 401" in e.message or "error code 403" in e.message:
-                who = f"as {self.settings.mlflow.username}" if self.settings.mlflow.authenticated else "without one"
+            who = f"as {self.settings.mlflow.username}" if self.settings.mlflow.authenticated else "without one"
+            hint = "set FLEET_MLFLOW__USERNAME and FLEET_MLFLOW__PASSWORD to an MLflow user allowed this"
+            if "error code 401" in e.message:
                 raise UsageError(
-                    f"mlflow at {self.settings.mlflow_tracking_uri} refused the login {who} ({what})",
-                    hint="set FLEET_MLFLOW__USERNAME and FLEET_MLFLOW__PASSWORD to an MLflow user allowed this",
+                    f"mlflow at {self.settings.mlflow_tracking_uri} refused the login {who} ({what})", hint
+                ) from e
+            if "error code 403" in e.message:  # a robot's login: it may read models, not register them
+                raise UsageError(
+                    f"mlflow at {self.settings.mlflow_tracking_uri} does not permit {what} {who}", hint
                 ) from e
             if "API request to" in e.message or "Max retries" in e.message:
                 raise unavailable(self.settings, "mlflow", f"{what}: {e.message[:200]}") from e

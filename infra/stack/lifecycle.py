@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -97,6 +98,7 @@ def start_service(s: Settings, name: Service) -> dict:
             env=os.environ | svc.env(s),
             cwd=s.state_dir,
             start_new_session=True,  # its own process group: `down` stops it and its children
+            **_as_user(svc.user),
         )
     record = {
         "pid": proc.pid,
@@ -112,6 +114,13 @@ def start_service(s: Settings, name: Service) -> dict:
         stop_service(s, name)
         raise StackError(f"{name} did not become ready in {s.stack.start_timeout_s:.0f} s; log {log}:\n{tail}")
     return record
+
+
+def _as_user(name: str | None) -> dict:
+    if name is None or os.geteuid() != 0:
+        return {}
+    entry = pwd.getpwnam(name)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _wait_healthy(s: Settings, svc: EmbeddedService, timeout: float, pid: int) -> bool:
@@ -148,6 +157,12 @@ def stop_service(s: Settings, name: Service, sig: int = signal.SIGTERM, timeout:
     _write_state(s, state)
     _wait_ports_free(s, name)
     return True
+
+
+def running_pid(s: Settings, name: Service) -> int | None:
+    """The pid of the service `up` started, if it still runs."""
+    record = _read_state(s).get(name)
+    return record["pid"] if record and _ours(record["pid"], record) else None
 
 
 def _wait_ports_free(s: Settings, name: Service, timeout: float = 10.0) -> None:
@@ -243,7 +258,7 @@ def up(s: Settings, services: tuple[Service, ...] = SERVICES, on_ready: Callable
     """Start what is embedded and not yet running, then create buckets and topics."""
     s.state_dir.mkdir(parents=True, exist_ok=True)
     for name in services:
-        if s.is_embedded(name):
+        if s.uses(name) and s.is_embedded(name):
             start_service(s, name)
         if name == "s3":
             ensure_buckets(s)
@@ -268,6 +283,8 @@ def status(s: Settings) -> dict:
     state = _read_state(s)
     out = {}
     for name, svc in SERVICES_IN_ORDER.items():
+        if not s.uses(name):
+            continue
         record = state.get(name)
         entry = {
             "url": s.endpoint(name),

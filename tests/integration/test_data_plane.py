@@ -11,7 +11,7 @@ from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.clients import kafka_producer, read_topic
 from infra.contracts.episode import Episode
-from learner.episode_index import EpisodeIndex
+from learner.episode_index import EpisodeIndex, open_index
 from learner.ingest import EpisodeIngestor
 from sim.synthetic import EpisodeShape, episode_stream
 
@@ -23,7 +23,7 @@ class BackgroundIngest:
     """The learner's ingest loop on a thread, as it runs beside a live fleet."""
 
     def __init__(self, settings):
-        self.index = EpisodeIndex(settings.index_path)
+        self.index = open_index(settings)
         self.ingestor = EpisodeIngestor(settings, self.index)
         self.stop = threading.Event()
         self.stats = self.error = None

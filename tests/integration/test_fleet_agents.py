@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from learner.episode_index import EpisodeIndex
 from learner.ingest import EpisodeIngestor
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
+from tests.conftest import cli_env
 from worldmodel.planner import PlannerConfig
 
 pytestmark = pytest.mark.integration
@@ -141,24 +141,10 @@ def test_robots_leaving_a_rolled_back_canary_time_their_switch_from_the_rollback
     rollout.close()
 
 
-def _cli_env(settings) -> dict[str, str]:
-    """The environment that gives a `fleet` process these settings."""
-    env = {f"FLEET_STACK__{k.upper()}": str(v) for k, v in settings.stack.model_dump().items()}
-    for section, keys in {
-        "kafka": ("episodes_topic", "dead_letter_topic", "consumer_group", "rollouts_topic", "telemetry_topic"),
-        "registry": ("model_name", "cache_dir"),
-        "agent": ("spool_dir",),
-        "learner": ("index_path",),
-    }.items():
-        for key in keys:
-            env[f"FLEET_{section.upper()}__{key.upper()}"] = str(getattr(getattr(settings, section), key))
-    return {**os.environ, **env}
-
-
 def test_fleet_agents_run_finishes_its_episodes_and_reports_them(tracked, tiny_policy_dir):
     Rollout(tracked).crown(ModelStore(tracked).register(tiny_policy_dir).version)
     args = [sys.executable, "-m", "cli", "agents", "run", "--robots", "2", "--episodes", "2", "--candidates", "2"]
-    out = subprocess.run(args, capture_output=True, text=True, env=_cli_env(tracked), timeout=600)
+    out = subprocess.run(args, capture_output=True, text=True, env=cli_env(tracked), timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "2 episodes" in out.stdout and "spool drained" in out.stdout
 
@@ -168,7 +154,7 @@ def _start_agents(settings, logs: Path, *options: str) -> subprocess.Popen:
     while a test waits, and a full one would stall the agents."""
     args = [sys.executable, "-m", "cli", "agents", "run", "--candidates", "2", *options]
     with (logs / "stdout").open("w") as out, (logs / "stderr").open("w") as err:
-        return subprocess.Popen(args, stdout=out, stderr=err, text=True, env=_cli_env(settings))
+        return subprocess.Popen(args, stdout=out, stderr=err, text=True, env=cli_env(settings))
 
 
 def _wait_for_an_episode(settings, agents: subprocess.Popen) -> None:
@@ -207,7 +193,7 @@ def test_an_agent_killed_mid_episode_loses_only_the_episodes_it_had_not_finished
         [sys.executable, "-m", "cli", "agents", "run", "--robots", "1", "--episodes", "1", "--candidates", "2"],
         capture_output=True,
         text=True,
-        env=_cli_env(tracked),
+        env=cli_env(tracked),
         timeout=600,
     )
     assert restarted.returncode == 0, restarted.stderr[-2000:]

@@ -3,6 +3,8 @@ registers and loads with the configured credentials, and is refused, clearly, wi
 
 from __future__ import annotations
 
+import base64
+import json
 import urllib.error
 import urllib.request
 
@@ -52,3 +54,33 @@ def test_with_the_login_a_version_registers_and_loads_and_without_it_the_server_
     with pytest.raises(FleetError, match="refused the login") as refused:
         ModelStore(wrong).versions()
     assert "FLEET_MLFLOW__PASSWORD" in refused.value.hint
+
+
+def test_a_robots_login_loads_the_fleets_model_and_may_not_register_one(mlflow_with_login, tiny_policy_dir):
+    settings = mlflow_with_login
+    version = ModelStore(settings).register(tiny_policy_dir)
+    _create_user(settings, "robot-000", "robot-secret")  # an ordinary user: MLflow's default permission, READ
+    robot = settings.model_copy(
+        update={
+            "mlflow": settings.mlflow.model_copy(
+                update={"username": "robot-000", "password": SecretStr("robot-secret")}
+            )
+        }
+    )
+    assert ModelStore(robot).fetch(ModelStore(robot).get(version.version)).exists()
+    with pytest.raises(FleetError, match="does not permit"):
+        ModelStore(robot).register(tiny_policy_dir)
+    assert [v.version for v in ModelStore(settings).versions()] == [version.version]
+
+
+def _create_user(settings, username: str, password: str) -> None:
+    """Through MLflow's own admin API, as the learner (the server's admin) would."""
+    body = json.dumps({"username": username, "password": password}).encode()
+    request = urllib.request.Request(
+        settings.mlflow_tracking_uri + "/api/2.0/mlflow/users/create", data=body, method="POST"
+    )
+    login = base64.b64encode(f"{settings.mlflow.username}:{settings.mlflow.password.get_secret_value()}".encode())
+    request.add_header("Authorization", f"Basic {login.decode()}")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200

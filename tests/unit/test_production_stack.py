@@ -24,7 +24,7 @@ SPEC_WHEEL = Path(
 
 def interpolated(text: str) -> dict:
     """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, with every variable set."""
-    return yaml.safe_load(re.sub(r"\$\{([A-Z_]+)(?::[-?][^}]*)?\}", lambda m: f"value-of-{m[1].lower()}", text))
+    return yaml.safe_load(re.sub(r"\$\{([A-Z0-9_]+)(?::[-?][^}]*)?\}", lambda m: f"value-of-{m[1].lower()}", text))
 
 
 def test_compose_file_follows_the_compose_specification():
@@ -38,10 +38,53 @@ def test_compose_file_follows_the_compose_specification():
     assert compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
+def compose_interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: ${VAR:?message} with VAR unset or empty stops everything."""
+
+    def value(m: re.Match) -> str:
+        name, op, arg = m[1], m[2], m[3]
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise ValueError(f"required variable {name} is missing a value: {arg}")
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{([A-Z0-9_]+)(:[-?])?([^}]*)\}", value, text)
+
+
+def secrets_in_env_example() -> list[str]:
+    names = [line.split("=")[0] for line in (PRODUCTION / ".env.example").read_text().splitlines() if "=" in line]
+    return [n for n in names if not n.startswith("#") and re.search("PASSWORD|SECRET", n)]
+
+
 def test_compose_file_holds_no_secret():
     text = (PRODUCTION / "docker-compose.yml").read_text()
     for var in ("MINIO_ROOT_PASSWORD", "POSTGRES_PASSWORD"):
         assert re.search(rf"{var}: \$\{{{var}:\?", text), f"{var} must come from the environment"
+
+
+@pytest.mark.parametrize("missing", secrets_in_env_example())
+def test_compose_starts_nothing_with_a_secret_unset(missing):
+    text = (PRODUCTION / "docker-compose.yml").read_text()
+    every = dict.fromkeys(re.findall(r"\$\{([A-Z0-9_]+)", text), "set")
+    compose_interpolate(text, every)  # with everything set it interpolates
+    with pytest.raises(ValueError, match=missing):
+        compose_interpolate(text, every | {missing: ""})
+
+
+def test_robots_and_the_learner_have_their_own_minio_users_and_the_root_one_stays_with_minio():
+    compose = interpolated((PRODUCTION / "docker-compose.yml").read_text())
+    robot = json.loads((PRODUCTION / "minio-robot-policy.json").read_text())
+    (grant,) = robot["Statement"]
+    assert grant["Effect"] == "Allow" and set(grant["Action"]) == {"s3:PutObject", "s3:AbortMultipartUpload"}
+    assert grant["Resource"] == ["arn:aws:s3:::fleet-episodes/episodes/${aws:username}/*"]  # no reads, own prefix
+    learner = json.loads((PRODUCTION / "minio-learner-policy.json").read_text())
+    assert all("Admin" not in a and a != "s3:*" for s in learner["Statement"] for a in s["Action"])
+    setup = compose["services"]["minio-setup"]
+    assert any("minio-robot-policy.json" in v for v in setup["volumes"])
+    mlflow = compose["services"]["mlflow"]
+    assert mlflow["environment"]["AWS_ACCESS_KEY_ID"] == "value-of-learner_s3_user"
+    assert mlflow["depends_on"]["minio-setup"] == {"condition": "service_completed_successfully"}
 
 
 def test_production_settings_point_every_service_outside(monkeypatch):
@@ -63,6 +106,6 @@ def test_mlflow_asks_for_a_login_whose_secrets_must_be_set():
     mlflow = interpolated(text)["services"]["mlflow"]
     assert "--app-name basic-auth" in mlflow["command"]
     for var in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
-        assert re.search(rf"{var}: \$\{{[A-Z_]+:\?", text), f"{var} must come from the environment, and be set"
+        assert re.search(rf"{var}: \$\{{[A-Z0-9_]+:\?", text), f"{var} must come from the environment, and be set"
     ini = (PRODUCTION / "mlflow-auth.ini").read_text()
     assert "admin_password" not in ini and "basic_auth.db" in ini
