@@ -46,6 +46,44 @@ def ingest(
     report(result, out, keys)
 
 
+@bench_app.command("fleet")
+def fleet(
+    robots: int = typer.Option(1000, help="simulated robots, each with its own id, episodes and heartbeats"),
+    duration: float = typer.Option(120.0, help="seconds the robots run"),
+    episode_s: float = typer.Option(60.0, help="seconds between a robot's episodes"),
+    learners: int = typer.Option(2, help="learner processes in one consumer group"),
+    dashboard_episodes: int = typer.Option(1_000_000, help="indexed episodes for the dashboard's view times"),
+    out: Path = typer.Option(Path("out/bench_fleet.json"), help="where to write the JSON result"),
+) -> None:
+    """A fleet of light simulated robots through the real stack: learner lag, the canary's catch-up on
+    telemetry, a round's incremental load, and dashboard view times (Chromium) at a million episodes.
+
+    The robots replay synthetic episodes (small frames) through the real publisher and telemetry
+    topic; `--learners` processes index them. With FLEET_LEARNER__INDEX_URL they share PostgreSQL.
+    Goals: every dashboard view under 2 s, canary catch-up under 5 s.
+    """
+    from benchmarks.fleet_scale import bench_fleet
+
+    total = int(robots / episode_s * duration)
+    result = with_bar(
+        f"{robots} robots publishing",
+        total,
+        lambda done: bench_fleet(settings(), robots, duration, episode_s, learners, dashboard_episodes, progress=done),
+    )
+    keys = (
+        "robots",
+        "episodes_published",
+        "episodes_indexed",
+        "lost",
+        "learner_lag_s_p95",
+        "canary_catchup_s",
+        "round_load_s",
+        "dashboard_view_s",
+        "all_views_under_2_s",
+    )
+    report(result, out, keys)
+
+
 @bench_app.command("dashboard")
 def dashboard(
     episodes: int = typer.Option(100_000, help="synthetic episodes in the index"),
