@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+from infra.clients import ServiceUnavailable
 from infra.contracts.episode import Episode
 from infra.errors import FleetError
 from infra.settings import Settings
@@ -280,7 +281,15 @@ class EpisodeIndex(EpisodeWriter):
         rows = [_row(ep, prov) for ep, prov in batch]
         if not rows:
             return 0, 0
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:  # another process writes this file: the batch waits and retries
+            if "locked" not in str(e):
+                raise
+            raise ServiceUnavailable(
+                f"the SQLite index {self.path} is locked by another writer ({e}); the batch will be retried",
+                hint="several learners need a PostgreSQL index: set FLEET_LEARNER__INDEX_URL",
+            ) from e
         try:
             # rowcount sums each insert's own changes: a dropped duplicate is 0, the trigger's upserts are not counted
             inserted = self._db.executemany(INSERT, rows).rowcount
@@ -310,6 +319,13 @@ class IndexReader(EpisodeQueries):
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            raise IndexMissing(  # an index from before the rollups, whose learner has not started since
+                f"the episode index at {self.path} has no {str(e).rsplit(' ', 1)[-1]} table yet",
+                hint="start the learner once (`fleet episodes ingest`, `fleet loop serve`): it builds it",
+            ) from e
         finally:
             db.close()
 

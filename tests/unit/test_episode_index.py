@@ -6,8 +6,9 @@ import numpy as np
 import psycopg
 import pytest
 
+from infra.clients import ServiceUnavailable
 from infra.contracts.episode import Episode
-from learner.episode_index import IndexMissing, Provenance, open_index, open_reader
+from learner.episode_index import EpisodeIndex, IndexMissing, Provenance, open_index, open_reader
 from sim.synthetic import synthetic_core
 
 
@@ -142,3 +143,13 @@ def _drop_rollups(settings) -> None:
     with psycopg.connect(settings.index_url, autocommit=True, options=options) as db:
         for statement in [*drops, "DROP FUNCTION episodes_rollup"]:
             db.execute(statement)
+
+
+def test_a_second_writer_of_one_sqlite_file_waits_and_is_told_to_use_postgres(tmp_path):
+    first, second = EpisodeIndex(tmp_path / "i.sqlite"), EpisodeIndex(tmp_path / "i.sqlite")
+    first._db.execute("BEGIN IMMEDIATE")  # the other learner, mid-batch
+    with pytest.raises(ServiceUnavailable, match="locked by another writer") as refused:
+        second.record([(e, Provenance("t", 0, 0, 0.0)) for e in episodes(1)])
+    assert "FLEET_LEARNER__INDEX_URL" in refused.value.hint  # and the ingest loop retries the batch
+    first._db.execute("ROLLBACK")
+    assert second.record([(e, Provenance("t", 0, 0, 0.0)) for e in episodes(1)]) == (1, 0)
