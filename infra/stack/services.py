@@ -285,7 +285,7 @@ def _postgres_init(s: Settings, data: Path) -> None:
     pwfile.write_text(password)
     run_as = _run_as()
     if run_as:
-        _let_traverse(data, run_as)
+        _let_traverse(data, Path(_postgres_binary("postgres")))
         for path in (data, pwfile):
             os.chown(path, run_as.pw_uid, run_as.pw_gid)
     try:
@@ -317,12 +317,14 @@ def _run_as() -> pwd.struct_passwd | None:
     return pwd.getpwnam(POSTGRES_RUN_AS) if os.geteuid() == 0 else None
 
 
-def _let_traverse(path: Path, user: pwd.struct_passwd) -> None:
-    """The unprivileged server must reach its data dir: give others search (x, not read) on each parent."""
-    for parent in path.parents:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+def _let_traverse(*paths: Path) -> None:
+    """The unprivileged server must reach its programs (in the venv) and its data dir: give others
+    search permission (x, not read) on every folder above them (a clone in `mktemp -d` is 0700)."""
+    for path in paths:
+        for parent in path.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
 
 
 def _postgres_healthy(s: Settings) -> bool:
