@@ -69,9 +69,7 @@ def _learner(settings: Settings, ready, stop) -> None:
     with open_index(settings) as index:
         ingestor = EpisodeIngestor(settings, index)
         try:
-            # Learners run long before and after a fleet's minute: the group's first join is not lag.
-            while not ingestor.consumer.assignment():
-                ingestor.consumer.poll(timeout_ms=200)
+            ingestor.join_group()  # learners run long before and after a benchmark: a join is not lag
             ready.set()
             ingestor.run(stop=stop)  # a multiprocessing Event has the is_set/wait the loop uses
         finally:

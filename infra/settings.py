@@ -344,5 +344,5 @@ class Settings(BaseSettings):
 
 def _schema_name(name: str) -> str:
     """A PostgreSQL schema for an isolated run: its own tables on a shared server."""
-    cleaned = "".join(c if c.isalnum() else "_" for c in name.lower())
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "_" for c in name.lower())
     return ("run_" + cleaned)[:63]

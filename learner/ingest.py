@@ -165,6 +165,17 @@ class EpisodeIngestor:
             raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} did not keep a dead letter: {e}") from e
         return f"s3://{self.settings.s3.episodes_bucket}/{key}"
 
+    def join_group(self, timeout_s: float = 120.0) -> None:
+        """Wait until the consumer group gives this learner its partitions: a one-off cost, which
+        benchmarks keep off their clocks. A record the joining poll fetched is not skipped: the
+        positions go back to the committed offsets."""
+        deadline = time.monotonic() + timeout_s
+        while not self.consumer.assignment():
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"no partitions of {self.topic} were assigned in {timeout_s:.0f} s")
+            self.consumer.poll(timeout_ms=200)
+        self._seek_to_committed()
+
     def _seek_to_committed(self) -> None:
         """Go back to the last committed offsets: the first record not yet indexed or dead-lettered."""
         for tp in self.consumer.assignment() or ():
