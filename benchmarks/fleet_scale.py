@@ -26,7 +26,6 @@ import numpy as np
 from benchmarks import BenchResult
 from benchmarks.dashboard import bench_dashboard
 from fleet_agent.publisher import EpisodePublisher
-from flows.improvement import telemetry_since
 from infra import stack
 from infra.clients import kafka_producer
 from infra.contracts.telemetry import EpisodeTelemetry, Heartbeat
@@ -34,6 +33,7 @@ from infra.settings import Settings
 from learner.episode_index import open_index
 from learner.ingest import EpisodeIngestor
 from learner.reconcile import reconcile
+from registry.canary_telemetry import telemetry_since
 from sim.synthetic import EpisodeShape, episode_stream
 
 SMALL = EpisodeShape(steps=16, size=32, candidates=4, imagined_frames=4)

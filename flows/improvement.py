@@ -14,7 +14,6 @@ a schedule, when served as a deployment with `fleet loop serve --cron ...`).
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +24,9 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.runtime import flow_run
 
 from flows.config import RoundConfig
-from infra.clients import kafka_consumer, seek_since
 from infra.contracts.evaluation import EvaluationReport
 from infra.contracts.rollout import CanaryDecision, RoundDecision
 from infra.contracts.rounds import RoundReport
-from infra.contracts.telemetry import EpisodeTelemetry
 from infra.settings import Settings
 from learner.curation import CurationConfig, curate, load_manifest, save_manifest
 from learner.dataset import build_training_set
@@ -37,10 +34,9 @@ from learner.episode_index import EpisodeWriter, open_index
 from learner.finetune import prepare_run, run_finetune
 from learner.ingest import EpisodeIngestor
 from registry.analysis import Arm
+from registry.canary_telemetry import live_arms, telemetry_since
 from registry.model_store import ModelStore, NoChampion
 from registry.rollout import Rollout
-
-CLOCK_SKEW_S = 60.0
 
 
 @task(retries=3, retry_delay_seconds=5)
@@ -145,39 +141,6 @@ def start_canary(settings: Settings, version: str, fraction: float) -> float:
         return rollout.start_canary(version, fraction).at.timestamp()
     finally:
         rollout.close()
-
-
-def live_arms(settings: Settings, canary: str, champion: str, since: float, consumer) -> tuple[Arm, Arm, int]:
-    """Success of each version on episodes finished since the canary started, from the telemetry
-    topic, and the count of records that are not telemetry (skipped: one bad record must not stop
-    the analysis). Episodes that straddled a model swap count for neither."""
-    arms, bad = {canary: Arm(0, 0), champion: Arm(0, 0)}, 0
-    for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
-        for record in batch:
-            try:
-                message = json.loads(record.value)
-                if message.get("kind") != "episode":
-                    continue
-                t = EpisodeTelemetry.model_validate(message)
-            except (TypeError, ValueError, AttributeError):  # not JSON, not an object, not the contract
-                bad += 1
-                continue
-            if t.at.timestamp() >= since and t.policy_version in arms:
-                arms[t.policy_version] += Arm(int(t.success), 1, t.rejections, t.candidates)
-    return arms[canary], arms[champion], bad
-
-
-def telemetry_since(settings: Settings, since: float):
-    """A reader of the telemetry topic from the canary's start (less a minute for robots' clocks
-    that run behind the learner's): not from offset 0, which a long-lived fleet has far behind."""
-    from kafka import TopicPartition
-
-    topic = settings.kafka.telemetry_topic
-    consumer = kafka_consumer(settings, group_id=None)
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(parts)
-    seek_since(settings, consumer, parts, since - CLOCK_SKEW_S)
-    return consumer
 
 
 @task

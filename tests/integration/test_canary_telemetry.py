@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
-from infra.clients import kafka_producer, use_prefect
+from infra.clients import kafka_producer
 from infra.contracts.telemetry import EpisodeTelemetry
+from registry.canary_telemetry import CLOCK_SKEW_S, live_arms, telemetry_since
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +33,6 @@ def _episode(version: str, success: bool) -> bytes:
 
 
 def test_the_canary_reader_skips_telemetry_from_before_the_canary(tracked):
-    use_prefect(tracked)
-    from flows.improvement import CLOCK_SKEW_S, live_arms, telemetry_since
 
     topic, producer = tracked.kafka.telemetry_topic, kafka_producer(tracked)
     an_hour_ago_ms = int((time.time() - 3600) * 1000)

@@ -88,3 +88,15 @@ def test_an_upward_import_is_reported_even_inside_a_function():
         "infra.contracts.episode imports infra.settings: contracts and errors import nothing else of the project"
     ]
     assert violations("flows.improvement", "from learner.ingest import EpisodeIngestor\n") == []
+
+
+def test_what_runs_beside_a_prefect_client_does_not_import_prefect_first():
+    """Prefect reads its API URL when it is first imported: a module that imports it before
+    `use_prefect` points it at the configured server leaves the process on a server of its own."""
+    import subprocess
+    import sys
+
+    modules = ["benchmarks.fleet_scale", "benchmarks.ingest", "benchmarks.dashboard", "registry.canary_telemetry"]
+    code = f"import sys\nfor m in {modules}: __import__(m)\nprint('prefect' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
