@@ -113,6 +113,12 @@ class MlflowSettings(_Section):
     # setting both starts it with that app and these as its admin.
     username: str | None = Field(None, description="MLflow login; unset = no authentication")
     password: SecretStr | None = Field(None, description="MLflow password, with username")
+    # Production runs MLflow on PostgreSQL; the embedded server can too (SQLAlchemy's psycopg driver).
+    backend_store_uri: SecretStr | None = Field(
+        None,
+        description="the embedded MLflow server's store, e.g. postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB; "
+        "unset = SQLite in state_dir",
+    )
 
     @property
     def authenticated(self) -> bool:

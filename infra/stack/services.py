@@ -177,12 +177,13 @@ def _kafka_healthy(s: Settings) -> bool:
 def _mlflow_command(s: Settings) -> list[str]:
     db = s.state_dir / "mlflow" / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
+    # A configured store (with its password) goes in the environment (_mlflow_env), not the command line.
+    store = [] if s.mlflow.backend_store_uri else ["--backend-store-uri", f"sqlite:///{db}"]
     login = ["--app-name", "basic-auth"] if s.mlflow.authenticated else []
     return [
         _binary("mlflow"),
         "server",
-        "--backend-store-uri",
-        f"sqlite:///{db}",
+        *store,
         "--artifacts-destination",
         f"s3://{s.s3.mlflow_bucket}/",
         "--host",
@@ -196,8 +197,10 @@ def _mlflow_command(s: Settings) -> list[str]:
 
 
 def _mlflow_env(s: Settings) -> dict[str, str]:
-    """S3 for the artifacts; with a login configured, the basic-auth app's own store and admin."""
+    """S3 for the artifacts, a configured backend store; with a login, the basic-auth app's store and admin."""
     env = s3_env(s)
+    if s.mlflow.backend_store_uri:
+        env["MLFLOW_BACKEND_STORE_URI"] = s.mlflow.backend_store_uri.get_secret_value()
     if s.mlflow.authenticated:
         folder = s.state_dir / "mlflow"
         ini = folder / "basic_auth.ini"
