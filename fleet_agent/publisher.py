@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -36,6 +37,12 @@ from infra.contracts.episode import ArraySpec, Episode, EpisodeCore, MediaRef
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodedMedia:
+    blob: bytes
+    arrays: dict[str, ArraySpec]
 
 
 class EpisodePublisher:
@@ -67,17 +74,25 @@ class EpisodePublisher:
     # -- robot-facing --------------------------------------------------------------------------
     def publish(self, core: EpisodeCore, executed_frames: np.ndarray, imagined_videos: np.ndarray) -> Episode:
         """Spool one finished episode; returns the message that will be sent."""
-        media = {"executed_frames": executed_frames, "imagined_videos": imagined_videos}
-        blob = arrays.encode(media, self.settings.agent.compression_level)
+        return self.publish_encoded(core, self.encode(executed_frames, imagined_videos))
+
+    def encode(self, executed_frames: np.ndarray, imagined_videos: np.ndarray) -> EncodedMedia:
+        """The robot's share of the work: its media as the object that will go to S3."""
+        agent, media = self.settings.agent, {"executed_frames": executed_frames, "imagined_videos": imagined_videos}
+        crf = agent.video_crf if agent.media_codec == "h264" else None
+        specs = {name: ArraySpec(shape=list(a.shape), dtype=a.dtype.name) for name, a in media.items()}
+        return EncodedMedia(arrays.encode(media, agent.compression_level, crf), specs)
+
+    def publish_encoded(self, core: EpisodeCore, media: EncodedMedia) -> Episode:
         ref = MediaRef(
             bucket=self.bucket,
             key=core.media_key(),
-            sha256=arrays.sha256(blob),
-            nbytes=len(blob),
-            arrays={name: ArraySpec(shape=list(a.shape), dtype=a.dtype.name) for name, a in media.items()},
+            sha256=arrays.sha256(media.blob),
+            nbytes=len(media.blob),
+            arrays=media.arrays,
         )
         episode = Episode(**core.model_dump(), media=ref, published_at=datetime.now(UTC))
-        self.spool.append(episode.model_dump_json().encode(), blob)
+        self.spool.append(episode.model_dump_json().encode(), media.blob)
         with self._wake:
             self._wake.notify()
         return episode

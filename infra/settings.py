@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from infra.contracts import video
+
 SERVICES = ("s3", "kafka", "mlflow", "prefect", "postgres")
 
 
@@ -174,6 +176,10 @@ class AgentSettings(_Section):
     spool_full_wait_s: float = Field(30.0, ge=0)
     # zstd level 1: 5x faster than level 3 on camera frames for ~5% more bytes (see README).
     compression_level: int = 1
+    # Camera frames as H.264 (lossy, at video_crf) instead of exactly: 20x fewer bytes on a real
+    # camera's noisy frames, 3x more on the simulator's noise-free renders (README, "Media as video").
+    media_codec: Literal["zstd", "h264"] = Field("zstd", description="how frames travel: exactly (zstd) or as H.264")
+    video_crf: int = Field(video.DEFAULT_CRF, ge=0, le=51, description="H.264 quality: lower is closer and bigger")
     heartbeat_interval_s: float = 5.0
     # Rollout events make swaps fast; this poll of the registry only catches a missed event.
     registry_poll_s: float = 30.0

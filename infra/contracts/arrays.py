@@ -1,5 +1,9 @@
 """How an episode's media travel: its arrays in one NumPy ``.npz``, compressed with zstd.
 
+Camera frames may instead be stored as H.264 (`video`): the member ``NAME.h264`` holds the
+stream and ``NAME.shape`` its shape, and decoding gives back the frames under NAME. Whoever reads
+an object needs no setting to know which it holds.
+
 One object per episode (not per array) halves the S3 requests on both sides of the data plane,
 which is what bounds it when frames compress well, and halves the request bill on real S3.
 ``.npz`` read with ``allow_pickle=False`` carries only names, dtypes, shapes and raw bytes, so
@@ -13,22 +17,36 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import zipfile
+from collections.abc import Iterable
 
 import numpy as np
 import zstandard
 
+from infra.contracts import video
+
 MEDIA_TYPE = "application/x-npz+zstd"
 SUFFIX = ".npz.zst"
 ALLOWED_DTYPES = {"uint8", "float16", "float32", "float64", "int32", "int64", "bool"}
+VIDEO, SHAPE = ".h264", ".shape"
 
 
-def encode(arrays: dict[str, np.ndarray], level: int = 1) -> bytes:
+def encode(arrays: dict[str, np.ndarray], level: int = 1, video_crf: int | None = None) -> bytes:
+    """With `video_crf`, every array of frames that H.264 can code travels as video at that crf
+    (lossy); the others, and all of them without it, exactly."""
+    members = {}
     for name, array in arrays.items():
         if array.dtype.name not in ALLOWED_DTYPES:
             raise ValueError(f"{name}: dtype {array.dtype} cannot travel; use one of {sorted(ALLOWED_DTYPES)}")
+        if video_crf is not None and video.codable(array):
+            stream = video.encode(array, video_crf)
+            members[name + VIDEO] = np.frombuffer(stream, np.uint8)
+            members[name + SHAPE] = np.array(array.shape, np.int64)
+        else:
+            members[name] = np.ascontiguousarray(array)
     buf = io.BytesIO()
-    np.savez(buf, **{name: np.ascontiguousarray(a) for name, a in arrays.items()})
+    np.savez(buf, **members)
     return zstandard.ZstdCompressor(level=level).compress(buf.getvalue())
 
 
@@ -62,21 +80,55 @@ def _unpack(blob: bytes, max_bytes: int) -> io.BytesIO:
 
 def decode(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, np.ndarray]:
     with np.load(_unpack(blob, max_bytes), allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+        out = {name: npz[name] for name in npz.files if not name.endswith((VIDEO, SHAPE))}
+        stored = {name: npz[name] for name in npz.files if name.endswith((VIDEO, SHAPE))}
+    budget = max_bytes - sum(a.nbytes for a in out.values())
+    for name, shape in _videos(stored, out).items():
+        if math.prod(shape) > budget:  # checked before decoding: the frames are allocated at once
+            raise TooLarge(f"video {name} {shape} decodes to more than {max_bytes} bytes")
+        out[name] = video.decode(stored[name + VIDEO].tobytes(), shape)
+        budget -= out[name].nbytes
+    return out
 
 
 def inspect(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, tuple[list[int], str]]:
-    """Each array's shape and dtype, read from its header without copying its data: what ingest
-    checks against the message."""
-    out = {}
+    """Each array's shape and dtype: what ingest checks against the message. Arrays stored as they
+    are are read from their headers alone; a video is checked against its shape by decoding
+    (`video.check`), since only decoding shows that a stream holds the frames it claims."""
+    out, stored = {}, {}
     with zipfile.ZipFile(_unpack(blob, max_bytes)) as members:
-        for name in members.namelist():
-            with members.open(name) as member:
+        for member_name in members.namelist():
+            name = member_name.removesuffix(".npy")
+            with members.open(member_name) as member:
+                if name.endswith((VIDEO, SHAPE)):  # a compressed stream and its shape: read whole
+                    stored[name] = np.lib.format.read_array(member, allow_pickle=False)
+                    continue
                 read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
                     np.lib.format.read_magic(member), np.lib.format.read_array_header_2_0
                 )
                 shape, _, dtype = read_header(member)
-            out[name.removesuffix(".npy")] = (list(shape), dtype.name)
+            out[name] = (list(shape), dtype.name)
+    for name, shape in _videos(stored, out).items():
+        video.check(stored[name + VIDEO].tobytes(), shape)
+        out[name] = (list(shape), "uint8")
+    return out
+
+
+def _videos(stored: dict[str, np.ndarray], plain: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Each video's declared frame shape, by the name it decodes to, from the `stored` streams and
+    shapes; `plain` are the names of the arrays stored as they are."""
+    streams = {n.removesuffix(VIDEO) for n in stored if n.endswith(VIDEO)}
+    shapes = {n.removesuffix(SHAPE) for n in stored if n.endswith(SHAPE)}
+    if streams != shapes:
+        raise ValueError(f"video members {sorted(streams)} and their shapes {sorted(shapes)} do not pair up")
+    if twice := streams & set(plain):
+        raise ValueError(f"{sorted(twice)} are stored both as arrays and as video")
+    out = {}
+    for name in sorted(streams):
+        shape = stored[name + SHAPE]
+        if shape.dtype != np.int64 or shape.ndim != 1 or (shape < 0).any():
+            raise ValueError(f"video {name}'s shape {shape!r} is not a list of sizes")
+        out[name] = tuple(int(s) for s in shape)
     return out
 
 

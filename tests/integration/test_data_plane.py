@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
-from infra.clients import kafka_producer, read_topic
+from infra.clients import kafka_producer, read_topic, s3_client
+from infra.contracts import arrays
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex, open_index
 from learner.ingest import EpisodeIngestor
+from learner.media import load_media
 from sim.synthetic import EpisodeShape, episode_stream
 
 pytestmark = pytest.mark.integration
@@ -63,6 +66,25 @@ def test_thousand_episodes_arrive_once_each(plane):
     ingest.close()
     indexed = ingest.index.episode_ids()
     assert sorted(indexed) == sorted(sent)
+
+
+def test_frames_sent_as_h264_arrive_as_frames_close_to_the_robots(plane):
+    plane = plane.model_copy(update={"agent": plane.agent.model_copy(update={"media_codec": "h264"})})
+    stream = list(episode_stream(seed=5, episodes=20, robots=2))  # camera-like frames, 64x64
+    ingest = BackgroundIngest(plane)
+    publisher = EpisodePublisher(plane)
+    sent = [publisher.publish(*episode) for episode in stream]
+    assert publisher.close(drain_timeout=60), publisher.last_error
+    assert ingest.wait_for(20, timeout=60) == 20
+    ingest.close()
+    assert sorted(ingest.index.episode_ids()) == sorted(str(e.episode_id) for e in sent)
+    (_, frames, imagined), episode = stream[0], sent[0]
+    exact = arrays.encode({"executed_frames": frames, "imagined_videos": imagined})
+    assert episode.media.nbytes * 5 < len(exact)
+    media = load_media(s3_client(plane), plane, episode.media)
+    for name, sent_frames in (("executed_frames", frames), ("imagined_videos", imagined)):
+        assert media[name].shape == sent_frames.shape
+        assert np.abs(media[name].astype(int) - sent_frames).mean() < 4
 
 
 def test_broker_killed_with_sigkill_mid_stream_loses_nothing(plane):

@@ -14,10 +14,11 @@ import uuid
 
 import numpy as np
 import pytest
+import zstandard
 
 from fleet_agent.publisher import EpisodePublisher
 from infra.clients import kafka_producer, s3_client
-from infra.contracts import arrays
+from infra.contracts import arrays, video
 from infra.contracts.dead_letter import DeadLetter
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex
@@ -53,6 +54,20 @@ def hostile_messages(settings, template: Episode) -> dict[str, list[bytes | None
     wrong_shape = arrays.encode(
         {"executed_frames": np.zeros((2, 4, 4, 3), np.uint8), "imagined_videos": np.zeros((1,), np.uint8)}
     )
+    # H.264 that holds two frames where the message declares more: found only by decoding
+    declared = template.media.arrays
+    lying = io.BytesIO()
+    np.savez(
+        lying,
+        **{
+            "executed_frames.h264": np.frombuffer(
+                video.encode(np.zeros([2, *declared["executed_frames"].shape[1:]], np.uint8)), np.uint8
+            ),
+            "executed_frames.shape": np.array(declared["executed_frames"].shape, np.int64),
+            "imagined_videos": np.zeros(declared["imagined_videos"].shape, np.uint8),
+        },
+    )
+    lying_video = zstandard.ZstdCompressor().compress(lying.getvalue())
     return {
         "empty": [None, b""],
         "bad_json": [b'{"episode_id": ', b"\x00\xff\xfe not even text", "{\u2603}".encode()],
@@ -73,6 +88,7 @@ def hostile_messages(settings, template: Episode) -> dict[str, list[bytes | None
         "media_content": [
             stored(wrong_shape, sha256=arrays.sha256(wrong_shape), nbytes=len(wrong_shape)),
             stored(b"not zstd", sha256=arrays.sha256(b"not zstd"), nbytes=8),
+            stored(lying_video, sha256=arrays.sha256(lying_video), nbytes=len(lying_video)),
         ],
         "too_large": [variant(nbytes=settings.learner.max_media_bytes + 1).model_dump_json().encode()],
     }
