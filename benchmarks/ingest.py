@@ -50,6 +50,9 @@ class IngestBench(BenchResult):
     latency_ms_p99: float
     elapsed_s: float
     offered_rate: float | None
+    media_codec: str
+    encode_ms_per_episode: float  # the robot's work, on this machine's cores
+    encoded_ahead: bool  # whether that work was done before the clock started
     shape: dict
     work_dir: str
 
@@ -60,12 +63,19 @@ def bench_ingest(
     robots: int = 20,
     camera_noise: float = 2.0,
     rate: float | None = None,
+    codec: str | None = None,
+    encode_ahead: bool = False,
     progress=None,
 ) -> IngestBench:
-    """Send `episodes` as fast as possible (or at `rate` per second) and measure what arrives."""
+    """Send `episodes` as fast as possible (or at `rate` per second) and measure what arrives.
+    `codec` overrides the agent's `media_codec`. Encoding an episode's media is the robot's work,
+    on the robot's CPU: `encode_ahead` does it for every episode before the clock starts, so that
+    the figures are the data plane's alone on these cores; the encoding time is reported either way."""
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"ingest-{run}"
     settings = settings.isolated(f"bench-{run}", work)
+    if codec:
+        settings = settings.model_copy(update={"agent": settings.agent.model_copy(update={"media_codec": codec})})
     stack.up(settings, services=("s3", "kafka"))
 
     shape = EpisodeShape(camera_noise=camera_noise)
@@ -84,12 +94,23 @@ def bench_ingest(
 
     acknowledged: list[str] = []
     publisher = EpisodePublisher(settings, on_acknowledged=acknowledged.append)
-    sent_ids, nbytes = set(), 0
+    sent_ids, nbytes, encode_s = set(), 0, 0.0
+
+    def encoded(frames, imagined):
+        nonlocal encode_s
+        start = time.perf_counter()
+        media = publisher.encode(frames, imagined)
+        encode_s += time.perf_counter() - start
+        return media
+
+    encoding = ((core, encoded(frames, imagined)) for core, frames, imagined in stream)
+    if encode_ahead:
+        encoding = list(encoding)  # now, not inside the clock
     t0 = time.perf_counter()
-    for i, (core, frames, imagined) in enumerate(stream):
+    for i, (core, media) in enumerate(encoding):
         if rate:
             time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
-        episode = publisher.publish(core, frames, imagined)
+        episode = publisher.publish_encoded(core, media)
         sent_ids.add(str(episode.episode_id))
         nbytes += episode.media.nbytes
         if progress:
@@ -119,6 +140,9 @@ def bench_ingest(
         latency_ms_p99=round(float(np.percentile(latencies_ms, 99)), 1),
         elapsed_s=round(elapsed, 2),
         offered_rate=rate,
+        media_codec=settings.agent.media_codec,
+        encode_ms_per_episode=round(encode_s / episodes * 1000, 2),
+        encoded_ahead=encode_ahead,
         shape=shape.__dict__,
         work_dir=str(Path(work)),
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.table import Table
 
 from cli.app import console, group, progress, report, settings, start_stack, with_bar, write_json
 from infra.errors import UsageError
+from infra.settings import AgentSettings
 
 bench_app = group("bench", "Benchmarks: each measures the real path and writes JSON.")
 
@@ -19,19 +21,31 @@ def ingest(
     robots: int = typer.Option(20, help="robot ids to spread them over (the Kafka key)"),
     camera_noise: float = typer.Option(2.0, help="sensor noise std; 0 = noise-free simulator frames"),
     rate: float = typer.Option(0.0, help="episodes/s to offer; 0 = as fast as possible"),
+    codec: str = typer.Option(
+        "", help="how frames travel: zstd (exactly) or h264 (lossy, smaller); unset = FLEET_AGENT__MEDIA_CODEC"
+    ),
+    encode_ahead: bool = typer.Option(
+        False, help="encode every episode's media before the clock starts, as robots do on their own CPUs"
+    ),
     out: Path = typer.Option(Path("out/bench_ingest.json"), help="where to write the JSON result"),
 ) -> None:
     """Publisher -> S3 + Kafka -> validating ingestor -> index, with realistic episodes.
 
     Unpaced it measures capacity (latency then includes queueing); with --rate below capacity
-    it measures the latency a robot's episode sees.
+    it measures the latency a robot's episode sees. Encoding the frames is the robot's work, done
+    here on the same cores as the learner's unless --encode-ahead.
     """
     from benchmarks.ingest import bench_ingest
 
+    codecs = get_args(AgentSettings.model_fields["media_codec"].annotation)
+    if codec and codec not in codecs:
+        raise UsageError(f"unknown codec {codec!r}", hint=f"codecs: {', '.join(codecs)}")
     result = with_bar(
         "publishing",
         episodes,
-        lambda done: bench_ingest(settings(), episodes, robots, camera_noise, rate or None, progress=done),
+        lambda done: bench_ingest(
+            settings(), episodes, robots, camera_noise, rate or None, codec or None, encode_ahead, done
+        ),
     )
     keys = (
         "episodes_sent",
@@ -40,6 +54,8 @@ def ingest(
         "duplicated",
         "episodes_per_s",
         "mb_per_s",
+        "mb_per_episode",
+        "encode_ms_per_episode",
         "latency_ms_p50",
         "latency_ms_p99",
     )
