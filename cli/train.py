@@ -26,6 +26,7 @@ def _train(
     again: bool = False,
     text_encoder: str | None = None,
     prediction: str | None = None,
+    robot_frames: str | None = None,
 ) -> None:
     import dataclasses
 
@@ -43,6 +44,10 @@ def _train(
         if prediction not in ("velocity", "x"):
             raise UsageError(f"unknown prediction target {prediction!r}", hint="velocity or x")
         chosen = dataclasses.replace(chosen, prediction=prediction)
+    if robot_frames is not None:
+        if robot_frames not in ("exact", "h264"):
+            raise UsageError(f"unknown robot frames {robot_frames!r}", hint="exact or h264")
+        chosen = dataclasses.replace(chosen, robot_frames=robot_frames)
     skip = tuple(OLD_NAMES.get(s, s) for s in skip)
     if unknown := set(skip) - set(STAGES):
         raise UsageError(f"unknown stage {', '.join(sorted(unknown))}", hint=f"stages: {', '.join(STAGES)}")
@@ -76,9 +81,14 @@ def all_stages(
         help="what the generator predicts: `velocity` (flow matching) or `x` (the clean change; one "
         "sampler step gives the mean); unset: the preset's",
     ),
+    robot_frames: str | None = typer.Option(
+        None,
+        help="the robot's logs as rendered (`exact`) or through the data plane's H.264 (`h264`, lossy), "
+        "to measure what sending frames as video costs the policy; unset: exact",
+    ),
 ) -> None:
     """Every stage in order; resumes from the run directory's checkpoint."""
-    _train(profile, out, None, tuple(skip), text_encoder=text_encoder, prediction=prediction)
+    _train(profile, out, None, tuple(skip), text_encoder=text_encoder, prediction=prediction, robot_frames=robot_frames)
 
 
 def _stage_command(stage: str, doc: str, name: str | None = None, hidden: bool = False) -> None:

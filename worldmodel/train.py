@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from infra.contracts import video
 from sim.tabletop import ALL_TASKS
 from worldmodel.checkpoint import load_state, save_state
 from worldmodel.objectives import (
@@ -60,6 +61,9 @@ class TrainProfile:
     # simulator never uses; None trains a word embedding from the captions alone.
     pretrained_text: Literal["all-MiniLM-L6-v2"] | None = None
     prediction: Literal["velocity", "x"] | None = None  # the generator's target; None: the preset's
+    # How the robot's logs reach training: as rendered, or through the data plane's H.264 (lossy),
+    # as a fleet's episodes do when its agents send frames as video.
+    robot_frames: Literal["exact", "h264"] = "exact"
     seed: int = 0
 
 
@@ -145,6 +149,9 @@ def train_all(
         "midtrain": human_pov_clips(profile.human_clips, profile.seed, size=64),
         "posttrain": robot_logs(profile.robot_clips, profile.seed, size=64),
     }
+    if profile.robot_frames == "h264":
+        for clip in clips["posttrain"]:
+            clip.frames = video.decode(video.encode(clip.frames), clip.frames.shape)
     texts = [text for cs in clips.values() for c in cs for text in (c.caption, c.detailed_caption)]
     vocab = build_vocab(texts + [task.instruction for task in ALL_TASKS])
     policy = WorldModelPolicy.create(vocab, profile.preset, profile.pretrained_text, profile.prediction)
