@@ -34,7 +34,7 @@ from learner.episode_index import open_index
 from learner.ingest import EpisodeIngestor
 from learner.reconcile import reconcile
 from registry.canary_telemetry import telemetry_since
-from sim.synthetic import EpisodeShape, episode_stream
+from sim.synthetic import EpisodeShape, episode_stream, robot_id
 
 SMALL = EpisodeShape(steps=16, size=32, candidates=4, imagined_frames=4)
 
@@ -98,31 +98,12 @@ def _run_fleet(settings: Settings, robots: int, duration_s: float, episode_s: fl
     for i, (core, frames, imagined) in enumerate(episode_stream(seed=11, episodes=total, robots=robots, shape=SMALL)):
         time.sleep(max(0.0, t0 + i / rate - time.time()))
         if time.time() >= next_heartbeat:
-            for r in range(robots):
-                robot_id = f"robot-{r:03d}"
-                emit(
-                    robot_id,
-                    Heartbeat(robot_id=robot_id, policy_version="1", episodes=episodes_by_robot.get(robot_id, 0)),
-                )
+            for robot in map(robot_id, range(robots)):
+                emit(robot, Heartbeat(robot_id=robot, policy_version="1", episodes=episodes_by_robot.get(robot, 0)))
             next_heartbeat += heartbeat_s
         episode = publisher.publish(core, frames, imagined)
         episodes_by_robot[core.robot_id] = episodes_by_robot.get(core.robot_id, 0) + 1
-        decisions = len(core.decisions)
-        emit(
-            core.robot_id,
-            EpisodeTelemetry(
-                robot_id=core.robot_id,
-                episode_id=episode.episode_id,
-                policy_version=core.model_versions.policy,
-                task_id=core.task_id,
-                success=core.success,
-                decision_ms_p50=110.0,
-                decision_ms_p95=180.0,
-                decisions=decisions,
-                rejections=sum(core.rejections.values()),
-                candidates=sum(len(d.candidates) for d in core.decisions),
-            ),
-        )
+        emit(core.robot_id, EpisodeTelemetry.of(episode))
         if progress:
             progress(i + 1)
     telemetry.flush(30)

@@ -230,25 +230,10 @@ class Fleet:
         )
         kept = self._keep(core, robot)
         robot.episodes += 1
-        latencies = [d.latency_ms for d in robot.decisions]
-        candidates = sum(len(d.candidates) for d in robot.decisions)
-        self._emit(
-            robot.robot_id,
-            EpisodeTelemetry(
-                robot_id=robot.robot_id,
-                episode_id=core.episode_id,
-                policy_version=version if len(versions) <= 1 else "mixed",
-                task_id=core.task_id,
-                success=core.success,
-                decisions=len(latencies),
-                candidates=candidates,
-                decision_ms_p50=round(float(np.percentile(latencies, 50)), 1),
-                decision_ms_p95=round(float(np.percentile(latencies, 95)), 1),
-                rejections=sum(rejections.values()),
-            ),
-        )
+        telemetry = EpisodeTelemetry.of(core, policy_version=version if len(versions) <= 1 else "mixed")
+        self._emit(robot.robot_id, telemetry)
         metrics.EPISODES.labels(robot.robot_id, version, str(core.success).lower()).inc()
-        metrics.CANDIDATES.labels(version).inc(candidates)
+        metrics.CANDIDATES.labels(version).inc(telemetry.candidates)
         for reason, count in rejections.items():
             metrics.REJECTIONS.labels(version, reason).inc(count)
         if kept:

@@ -132,6 +132,11 @@ def synthetic_core(
     return core
 
 
+def robot_id(r: int) -> str:
+    """The id of the synthetic fleet's robot number `r`."""
+    return f"robot-{r:03d}"
+
+
 def episode_stream(
     seed: int | None, episodes: int, robots: int, shape: EpisodeShape = EpisodeShape(), pool: int = 32
 ) -> Iterator[tuple[EpisodeCore, np.ndarray, np.ndarray]]:
@@ -143,7 +148,7 @@ def episode_stream(
     rng = np.random.default_rng(seed)
     media = [synthetic_media(rng, shape) for _ in range(min(episodes, pool))]
     for i in range(episodes):
-        yield synthetic_core(rng, f"robot-{i % robots:03d}", shape), *media[i % len(media)]
+        yield synthetic_core(rng, robot_id(i % robots), shape), *media[i % len(media)]
 
 
 def synthetic_history(
@@ -164,7 +169,7 @@ def synthetic_history(
     rates = rng.uniform(0.2, 0.8, versions)
     for i in range(episodes):
         version = i * versions // episodes
-        core = synthetic_core(rng, f"robot-{i % robots:03d}", shape, str(version + 1), float(rates[version]))
+        core = synthetic_core(rng, robot_id(i % robots), shape, str(version + 1), float(rates[version]))
         at = start + timedelta(seconds=span_s * i / episodes)
         yield Episode(
             **core.model_dump(exclude={"started_at", "ended_at"}),

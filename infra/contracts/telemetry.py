@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from infra.contracts.episode import EpisodeCore
 
 
 class Heartbeat(BaseModel):
@@ -36,6 +39,23 @@ class EpisodeTelemetry(BaseModel):
     rejections: int
     candidates: int
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def of(cls, core: EpisodeCore, policy_version: str | None = None) -> EpisodeTelemetry:
+        """The summary of a finished episode; `policy_version` defaults to the one it records."""
+        latencies = [d.latency_ms for d in core.decisions] or [0.0]
+        return cls(
+            robot_id=core.robot_id,
+            episode_id=core.episode_id,
+            policy_version=policy_version or core.model_versions.policy,
+            task_id=core.task_id,
+            success=core.success,
+            decision_ms_p50=round(float(np.percentile(latencies, 50)), 1),
+            decision_ms_p95=round(float(np.percentile(latencies, 95)), 1),
+            decisions=len(core.decisions),
+            rejections=sum(core.rejections.values()),
+            candidates=sum(len(d.candidates) for d in core.decisions),
+        )
 
 
 class ModelRefused(BaseModel):
