@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
+from infra.clients import kafka_common
 from infra.settings import Settings
 
 PRODUCTION = Path(__file__).parents[2] / "infra" / "production"
@@ -109,3 +110,49 @@ def test_mlflow_asks_for_a_login_whose_secrets_must_be_set():
         assert re.search(rf"{var}: \$\{{[A-Z0-9_]+:\?", text), f"{var} must come from the environment, and be set"
     ini = (PRODUCTION / "mlflow-auth.ini").read_text()
     assert "admin_password" not in ini and "basic_auth.db" in ini
+
+
+def test_kafka_outside_the_compose_network_asks_for_a_scram_login_and_holds_clients_to_acls(monkeypatch):
+    kafka = interpolated((PRODUCTION / "docker-compose.yml").read_text())["services"]["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert (
+        protocols["EXTERNAL"] in ("SASL_PLAINTEXT", "SASL_SSL")
+        and kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    )
+    assert "ScramLoginModule" in kafka["KAFKA_LISTENER_NAME_EXTERNAL_SCRAM___SHA___512_SASL_JAAS_CONFIG"]
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    monkeypatch.setenv("FLEET_CONFIG", str(PRODUCTION / "fleet.toml"))
+    monkeypatch.setenv("FLEET_KAFKA__SASL_USERNAME", "fleet-learner")
+    monkeypatch.setenv("FLEET_KAFKA__SASL_PASSWORD", "pw")
+    conf = kafka_common(Settings())
+    assert (conf["security_protocol"], conf["sasl_mechanism"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
+    assert (conf["sasl_plain_username"], conf["sasl_plain_password"]) == ("fleet-learner", "pw")
+
+
+def granted(script: str, user_var: str) -> list[str]:
+    """The kafka-acls arguments kafka-setup's script passes for one user."""
+    return [
+        line.split(f'acl "$${user_var}"', 1)[1].strip() for line in script.splitlines() if f'acl "$${user_var}"' in line
+    ]
+
+
+def test_robots_may_only_write_episodes_and_telemetry_and_read_rollout_events():
+    text = (PRODUCTION / "docker-compose.yml").read_text()
+    setup = yaml.safe_load(text)["services"]["kafka-setup"]
+    script, topics = setup["command"][0], Settings().kafka
+    assert granted(script, "ROBOT_KAFKA_USER") == [
+        f"--operation Write --operation Describe --topic {topics.episodes_topic} --topic {topics.telemetry_topic}",
+        f"--operation Read --operation Describe --topic {topics.rollouts_topic}",
+    ]
+    learner = granted(script, "LEARNER_KAFKA_USER")
+    assert any("--topic fleet. --group fleet --resource-pattern-type prefixed" in g for g in learner)
+    for name in ("LEARNER_KAFKA_USER", "ROBOT_KAFKA_USER"):
+        assert f'scram "$${name}"' in script
+    for var in ("LEARNER_KAFKA_PASSWORD", "ROBOT_KAFKA_PASSWORD"):
+        assert re.search(rf"{var}: \$\{{{var}:\?", text), f"{var} must come from the environment, and be set"
+
+
+def test_prefect_asks_for_a_login_whose_password_must_be_set():
+    text = (PRODUCTION / "docker-compose.yml").read_text()
+    assert re.search(r"PREFECT_SERVER_API_AUTH_STRING: admin:\$\{PREFECT_ADMIN_PASSWORD:\?", text)
