@@ -148,6 +148,12 @@ class RegistrySettings(_Section):
 
 class PrefectSettings(_Section):
     api_url: str | None = Field(None, description="unset = the embedded Prefect server")
+    # Production runs Prefect on PostgreSQL; the embedded server can too (SQLAlchemy's asyncpg driver).
+    database_url: SecretStr | None = Field(
+        None,
+        description="the embedded Prefect server's database, e.g. postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB; "
+        "unset = SQLite in state_dir",
+    )
 
 
 class LearnerSettings(_Section):

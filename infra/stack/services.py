@@ -243,7 +243,10 @@ def _prefect_command(s: Settings) -> list[str]:
 def _prefect_env(s: Settings) -> dict[str, str]:
     home = s.state_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    return {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if s.prefect.database_url:  # with its password: in the environment, not on the command line
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = s.prefect.database_url.get_secret_value()
+    return env
 
 
 # -- PostgreSQL (the episode index, when configured to it) -------------------------------------
