@@ -17,13 +17,16 @@ def lerobot(
     out: Path = typer.Option(..., help="the dataset directory to write (replaced when the new one is complete)"),
     since: datetime | None = typer.Option(None, help="only episodes that started at or after this time (ISO 8601)"),
     success_only: bool = typer.Option(False, "--success-only", help="only episodes that succeeded"),
+    data_file_mb: float = typer.Option(100, min=0, help="start a new steps file once one reaches this size"),
+    video_file_mb: float = typer.Option(500, min=0, help="start a new video file once one reaches this size"),
 ) -> None:
     """Write the learner's indexed episodes as a LeRobot v3.0 dataset: parquet steps (action,
-    next.done, next.success), the executed camera frames as one H.264 video, meta/info.json,
-    tasks, episodes (with each one's fleet episode id, robot and policy version) and stats."""
+    next.done, next.success), the executed camera frames as H.264 video, meta/info.json, tasks,
+    episodes (with each one's fleet episode id, robot and policy version) and stats. Files split
+    between episodes at the sizes given, as LeRobot's own writer does."""
     from infra.clients import s3_client
     from learner.episode_index import open_reader
-    from learner.lerobot import export_lerobot
+    from learner.lerobot import FileSizes, export_lerobot
     from learner.media import load_media
 
     config = settings()
@@ -38,6 +41,7 @@ def lerobot(
             out,
             lambda episode: load_media(s3, config, episode.media)["executed_frames"],
             progress=lambda: bars.advance(bar),
+            sizes=FileSizes(data_mb=data_file_mb, video_mb=video_file_mb),
         )
     console.print(f"{report.episodes} episodes, {report.frames} frames: LeRobot v3.0 dataset at {report.out}")
     for episode_id, why in report.skipped.items():

@@ -13,8 +13,8 @@ One row per executed step: the camera frame the robot saw, and the action it too
 episode's video span is [from_timestamp, to_timestamp) in the one concatenated file. Beside the
 LeRobot columns, the episodes table keeps where each episode came from (`worldfleet/...`: the
 episode id, robot, policy version and success), so a dataset can be traced back to the fleet.
-One data file and one video file: a fleet export is sized for a training run, not the Hub's
-100 MB file cap (`--since` bounds it).
+Files are split at episode boundaries once they reach LeRobot's sizes (100 MB of steps, 500 MB
+of video; `FileSizes`), every 1,000 files starting a new chunk folder.
 
 Imported, each episode is a clip of its frames and the actions between them (the last row's
 action has no frame after it, so a clip of n rows keeps n - 1 actions), captioned with its task,
@@ -59,11 +59,39 @@ class ExportReport:
     skipped: dict[str, str]  # episode_id -> why
 
 
+@dataclass(frozen=True)
+class FileSizes:
+    """Where a dataset's files end: a file is closed, at an episode's end, once it reaches its size
+    (LeRobot's defaults: 100 MB of steps, 500 MB of video), and every `chunks_size` files make a
+    chunk folder. An episode never spans two files."""
+
+    data_mb: float = 100
+    video_mb: float = 500
+    chunks_size: int = 1000
+
+    def where(self, file_number: int) -> dict[str, int]:
+        chunk, file = divmod(file_number, self.chunks_size)
+        return {"chunk_index": chunk, "file_index": file}
+
+
+STEP_COLUMNS = (
+    "action",
+    "timestamp",
+    "frame_index",
+    "episode_index",
+    "index",
+    "task_index",
+    "next.done",
+    "next.success",
+)
+
+
 def export_lerobot(
     episodes: Iterable[Episode],
     out: Path,
     load_frames: Callable[[Episode], np.ndarray],
     progress: Callable[[], None] | None = None,
+    sizes: FileSizes = FileSizes(),
 ) -> ExportReport:
     """Write `episodes` to `out` (replaced only once the new dataset is complete). An episode whose
     media are bad (`Rejected`) is skipped and named in the report; a service that does not answer
@@ -72,7 +100,7 @@ def export_lerobot(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".lerobot-", dir=out.parent))  # beside it: the rename stays on one disk
     try:
-        episodes, frames, skipped = _write(staging, episodes, load_frames, progress)
+        episodes, frames, skipped = _write(staging, episodes, load_frames, progress, sizes)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -81,17 +109,33 @@ def export_lerobot(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write(root: Path, episodes, load_frames, progress) -> tuple[int, int, dict[str, str]]:
+def _write(root: Path, episodes, load_frames, progress, sizes: FileSizes) -> tuple[int, int, dict[str, str]]:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tasks: dict[str, int] = {}
-    rows: dict[str, list] = {k: [] for k in ("action", "timestamp", "frame_index", "episode_index", "index")}
-    rows |= {"task_index": [], "next.done": [], "next.success": []}
+    rows: dict[str, list] = {k: [] for k in STEP_COLUMNS}  # the data file being filled
     meta: list[dict] = []
     skipped: dict[str, str] = {}
-    video, shape, action_dim = None, None, None
+    all_actions, steps, image_stats = [], 0, ImageStats()
+    video = shape = action_dim = None
+    data_files = video_files = 0
+
+    def flush_data() -> None:
+        nonlocal data_files, rows
+        table = pa.table(
+            {
+                "action": pa.array(rows["action"], type=pa.list_(pa.float32(), action_dim)),
+                "timestamp": pa.array(rows["timestamp"], pa.float32()),
+                **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")},
+                "next.done": pa.array(rows["next.done"], pa.bool_()),
+                "next.success": pa.array(rows["next.success"], pa.bool_()),
+            }
+        )
+        _parquet(pq, table, root / DATA_PATH.format(**sizes.where(data_files)))
+        data_files, rows = data_files + 1, {k: [] for k in STEP_COLUMNS}
+
     try:
         for episode in episodes:
             if progress:
@@ -107,33 +151,42 @@ def _write(root: Path, episodes, load_frames, progress) -> tuple[int, int, dict[
                 continue
             if shape is None:
                 shape, action_dim = frames.shape[1:], actions.shape[1]
-                video = H264Writer(root / VIDEO_PATH.format(video_key=VIDEO_KEY, chunk_index=0, file_index=0), shape)
             if frames.shape[1:] != shape or actions.shape[1] != action_dim:
                 skipped[str(episode.episode_id)] = f"frames {frames.shape[1:]} / actions {actions.shape[1]} differ"
                 continue
-            n, start, index = len(actions), len(rows["index"]), len(meta)
+            # a full file is closed before the next episode starts, so that no episode spans two
+            if rows["index"] and len(rows["index"]) * (4 * action_dim + 38) >= sizes.data_mb * 1e6:
+                flush_data()
+            if video is not None and video.nbytes() >= sizes.video_mb * 1e6:
+                video.close()
+                video, video_files = None, video_files + 1
+            if video is None:
+                video = H264Writer(root / VIDEO_PATH.format(video_key=VIDEO_KEY, **sizes.where(video_files)), shape)
+            n, index = len(actions), len(meta)
             task = tasks.setdefault(episode.instruction, len(tasks))
             rows["action"] += list(actions)
             rows["timestamp"] += list(np.arange(n, dtype=np.float32) / FPS)
             rows["frame_index"] += list(range(n))
             rows["episode_index"] += [index] * n
-            rows["index"] += list(range(start, start + n))
+            rows["index"] += list(range(steps, steps + n))
             rows["task_index"] += [task] * n
             rows["next.done"] += [False] * (n - 1) + [True]
             rows["next.success"] += [False] * (n - 1) + [bool(episode.success)]
             video_from = video.frames / FPS
             video.add(frames[:n])
+            image_stats.add(frames[:n])
+            all_actions.append(actions)
+            data_at = {f"data/{k}": v for k, v in sizes.where(data_files).items()}
+            video_at = {f"videos/{VIDEO_KEY}/{k}": v for k, v in sizes.where(video_files).items()}
             meta.append(
                 {
                     "episode_index": index,
                     "tasks": [episode.instruction],
                     "length": n,
-                    "data/chunk_index": 0,
-                    "data/file_index": 0,
-                    "dataset_from_index": start,
-                    "dataset_to_index": start + n,
-                    f"videos/{VIDEO_KEY}/chunk_index": 0,
-                    f"videos/{VIDEO_KEY}/file_index": 0,
+                    **data_at,
+                    "dataset_from_index": steps,
+                    "dataset_to_index": steps + n,
+                    **video_at,
                     f"videos/{VIDEO_KEY}/from_timestamp": video_from,
                     f"videos/{VIDEO_KEY}/to_timestamp": video.frames / FPS,
                     "meta/episodes/chunk_index": 0,
@@ -144,50 +197,44 @@ def _write(root: Path, episodes, load_frames, progress) -> tuple[int, int, dict[
                     "worldfleet/success": bool(episode.success),
                 }
             )
+            steps += n
     finally:
         if video is not None:
             video.close()
     if not meta:
         raise NothingToExport(f"no episode to export ({len(skipped)} skipped)")
+    flush_data()
 
-    actions = np.stack(rows["action"])
-    table = pa.table(
-        {
-            "action": pa.array(list(actions), type=pa.list_(pa.float32(), action_dim)),
-            "timestamp": pa.array(rows["timestamp"], pa.float32()),
-            **{k: pa.array(rows[k], pa.int64()) for k in ("frame_index", "episode_index", "index", "task_index")},
-            "next.done": pa.array(rows["next.done"], pa.bool_()),
-            "next.success": pa.array(rows["next.success"], pa.bool_()),
-        }
-    )
-    _parquet(pq, table, root / DATA_PATH.format(chunk_index=0, file_index=0))
     _parquet(pq, pa.Table.from_pylist(meta), root / EPISODES_PATH.format(chunk_index=0, file_index=0))
     task_table = pd.DataFrame({"task_index": list(tasks.values())}, index=pd.Index(list(tasks), name="task"))
     task_table.to_parquet(root / "meta" / "tasks.parquet")
-    features = _features(shape, action_dim)
     info = {
         "codebase_version": CODEBASE_VERSION,
         "robot_type": "worldfleet-tabletop",
         "total_episodes": len(meta),
-        "total_frames": len(table),
+        "total_frames": steps,
         "total_tasks": len(tasks),
-        "chunks_size": 1000,
-        "data_files_size_in_mb": 100,
-        "video_files_size_in_mb": 500,
+        "chunks_size": sizes.chunks_size,
+        "data_files_size_in_mb": sizes.data_mb,
+        "video_files_size_in_mb": sizes.video_mb,
         "fps": FPS,
         "splits": {"train": f"0:{len(meta)}"},
         "data_path": DATA_PATH,
         "video_path": VIDEO_PATH,
-        "features": features,
+        "features": _features(shape, action_dim),
     }
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    index_values = np.arange(steps, dtype=np.float64)[:, None]
+    frame_index = np.concatenate([np.arange(len(a)) for a in all_actions]).astype(np.float64)[:, None]
     stats = {
-        "action": _stats(actions),
-        VIDEO_KEY: video.stats(),
-        **{k: _stats(np.asarray(rows[k], np.float64)[:, None]) for k in ("timestamp", "frame_index", "index")},
+        "action": _stats(np.concatenate(all_actions)),
+        VIDEO_KEY: image_stats.summary(),
+        "timestamp": _stats(frame_index / FPS),
+        "frame_index": _stats(frame_index),
+        "index": _stats(index_values),
     }
     (root / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
-    return len(meta), len(table), skipped
+    return len(meta), steps, skipped
 
 
 def _features(shape: tuple[int, ...], action_dim: int) -> dict:
@@ -236,14 +283,14 @@ def _parquet(pq, table, path: Path) -> None:
 
 
 class H264Writer:
-    """Frames appended to one H.264 file (yuv420p; CRF 10 is near-lossless), with per-channel image
-    stats in [0, 1] as LeRobot normalises them."""
+    """Frames appended to one H.264 file (yuv420p; CRF 10 is near-lossless)."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], crf: int = 10):
         import imageio_ffmpeg
 
         path.parent.mkdir(parents=True, exist_ok=True)
         h, w = shape[:2]
+        self.path = path
         self._writer = imageio_ffmpeg.write_frames(
             str(path),
             (w, h),
@@ -256,14 +303,31 @@ class H264Writer:
             ffmpeg_log_level="error",
         )
         self._writer.send(None)
+        self.frames = 0
+
+    def add(self, frames: np.ndarray) -> None:
+        for frame in frames:
+            self._writer.send(np.ascontiguousarray(frame))
+        self.frames += len(frames)
+
+    def nbytes(self) -> int:
+        """What ffmpeg has written so far (it buffers a few frames)."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class ImageStats:
+    """Per-channel image statistics in [0, 1], as LeRobot normalises them, over every frame added."""
+
+    def __init__(self):
         self.frames = self._pixels = 0
         self._sum = np.zeros(3)
         self._sq = np.zeros(3)
         self._min, self._max = np.full(3, 255.0), np.zeros(3)
 
     def add(self, frames: np.ndarray) -> None:
-        for frame in frames:
-            self._writer.send(np.ascontiguousarray(frame))
         pixels = frames.reshape(-1, 3).astype(np.float64) / 255
         self._sum += pixels.sum(0)
         self._sq += (pixels**2).sum(0)
@@ -271,7 +335,7 @@ class H264Writer:
         self.frames += len(frames)
         self._pixels += len(pixels)
 
-    def stats(self) -> dict:
+    def summary(self) -> dict:
         mean = self._sum / max(1, self._pixels)
         std = np.sqrt(np.maximum(self._sq / max(1, self._pixels) - mean**2, 0))
 
@@ -285,9 +349,6 @@ class H264Writer:
             "max": per_channel(self._max),
             "count": [self.frames],
         }
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 # -- import -----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from learner.dataset import load_clips
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
 from learner.finetune import FinetuneJob
 from learner.finetune_worker import Objective
-from learner.lerobot import FPS, VIDEO_KEY, export_lerobot, import_lerobot
+from learner.lerobot import FPS, VIDEO_KEY, FileSizes, export_lerobot, import_lerobot
 from learner.media import load_media
 from sim.synthetic import EpisodeShape, render_clip, synthetic_core
 from worldmodel.policy import WorldModelPolicy
@@ -194,6 +194,43 @@ def test_an_exported_dataset_imports_as_training_clips_of_the_same_steps(plane, 
     loss.backward()
     assert set(parts) == {"video", "idm", "critic"} and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in objective.parameters() if p.grad is not None)
+
+
+def test_files_split_at_their_size_between_episodes_and_chunks_hold_chunks_size_files(plane, tmp_path):
+    rng = np.random.default_rng(6)
+    made = [_indexed_episode(plane, rng, steps, True) for steps in (10, 8, 11)]
+    with EpisodeIndex(plane.index_path) as index:
+        index.record([(e, Provenance("t", 0, i, 0.0)) for i, (e, _) in enumerate(made)])
+    s3 = s3_client(plane)
+    sizes = FileSizes(data_mb=0, video_mb=0, chunks_size=2)  # every episode fills a file
+    report = export_lerobot(
+        IndexReader(plane.index_path).query(),
+        tmp_path / "dataset",
+        lambda e: load_media(s3, plane, e.media)["executed_frames"],
+        sizes=sizes,
+    )
+    root = report.out
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert (info["chunks_size"], info["data_files_size_in_mb"], info["video_files_size_in_mb"]) == (2, 0, 0)
+    where = [(0, 0), (0, 1), (1, 0)]  # the third file starts chunk 1
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "data").rglob("*.parquet")) == [
+        info["data_path"].format(chunk_index=c, file_index=f) for c, f in where
+    ]
+    episodes = pq.read_table(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    for row, (episode, _), (chunk, file) in zip(episodes, made, where, strict=True):
+        n = len(episode.actions)
+        assert (row["data/chunk_index"], row["data/file_index"]) == (chunk, file)
+        assert (row[f"videos/{VIDEO_KEY}/chunk_index"], row[f"videos/{VIDEO_KEY}/file_index"]) == (chunk, file)
+        assert row[f"videos/{VIDEO_KEY}/from_timestamp"] == 0  # each episode starts its own video
+        steps = pq.read_table(root / info["data_path"].format(chunk_index=chunk, file_index=file)).to_pydict()
+        assert steps["index"] == list(range(row["dataset_from_index"], row["dataset_to_index"]))
+        assert np.allclose(steps["action"], np.asarray(episode.actions, np.float32))
+        video = root / info["video_path"].format(video_key=VIDEO_KEY, chunk_index=chunk, file_index=file)
+        assert len(_frames(video)) == n
+    clips = import_lerobot(root)
+    assert [len(c.frames) for c in clips] == [len(e.actions) for e, _ in made]
+    for clip, (_, frames) in zip(clips, made, strict=True):
+        assert np.abs(clip.frames.astype(int) - frames[: len(clip.frames)].astype(int)).mean() < 4
 
 
 def test_a_dataset_of_another_format_version_is_refused_with_how_to_convert_it(tmp_path):
