@@ -1,7 +1,7 @@
 """Camera frames as H.264, the way robot-learning datasets store them.
 
 A real camera's sensor noise leaves about three quarters of a frame's bytes after zstd; a video
-codec spends bits on what moves and drops the noise, for 10x to 20x fewer bytes (README, "Media
+codec spends bits on what moves and drops the noise, for about 20x fewer bytes (README, "Frames
 as video"). Frames are coded in yuv420p, so they come back close to, not equal to, what was
 sent: the crf sets how close. Encoding and decoding run in this process through PyAV's bundled
 FFmpeg (libx264 to write, FFmpeg's own h264 decoder to read), one thread each: the frames are
@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
-DEFAULT_CRF = 23  # x264's own default: ~1.8 grey levels of mean error on camera-like 64x64 frames
+DEFAULT_CRF = 23  # x264's own default: 2-3 grey levels of mean error on camera-like 64x64 frames
 FPS = 10  # the tabletop's control rate; only the encoder's rate control reads it
 
 
@@ -32,11 +32,9 @@ def codable(frames: np.ndarray) -> bool:
         frames.dtype == np.uint8
         and frames.ndim >= 4
         and frames.shape[-1] == 3
-        and frames.shape[-3] > 0
-        and frames.shape[-2] > 0
+        and frames.size > 0
         and frames.shape[-3] % 2 == 0
         and frames.shape[-2] % 2 == 0
-        and frames.size > 0
     )
 
 
@@ -77,7 +75,7 @@ def decode(stream: bytes, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def check(stream: bytes, shape: tuple[int, ...]) -> None:
-    """What ingest checks, at a tenth of a full decode: the stream splits into exactly `shape`'s
+    """What ingest checks, at a fraction of a full decode's cost: the stream splits into exactly `shape`'s
     number of frames, and every keyframe decodes at the declared size (a stream can change size
     only at a keyframe). A frame between keyframes that does not decode is found when the frames
     are read (`decode`), where curation skips the episode and counts it."""

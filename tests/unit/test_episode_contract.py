@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from infra.contracts import arrays
 from infra.contracts.episode import SCHEMA_PATH, Decision, Episode, json_schema
-from sim.synthetic import synthetic_core
+from infra.contracts.telemetry import EpisodeTelemetry
+from sim.synthetic import EpisodeShape, synthetic_core
 
 
 def an_episode() -> Episode:
@@ -143,3 +144,16 @@ def test_object_arrays_are_never_encoded_or_unpickled():
     np.savez(buf, x=np.array([uuid.uuid4()], dtype=object))  # what an attacker could upload
     with pytest.raises(ValueError, match="pickle"):
         arrays.decode(zstandard.ZstdCompressor().compress(buf.getvalue()))
+
+
+def test_an_episodes_telemetry_summarises_its_own_decisions():
+    core = synthetic_core(np.random.default_rng(4), "robot-001", EpisodeShape(decisions=5, candidates=3))
+    latencies = [d.latency_ms for d in core.decisions]
+    summary = EpisodeTelemetry.of(core)
+    assert (summary.robot_id, summary.episode_id, summary.success) == (core.robot_id, core.episode_id, core.success)
+    assert summary.policy_version == core.model_versions.policy
+    assert (summary.decisions, summary.candidates) == (5, 15)
+    assert summary.rejections == sum(core.rejections.values())
+    assert summary.decision_ms_p50 == round(float(np.percentile(latencies, 50)), 1)
+    assert summary.decision_ms_p95 == round(float(np.percentile(latencies, 95)), 1)
+    assert EpisodeTelemetry.of(core, policy_version="mixed").policy_version == "mixed"
