@@ -74,6 +74,7 @@ class FileSizes:
         return {"chunk_index": chunk, "file_index": file}
 
 
+ROW_BYTES = 4 + 4 * 8 + 2  # a step's columns beside its action: timestamp, four indices, two flags
 STEP_COLUMNS = (
     "action",
     "timestamp",
@@ -155,7 +156,7 @@ def _write(root: Path, episodes, load_frames, progress, sizes: FileSizes) -> tup
                 skipped[str(episode.episode_id)] = f"frames {frames.shape[1:]} / actions {actions.shape[1]} differ"
                 continue
             # a full file is closed before the next episode starts, so that no episode spans two
-            if rows["index"] and len(rows["index"]) * (4 * action_dim + 38) >= sizes.data_mb * 1e6:
+            if rows["index"] and len(rows["index"]) * (4 * action_dim + ROW_BYTES) >= sizes.data_mb * 1e6:
                 flush_data()
             if video is not None and video.nbytes() >= sizes.video_mb * 1e6:
                 video.close()
