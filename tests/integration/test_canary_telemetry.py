@@ -8,8 +8,9 @@ import time
 import uuid
 
 import pytest
+from kafka import TopicPartition
 
-from infra.clients import kafka_producer
+from infra.clients import kafka_consumer, kafka_producer, seek_since
 from infra.contracts.telemetry import EpisodeTelemetry
 from registry.canary_telemetry import CLOCK_SKEW_S, live_arms, telemetry_since
 
@@ -64,3 +65,23 @@ def test_the_canary_reader_skips_telemetry_from_before_the_canary(tracked):
         canary, champion, bad = canary + more[0], champion + more[1], bad + more[2]
     consumer.close()
     assert (canary.successes, canary.episodes, champion.episodes, bad) == (2, 3, 0, 0)
+
+
+def test_a_seek_by_time_lands_on_each_partitions_first_record_at_or_after_it(plane):
+    topic, producer = plane.kafka.telemetry_topic, kafka_producer(plane)
+    parts = [TopicPartition(topic, p) for p in range(plane.kafka.partitions)]
+    an_hour_ago_ms = int((time.time() - 3600) * 1000)
+    lengths = [0, 10, 57, 130][: len(parts)]  # empty, all before the time, and two of other lengths
+    for tp, n in zip(parts, lengths, strict=False):
+        for i in range(n):  # one record a second
+            producer.send(topic, b"{}", partition=tp.partition, timestamp_ms=an_hour_ago_ms + i * 1000)
+    producer.flush(30)
+    producer.close()
+    since_ms = an_hour_ago_ms + 20_500  # between each partition's 21st and 22nd record
+
+    consumer = kafka_consumer(plane, group_id=None)
+    consumer.assign(parts)
+    seek_since(plane, consumer, parts, since_ms / 1000)
+    found = {tp.partition: consumer.position(tp) for tp in parts}
+    consumer.close()
+    assert found == {tp.partition: min(n, 21) for tp, n in zip(parts, lengths, strict=False)}
