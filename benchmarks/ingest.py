@@ -30,10 +30,18 @@ def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:
         try:
             ingestor.join_group()  # learners run long before and after a benchmark: a join is not lag
             ready.set()
+            cpu_start = time.process_time()
             stats = ingestor.run(until_indexed=expected, idle_timeout_s=120)
+            cpu_s = time.process_time() - cpu_start
         finally:
             ingestor.close()
-    done.put({"indexed": stats.indexed, "duplicates": stats.duplicates, "dead_lettered": stats.dead_lettered})
+    done.put(
+        {"indexed": stats.indexed, "duplicates": stats.duplicates, "dead_lettered": stats.dead_lettered, "cpu_s": cpu_s}
+    )
+
+
+def _services_cpu_s(settings: Settings) -> dict[str, float | None]:
+    return {name: stack.cpu_seconds(settings, name) for name in ("s3", "kafka")}
 
 
 class IngestBench(BenchResult):
@@ -53,6 +61,9 @@ class IngestBench(BenchResult):
     media_codec: str
     encode_ms_per_episode: float  # the robot's work, on this machine's cores
     encoded_ahead: bool  # whether that work was done before the clock started
+    # CPU seconds each part used while the clock ran (the services' only when this stack
+    # started them): where the two cores went
+    cpu_s: dict[str, float | None]
     shape: dict
     work_dir: str
 
@@ -106,6 +117,8 @@ def bench_ingest(
     encoding = ((core, encoded(frames, imagined)) for core, frames, imagined in stream)
     if encode_ahead:
         encoding = list(encoding)  # now, not inside the clock
+    services_cpu = _services_cpu_s(settings)
+    publisher_cpu = time.process_time()
     t0 = time.perf_counter()
     for i, (core, media) in enumerate(encoding):
         if rate:
@@ -118,6 +131,10 @@ def bench_ingest(
     publisher.wait_drained(300)
     result = done.get(timeout=600)
     elapsed = time.perf_counter() - t0
+    cpu_s = {"publisher": time.process_time() - publisher_cpu, "ingest": result["cpu_s"]}
+    for name, after in _services_cpu_s(settings).items():
+        before = services_cpu[name]
+        cpu_s[name] = None if after is None or before is None else after - before
     worker.join(10)
     publisher.close()
 
@@ -143,6 +160,7 @@ def bench_ingest(
         media_codec=settings.agent.media_codec,
         encode_ms_per_episode=round(encode_s / episodes * 1000, 2),
         encoded_ahead=encode_ahead,
+        cpu_s={name: None if v is None else round(v, 2) for name, v in cpu_s.items()},
         shape=shape.__dict__,
         work_dir=str(Path(work)),
     )

@@ -5,6 +5,7 @@ creates the buckets and topics; ``down`` stops only what ``up`` started.
 """
 
 from infra.stack.lifecycle import (
+    cpu_seconds,
     down,
     kill_service,
     start_service,
@@ -20,6 +21,7 @@ from infra.stack.services import StackError
 
 __all__ = [
     "StackError",
+    "cpu_seconds",
     "down",
     "ensure_buckets",
     "ensure_topics",

@@ -165,6 +165,19 @@ def running_pid(s: Settings, name: Service) -> int | None:
     return record["pid"] if record and _ours(record["pid"], record) else None
 
 
+def cpu_seconds(s: Settings, name: Service) -> float | None:
+    """User plus system CPU seconds the embedded service has used since it started; None when
+    it is not ours or not running (a benchmark then reports the client's side alone)."""
+    pid = running_pid(s, name)
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_ports_free(s: Settings, name: Service, timeout: float = 10.0) -> None:
     """A stopped server's port can stay busy for a moment (STACK.md): wait it out."""
     deadline = time.monotonic() + timeout
