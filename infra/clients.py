@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
@@ -159,22 +160,31 @@ def seek_since(settings: Settings, consumer: KafkaConsumer, parts: list, since_s
         return
     # Tansu's ListOffsets is no help for the end either (it answered 1 for a partition of 6), but
     # its fetch responses carry the right high watermark: bisect between the first record and it.
-    # A probe consumer of its own does the fetching, so the caller's holds no stale prefetched records.
     # The embedded broker holds every fetch for the consumer's whole max wait (default 500 ms), so a
-    # seek costs probes x max wait: 50 ms here (at 10 ms it answered some fetches empty, which only
-    # makes the seek land early). A canary's seek over 26,000 telemetry records: 22-24 s -> 3.9 s.
+    # probe costs the max wait: 50 ms here (at 10 ms it answered some fetches empty, which only
+    # makes the seek land early). The time is the broker's waiting, not work, so each partition is
+    # bisected by a probe consumer of its own, all at once: a seek costs the longest partition's
+    # probes, not their sum. (One consumer probing every partition at once landed a record early
+    # where a fetch went out before its seek was answered.) The caller's consumer does no fetching
+    # here, so it holds no stale prefetched records.
+    with ThreadPoolExecutor(max_workers=min(len(parts), 16) or 1, thread_name_prefix="seek") as pool:
+        found = dict(zip(parts, pool.map(lambda tp: _bisect_by_time(settings, tp, target), parts), strict=True))
+    for tp, offset in found.items():
+        consumer.seek(tp, offset)
+
+
+def _bisect_by_time(settings: Settings, tp, target: int) -> int:
+    """The first offset of `tp` whose record is stamped at or after `target`, or its end."""
     probe = kafka_consumer(settings, group_id=None, fetch_max_wait_ms=50)
     try:
-        begin = probe.beginning_offsets(parts)
-        for tp in parts:
-            probe.assign([tp])
-            lo = begin[tp]
-            hi = probe.highwater(tp) if _timestamp_at(probe, tp, lo) is not None else lo
-            while lo < hi:  # the first offset whose record is at or after the target
-                mid = (lo + hi) // 2
-                stamp = _timestamp_at(probe, tp, mid)
-                lo, hi = (mid + 1, hi) if stamp is not None and stamp < target else (lo, mid)
-            consumer.seek(tp, lo)
+        probe.assign([tp])
+        lo = probe.beginning_offsets([tp])[tp]
+        hi = probe.highwater(tp) if _timestamp_at(probe, tp, lo) is not None else lo
+        while lo < hi:  # the first offset whose record is at or after the target
+            mid = (lo + hi) // 2
+            stamp = _timestamp_at(probe, tp, mid)
+            lo, hi = (mid + 1, hi) if stamp is not None and stamp < target else (lo, mid)
+        return lo
     finally:
         probe.close()
 

@@ -67,17 +67,22 @@ def test_the_canary_reader_skips_telemetry_from_before_the_canary(tracked):
     assert (canary.successes, canary.episodes, champion.episodes, bad) == (2, 3, 0, 0)
 
 
-def test_a_seek_by_time_lands_on_each_partitions_first_record_at_or_after_it(plane):
+@pytest.mark.parametrize(
+    "stamp_ms",
+    [lambda i: i * 1000, lambda i: i * i * 40, lambda i: (i // 25) * 60_000 + 10 * i],
+    ids=["steady", "accelerating", "in bursts"],
+)
+def test_a_seek_by_time_lands_on_each_partitions_first_record_at_or_after_it(plane, stamp_ms):
     topic, producer = plane.kafka.telemetry_topic, kafka_producer(plane)
     parts = [TopicPartition(topic, p) for p in range(plane.kafka.partitions)]
     an_hour_ago_ms = int((time.time() - 3600) * 1000)
     lengths = [0, 10, 57, 130][: len(parts)]  # empty, all before the time, and two of other lengths
     for tp, n in zip(parts, lengths, strict=False):
-        for i in range(n):  # one record a second
-            producer.send(topic, b"{}", partition=tp.partition, timestamp_ms=an_hour_ago_ms + i * 1000)
+        for i in range(n):
+            producer.send(topic, b"{}", partition=tp.partition, timestamp_ms=an_hour_ago_ms + stamp_ms(i))
     producer.flush(30)
     producer.close()
-    since_ms = an_hour_ago_ms + 20_500  # between each partition's 21st and 22nd record
+    since_ms = an_hour_ago_ms + (stamp_ms(20) + stamp_ms(21)) // 2  # between each partition's 21st and 22nd record
 
     consumer = kafka_consumer(plane, group_id=None)
     consumer.assign(parts)
