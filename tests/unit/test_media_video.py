@@ -50,6 +50,13 @@ def test_only_frames_h264_can_code_go_as_video():
     assert np.array_equal(decoded["odd"], odd) and decoded["none"].shape == none.shape
 
 
+def broken_keyframe(stream: bytes) -> bytes:
+    """The stream with its first keyframe's slice data zeroed, its NAL header kept."""
+    idr = next(unit for kind, _, unit in video._nal_units(stream) if kind == video.IDR_SLICE)
+    at = stream.index(idr)
+    return stream[: at + 2] + bytes(len(idr) - 2) + stream[at + len(idr) :]
+
+
 def tampering(change: str) -> dict:
     frames = camera_media(1)["executed_frames"]
     stream = lambda f: np.frombuffer(video.encode(f), np.uint8)  # noqa: E731
@@ -60,6 +67,7 @@ def tampering(change: str) -> dict:
         "size changes midway": {
             "executed_frames.h264": np.concatenate([stream(frames[:15]), stream(frames[:1, :32, :32])])
         },
+        "broken keyframe": {"executed_frames.h264": np.frombuffer(broken_keyframe(video.encode(frames)), np.uint8)},
         "not a stream": {"executed_frames.h264": np.random.default_rng(0).integers(0, 255, 4096, dtype=np.uint8)},
         "shape without stream": {"executed_frames.h264": None},
         "negative shape": {"executed_frames.shape": np.array([-16, 64, 64, 3])},
@@ -74,6 +82,7 @@ def tampering(change: str) -> dict:
         ("more frames", "more than the 16 frames|17 frames, 16 declared"),
         ("other size", "32x32, declared 64x64"),
         ("size changes midway", "32x32, declared 64x64"),
+        ("broken keyframe", "FFmpeg|keyframes do not decode"),
         ("not a stream", "frames, 16 declared|FFmpeg|no keyframe"),
         ("shape without stream", "do not pair up"),
         ("negative shape", "not a list of sizes"),
