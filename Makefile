@@ -7,7 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install browser test test-unit lint demo bench stack-up stack-down clean
 
-install: $(STAMP) browser
+PLOTLY_JS := dashboard/assets/plotly-cartesian.min.js
+
+install: $(STAMP) browser $(PLOTLY_JS)
+
+# The dashboard's Plotly.js partial bundle (dashboard/plotly_bundle.py says why), pinned and checked.
+$(PLOTLY_JS): $(STAMP) dashboard/plotly_bundle.py
+	$(PY) -m dashboard.plotly_bundle
 
 # Headless Chromium and its driver, from Debian, for the dashboard's tests and benchmark.
 browser:
@@ -51,4 +57,4 @@ stack-down: install
 
 clean:
 	-$(VENV)/bin/fleet stack down
-	rm -rf $(VENV) .fleet out
+	rm -rf $(VENV) .fleet out $(PLOTLY_JS)

@@ -86,6 +86,10 @@ def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_histo
         by_version = {v: [e for e in episodes if e.model_versions.policy == v] for v in (champion, canary)}
 
         open_view(driver, server.url, "fleet", READY["fleet"])
+        # the page's own partial Plotly.js, not the full one Dash would fetch (dashboard/plotly_bundle.py)
+        scripts = driver.execute_script("return performance.getEntriesByType('resource').map(r => r.name)")
+        assert any("plotly-cartesian.min.js" in s for s in scripts), scripts
+        assert not any("plotly.min.js" in s for s in scripts), scripts
         traces = {t["name"]: t for t in _plot_data(driver, "success-timeline")}
         assert {f"version {champion}", f"version {canary}"} <= set(traces)
         for version, mine in by_version.items():

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from dashboard import views
+from dashboard import plotly_bundle, views
 from dashboard.media import chosen_imagined
 from dashboard.sources import EpisodeSummary, KafkaView, Poller, Sources
 from infra.settings import Settings
@@ -157,3 +157,8 @@ def test_episodes_lost_on_robots_are_counted_by_kind_in_the_health_view(tmp_path
     text = _text(views.health(_sources(tmp_path, kafka=tail.view)))
     assert "2 episodes not kept (robot's spool full), 1 quarantined on robots" in text
     assert "latest: robot-001: the disk under spool /s is full" in text
+
+
+def test_the_partial_plotly_bundle_is_the_version_dash_would_load():
+    # a newer plotly package with an older partial bundle could draw figures the bundle cannot read
+    assert plotly_bundle.shipped_version() == plotly_bundle.VERSION
