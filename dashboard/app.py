@@ -58,8 +58,10 @@ def build_app(src: Sources, media: EpisodeMedia, refresh_s: float = 5.0) -> dash
             dcc.Loading(html.Main(id="view"), delay_show=400),
             dcc.Interval(id="tick", interval=int(refresh_s * 1000)),
             dcc.Store(id="episode-id"),
-            # An empty chart in the first layout starts loading Plotly.js with the page, instead of after
-            # the first view's callback; Dash's eager_loading would also load MathJax, date pickers...
+            # The page brings its own Plotly.js from the assets (dashboard/plotly_bundle.py). Where that
+            # file is missing, an empty chart in the first layout starts loading Dash's full bundle with
+            # the page, instead of after the first view's callback (eager_loading would also load
+            # MathJax, date pickers...).
             dcc.Graph(id="load-plotly-now", style={"display": "none"}),
         ]
     )
