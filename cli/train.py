@@ -29,9 +29,10 @@ def _train(
     robot_frames: str | None = None,
 ) -> None:
     import dataclasses
+    import typing
 
     from worldmodel.text_encoder import PRETRAINED
-    from worldmodel.train import PROFILES, STAGES, train_all
+    from worldmodel.train import PROFILES, STAGES, TrainProfile, train_all
 
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(PROFILES)}")
@@ -45,8 +46,9 @@ def _train(
             raise UsageError(f"unknown prediction target {prediction!r}", hint="velocity or x")
         chosen = dataclasses.replace(chosen, prediction=prediction)
     if robot_frames is not None:
-        if robot_frames not in ("exact", "h264"):
-            raise UsageError(f"unknown robot frames {robot_frames!r}", hint="exact or h264")
+        choices = typing.get_args(typing.get_type_hints(TrainProfile)["robot_frames"])
+        if robot_frames not in choices:
+            raise UsageError(f"unknown robot frames {robot_frames!r}", hint=" or ".join(choices))
         chosen = dataclasses.replace(chosen, robot_frames=robot_frames)
     skip = tuple(OLD_NAMES.get(s, s) for s in skip)
     if unknown := set(skip) - set(STAGES):

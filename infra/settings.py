@@ -183,7 +183,7 @@ class AgentSettings(_Section):
     # zstd level 1: 5x faster than level 3 on camera frames for ~5% more bytes (see README).
     compression_level: int = 1
     # Camera frames as H.264 (lossy, at video_crf) instead of exactly: 20x fewer bytes on a real
-    # camera's noisy frames, 3x more on the simulator's noise-free renders (README, "Media as video").
+    # camera's noisy frames, 3x more on the simulator's noise-free renders (README, "Frames as video").
     media_codec: Literal["zstd", "h264"] = Field("zstd", description="how frames travel: exactly (zstd) or as H.264")
     video_crf: int = Field(video.DEFAULT_CRF, ge=0, le=51, description="H.264 quality: lower is closer and bigger")
     heartbeat_interval_s: float = 5.0
