@@ -33,7 +33,8 @@ def ingest(
 
     Unpaced it measures capacity (latency then includes queueing); with --rate below capacity
     it measures the latency a robot's episode sees. Encoding the frames is the robot's work, done
-    here on the same cores as the learner's unless --encode-ahead.
+    here on the same cores as the learner's unless --encode-ahead. cpu_s says where the cores went:
+    CPU seconds of the publisher, the ingest worker, and the embedded S3 and broker.
     """
     from benchmarks.ingest import bench_ingest
 
@@ -58,6 +59,7 @@ def ingest(
         "encode_ms_per_episode",
         "latency_ms_p50",
         "latency_ms_p99",
+        "cpu_s",
     )
     report(result, out, keys)
 
