@@ -1,0 +1,20 @@
+"""`fleet bench ingest` on a few episodes: it counts what arrived and says where the CPU went."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.ingest import bench_ingest
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_ingest_bench_counts_every_episode_and_each_parts_cpu(services):
+    result = bench_ingest(services, episodes=40, robots=4, codec="h264", encode_ahead=True)
+    assert (result.episodes_sent, result.episodes_indexed, result.lost, result.duplicated) == (40, 40, 0, 0)
+    assert result.media_codec == "h264" and result.encoded_ahead and result.mb_per_episode < 0.2
+    # this stack started S3 and the broker, so their CPU is read from /proc as well as ours
+    assert set(result.cpu_s) == {"publisher", "ingest", "s3", "kafka"}
+    cpu = result.cpu_s
+    assert cpu["publisher"] > 0 and cpu["ingest"] > 0 and cpu["s3"] > 0, cpu  # S3: ~0.1 s for 40 PUTs and GETs
+    assert cpu["kafka"] is not None and cpu["kafka"] >= 0, cpu  # a few ms: it may round to no clock tick
