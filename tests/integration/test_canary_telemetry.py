@@ -82,11 +82,13 @@ def test_a_seek_by_time_lands_on_each_partitions_first_record_at_or_after_it(pla
             producer.send(topic, b"{}", partition=tp.partition, timestamp_ms=an_hour_ago_ms + stamp_ms(i))
     producer.flush(30)
     producer.close()
-    since_ms = an_hour_ago_ms + (stamp_ms(20) + stamp_ms(21)) // 2  # between each partition's 21st and 22nd record
+    between = an_hour_ago_ms + (stamp_ms(20) + stamp_ms(21)) // 2  # between each partition's 21st and 22nd record
+    exactly = an_hour_ago_ms + stamp_ms(21)  # the 22nd record's own time: "at or after" includes it
 
-    consumer = kafka_consumer(plane, group_id=None)
-    consumer.assign(parts)
-    seek_since(plane, consumer, parts, since_ms / 1000)
-    found = {tp.partition: consumer.position(tp) for tp in parts}
-    consumer.close()
-    assert found == {tp.partition: min(n, 21) for tp, n in zip(parts, lengths, strict=False)}
+    for since_ms in (between, exactly):
+        consumer = kafka_consumer(plane, group_id=None)
+        consumer.assign(parts)
+        seek_since(plane, consumer, parts, since_ms / 1000)
+        found = {tp.partition: consumer.position(tp) for tp in parts}
+        consumer.close()
+        assert found == {tp.partition: min(n, 21) for tp, n in zip(parts, lengths, strict=False)}, since_ms
