@@ -26,6 +26,12 @@ def evaluate(
         False, "--no-rejection", help="ablation: execute candidates the planner would reject"
     ),
     no_critic: bool = typer.Option(False, "--no-critic", help="ablation: take the first candidate, not the best of K"),
+    no_grounding: bool = typer.Option(
+        False,
+        "--no-grounding",
+        help="ablation: words the policy never trained on reach it as <unk> instead of the instruction "
+        "being read as the closest task instruction",
+    ),
     sample_steps: int | None = SAMPLE_STEPS,
     workers: int | None = typer.Option(
         None,
@@ -44,7 +50,9 @@ def evaluate(
 
     if phrasing not in ("simulator", "operator"):
         raise UsageError(f"unknown phrasing {phrasing!r}", hint="simulator or operator")
-    config = PlannerConfig(use_rejection=not no_rejection, use_critic=not no_critic)
+    config = PlannerConfig(
+        use_rejection=not no_rejection, use_critic=not no_critic, ground_instructions=not no_grounding
+    )
     found = resolve_policy(settings(), policy)  # a wrong path is an error before any progress bar
     with progress() as bars:
         bar = bars.add_task("episodes", total=2 * episodes)

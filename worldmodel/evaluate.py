@@ -125,6 +125,7 @@ def evaluate(
         episodes_per_split=episodes,
         first_seed=seed,
         phrasing=phrasing,
+        understood_rate=round(sum(r["understood"] for r in results) / len(results), 4),
         outcomes=outcomes,
     )
 
@@ -145,7 +146,9 @@ def _episode(worker: dict, job: tuple[str, int]) -> dict:
     split, seed = job
     env = worker["envs"][split]
     ep = policy_episode(env, worker["planner"], seed, worker["phrasing"])
+    understood = worker["planner"].understood(ep["instruction"]) == Task.parse(ep["task_id"]).instruction
     return {
+        "understood": understood,
         "task_id": ep["task_id"],
         "success": bool(ep["success"]),
         "latencies_ms": ep["latencies_ms"],

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from infra.contracts.episode import CandidateRecord, Decision
+from sim.tabletop import ALL_TASKS
+from worldmodel.grounding import InstructionGrounder
 from worldmodel.layers import tensor_to_frames
 from worldmodel.planner_config import PlannerConfig
 from worldmodel.policy import WorldModelPolicy
@@ -65,6 +67,16 @@ class Planner:
     config: PlannerConfig = field(default_factory=PlannerConfig)
     # Predictions for future steps from earlier plans: step -> list of actions (sliding window).
     _pending: dict[int, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+    _grounder: InstructionGrounder | None = field(default=None, repr=False)
+
+    def understood(self, instruction: str) -> str:
+        """What the policy reads for `instruction`: itself, or the closest task instruction."""
+        if not self.config.ground_instructions:
+            return instruction
+        if self._grounder is None:
+            vocabulary = self.policy.text_encoder.config.vocab
+            self._grounder = InstructionGrounder(vocabulary, [t.instruction for t in ALL_TASKS])
+        return self._grounder(instruction).understood
 
     def reset(self) -> None:
         self._pending.clear()
@@ -88,6 +100,10 @@ class Planner:
         clock = time.perf_counter
 
         t = clock()
+        instructions = [self.understood(r.instruction) for r in requests]
+        timings["ground"] += (clock() - t) * 1000
+
+        t = clock()
         context = torch.stack([p.prepare(np.stack([r.prev_frame, r.frame])) for r in requests])  # (n, 2, 3, S, S)
         timings["encode"] += (clock() - t) * 1000
 
@@ -96,7 +112,7 @@ class Planner:
         todo = list(range(n))
         for _ in range(cfg.resample_budget + 1):
             t = clock()
-            text = p.text_encoder([requests[i].instruction for i in todo])
+            text = p.text_encoder([instructions[i] for i in todo])
             video = p.video_model.sample(context[todo, 1], text, cfg.candidates, generator)  # (m, K, F, 3, S, S)
             timings["imagine"] += (clock() - t) * 1000
 
@@ -135,7 +151,7 @@ class Planner:
                     for i in rows
                 ]
             )
-            pooled = p.text_encoder([requests[i].instruction for i in rows]).pooled
+            pooled = p.text_encoder([instructions[i] for i in rows]).pooled
             counts = torch.tensor([len(alive[i]) for i in rows])
             scores = p.critic.score(clips, pooled.repeat_interleave(counts, 0)).split(counts.tolist())
             for i, row_scores in zip(rows, scores, strict=True):

@@ -21,6 +21,9 @@ class PlannerConfig:
     min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.2
     use_rejection: bool = True
     use_critic: bool = True  # False: take the first surviving candidate (no best-of-K)
+    # An instruction with words the policy never trained on is read as the closest task
+    # instruction (worldmodel/grounding.py); False: its unknown words reach the policy as <unk>.
+    ground_instructions: bool = True
     noise_samples: Positive = 4
     noise_std: NonNegative = 0.03
     smooth_window: Positive = 3  # 1 = no sliding-window averaging

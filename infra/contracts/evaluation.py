@@ -30,6 +30,13 @@ class EvaluationReport(BaseModel):
     phrasing: Literal["simulator", "operator"] = Field(
         "simulator", description="the simulator's instructions, or the same tasks in words training never used"
     )
+    understood_rate: Rate | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of episodes whose policy read its task's own instruction, after grounding an "
+        "instruction with unknown words in the closest task instruction",
+    )
     outcomes: dict[str, list[bool]] = Field(
         default_factory=dict, description="per split, each seed's success: what a paired test compares"
     )

@@ -86,7 +86,7 @@ def test_same_seed_same_decision_and_the_record_fits_the_episode_contract(policy
     assert a.chosen == b.chosen and np.array_equal(a.imagined, b.imagined) and np.allclose(a.actions, b.actions)
     record = Decision.model_validate_json(a.record(step=4).model_dump_json())
     assert record.step == 4 and len(record.candidates) == 8 and record.latency_ms > 0
-    assert set(a.timings_ms) == {"encode", "imagine", "inverse_dynamics", "reject", "critic", "smooth"}
+    assert set(a.timings_ms) == {"ground", "encode", "imagine", "inverse_dynamics", "reject", "critic", "smooth"}
 
 
 def test_policy_directory_round_trips(policy, tmp_path):
@@ -115,3 +115,16 @@ def test_robots_deciding_in_one_batch_each_get_their_own_candidates_and_window(p
         # only this robot's own plan waits for the steps after the executed ones
         future = policy.video_model.config.future_frames
         assert sorted(w) == list(range(2, future)) and all(len(v) == 1 for v in w.values())
+
+
+def test_an_instruction_in_unknown_words_is_planned_as_the_task_it_names(policy, scene):
+    frame, _ = scene
+    said = "touch the green block with the gripper"  # "touch", "with" and "gripper" are unknown words
+    grounded, as_said = (Planner(policy, PlannerConfig(ground_instructions=g)) for g in (True, False))
+    assert grounded.understood(said) == "reach the green block"
+    assert as_said.understood(said) == said
+    plans = [
+        p.decide(frame, frame, text, step=0, generator=torch.Generator().manual_seed(0)).imagined
+        for p, text in ((grounded, said), (as_said, "reach the green block"))
+    ]
+    np.testing.assert_array_equal(*plans)  # the same futures as when told in the policy's own words
