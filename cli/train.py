@@ -27,6 +27,7 @@ def _train(
     text_encoder: str | None = None,
     prediction: str | None = None,
     robot_frames: str | None = None,
+    precision: str | None = None,
 ) -> None:
     import dataclasses
     import typing
@@ -45,11 +46,12 @@ def _train(
         if prediction not in ("velocity", "x"):
             raise UsageError(f"unknown prediction target {prediction!r}", hint="velocity or x")
         chosen = dataclasses.replace(chosen, prediction=prediction)
-    if robot_frames is not None:
-        choices = typing.get_args(typing.get_type_hints(TrainProfile)["robot_frames"])
-        if robot_frames not in choices:
-            raise UsageError(f"unknown robot frames {robot_frames!r}", hint=" or ".join(choices))
-        chosen = dataclasses.replace(chosen, robot_frames=robot_frames)
+    for name, value in {"robot_frames": robot_frames, "precision": precision}.items():
+        if value is not None:
+            choices = typing.get_args(typing.get_type_hints(TrainProfile)[name])
+            if value not in choices:
+                raise UsageError(f"unknown {name.replace('_', ' ')} {value!r}", hint=" or ".join(choices))
+            chosen = dataclasses.replace(chosen, **{name: value})
     skip = tuple(OLD_NAMES.get(s, s) for s in skip)
     if unknown := set(skip) - set(STAGES):
         raise UsageError(f"unknown stage {', '.join(sorted(unknown))}", hint=f"stages: {', '.join(STAGES)}")
@@ -88,9 +90,23 @@ def all_stages(
         help="the robot's logs as rendered (`exact`) or through the data plane's H.264 (`h264`, lossy), "
         "to measure what sending frames as video costs the policy; unset: exact",
     ),
+    precision: str | None = typer.Option(
+        None,
+        help="the forward passes in `fp32` or `bf16` (autocast; weights and optimiser stay fp32): faster "
+        "on a CPU with AMX or AVX-512 BF16, slower elsewhere; unset: the profile's",
+    ),
 ) -> None:
     """Every stage in order; resumes from the run directory's checkpoint."""
-    _train(profile, out, None, tuple(skip), text_encoder=text_encoder, prediction=prediction, robot_frames=robot_frames)
+    _train(
+        profile,
+        out,
+        None,
+        tuple(skip),
+        text_encoder=text_encoder,
+        prediction=prediction,
+        robot_frames=robot_frames,
+        precision=precision,
+    )
 
 
 def _stage_command(stage: str, doc: str, name: str | None = None, hidden: bool = False) -> None:

@@ -64,6 +64,10 @@ class TrainProfile:
     # How the robot's logs reach training: as rendered, or through the data plane's H.264 (lossy),
     # as a fleet's episodes do when its agents send frames as video.
     robot_frames: Literal["exact", "h264"] = "exact"
+    # The forward passes in bfloat16 (torch.autocast; weights, gradients and the optimiser stay
+    # float32). On a CPU with AMX or AVX-512 BF16 the convolutions run on bf16 units; elsewhere
+    # bf16 is emulated and slower than fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
 
 
@@ -175,7 +179,8 @@ def train_all(
         steps = getattr(profile, f"{stage}_steps")
         bar = progress_factory(stage, steps) if progress_factory else None
         objective = stage_objective(stage, policy, data, profile, rng)
-        engine = TorchEngine(objective, profile.lr, MAX_GRAD_NORM.get(stage))
+        autocast = torch.bfloat16 if profile.precision == "bf16" else None
+        engine = TorchEngine(objective, profile.lr, MAX_GRAD_NORM.get(stage), autocast)
         losses = fit(engine, steps, after_step=(lambda step, loss, _, bar=bar: bar(step, loss)) if bar else None)
         timings[f"{stage}_s"] = time.perf_counter() - t
         report[f"{stage}_loss_first_last"] = [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))]

@@ -46,12 +46,16 @@ def _adamw(module: nn.Module, lr: float) -> torch.optim.AdamW:
 class TorchEngine:
     """One process, plain PyTorch."""
 
-    def __init__(self, module: nn.Module, lr: float, max_grad_norm: float | None = None):
-        self.module, self.max_grad_norm = module, max_grad_norm
+    def __init__(
+        self, module: nn.Module, lr: float, max_grad_norm: float | None = None, autocast: torch.dtype | None = None
+    ):
+        self.module, self.max_grad_norm, self.autocast = module, max_grad_norm, autocast
         self.optimizer = _adamw(module, lr)
 
     def __call__(self, *batch):
-        return self.module(*batch)
+        # The forward only: backward runs each op in the dtype its forward chose.
+        with torch.autocast("cpu", dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            return self.module(*batch)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad()

@@ -97,6 +97,17 @@ def test_a_non_finite_loss_stops_training_and_names_the_loss():
         fit(TorchEngine(nan, 1e-3), 3)
 
 
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_the_weights_and_their_updates_in_float32():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    seen = []
+    conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    objective = StageObjective("conv", [conv], lambda: conv(torch.randn(2, 3, 8, 8)).float().square().mean())
+    before = conv.weight.detach().clone()
+    losses = fit(TorchEngine(objective, 1e-2, autocast=torch.bfloat16), 2)
+    assert seen == [torch.bfloat16] * 2 and np.isfinite(losses).all()
+    assert conv.weight.dtype == torch.float32 and not torch.equal(conv.weight, before)
+
+
 def test_a_profile_out_of_range_is_refused_when_it_is_made():
     with pytest.raises(ValueError, match="batch"):
         PROFILES["ci"].__class__(batch=0)
