@@ -67,6 +67,8 @@ class InstructionGrounder:
         return 2 * precision * recall / (precision + recall).clamp(min=1e-6)
 
     def __call__(self, text: str) -> Grounding:
+        if len(self._cache) > 50_000:  # a long-lived agent handed ever new instructions
+            self._cache.clear()
         if text not in self._cache:
             self._cache[text] = self._ground(text)
         return self._cache[text]
