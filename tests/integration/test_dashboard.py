@@ -56,6 +56,12 @@ def _plot_data(driver, graph_id: str) -> list[dict]:
     )
 
 
+def _text(driver, selector: str) -> str:
+    """An element's text, read in one script: a refresh that redraws it between a find and a read
+    would make the element stale. '' while there is no such element."""
+    return driver.execute_script(f"const e = document.querySelector({selector!r}); return e ? e.innerText : ''")
+
+
 def _rows(driver, table_id: str) -> list[list[str]]:
     """The table's cells as text, read in one script so a redraw cannot interleave."""
     return driver.execute_script(
@@ -94,7 +100,7 @@ def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_histo
         assert {f"version {champion}", f"version {canary}"} <= set(traces)
         for version, mine in by_version.items():
             assert sum(n for n, _ in traces[f"version {version}"]["customdata"]) == len(mine)
-        assert driver.find_element(By.CSS_SELECTOR, ".kpi-value").text == str(len(episodes))
+        assert _text(driver, ".kpi-value") == str(len(episodes))
         driver.save_screenshot(str(SCREENSHOTS / "fleet.png"))
 
         open_view(driver, server.url, "rollout", "#canary-chart .main-svg")
@@ -103,7 +109,7 @@ def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_histo
             v: sum(1 for e in mine if {d.policy_version for d in e.decisions} == {v}) for v, mine in by_version.items()
         }
         assert bars["canary"].endswith(f"/{finished[canary]}") and bars["champion"].endswith(f"/{finished[champion]}")
-        assert driver.find_element(By.ID, "canary-verdict").text.startswith("verdict: ")
+        assert _text(driver, "#canary-verdict").startswith("verdict: ")
         versions = {row[0]: row for row in _rows(driver, "versions-table")}
         assert versions[canary][1] == "canary" and versions[champion][1] == "champion"
         driver.save_screenshot(str(SCREENSHOTS / "rollout.png"))
@@ -132,9 +138,7 @@ def test_every_view_shows_the_fleet_and_the_browser_plays_its_videos(fleet_histo
         driver.save_screenshot(str(SCREENSHOTS / "episode_browser.png"))
 
         driver.find_element(By.CSS_SELECTOR, "#decision-slider [role=slider]").send_keys(Keys.ARROW_RIGHT)
-        WebDriverWait(driver, 20).until(
-            lambda d: d.find_element(By.ID, "candidates").text.startswith("decision 1 at step")
-        )
+        WebDriverWait(driver, 20).until(lambda d: _text(d, "#candidates").startswith("decision 1 at step"))
     finally:
         driver.quit()
         server.stop()
@@ -167,11 +171,11 @@ def test_a_missing_service_is_named_on_the_page(tracked, tmp_path):
     driver = chromium()
     try:
         open_view(driver, server.url, "rollout", ".notice")
-        WebDriverWait(driver, 90).until(lambda d: "did not answer" in d.find_element(By.ID, "view").text)
-        assert "mlflow at http://127.0.0.1:9 did not answer" in driver.find_element(By.ID, "view").text
+        WebDriverWait(driver, 90).until(lambda d: "did not answer" in _text(d, "#view"))
+        assert "mlflow at http://127.0.0.1:9 did not answer" in _text(driver, "#view")
         assert "Traceback" not in driver.page_source
         open_view(driver, server.url, "fleet", ".notice")
-        assert "No episodes in the index yet" in driver.find_element(By.CSS_SELECTOR, ".notice").text
+        assert "No episodes in the index yet" in _text(driver, ".notice")
         driver.save_screenshot(str(SCREENSHOTS / "missing_service_and_empty_fleet.png"))
     finally:
         driver.quit()
