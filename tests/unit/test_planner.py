@@ -117,14 +117,18 @@ def test_robots_deciding_in_one_batch_each_get_their_own_candidates_and_window(p
         assert sorted(w) == list(range(2, future)) and all(len(v) == 1 for v in w.values())
 
 
-def test_an_instruction_in_unknown_words_is_planned_as_the_task_it_names(policy, scene):
+def test_an_instruction_in_unknown_words_is_planned_as_the_task_it_names(scene):
     frame, _ = scene
+    torch.manual_seed(0)
+    policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS])).eval()
+    torch.nn.init.normal_(policy.video_model.head.weight, std=0.1)  # zero at birth: futures would ignore the text
     said = "touch the green block with the gripper"  # "touch", "with" and "gripper" are unknown words
     grounded, as_said = (Planner(policy, PlannerConfig(ground_instructions=g)) for g in (True, False))
     assert grounded.understood(said) == "reach the green block"
     assert as_said.understood(said) == said
-    plans = [
-        p.decide(frame, frame, text, step=0, generator=torch.Generator().manual_seed(0)).imagined
-        for p, text in ((grounded, said), (as_said, "reach the green block"))
-    ]
-    np.testing.assert_array_equal(*plans)  # the same futures as when told in the policy's own words
+
+    def imagined(planner, text):
+        return planner.decide(frame, frame, text, step=0, generator=torch.Generator().manual_seed(0)).imagined
+
+    np.testing.assert_array_equal(imagined(grounded, said), imagined(as_said, "reach the green block"))
+    assert not np.array_equal(imagined(as_said, said), imagined(as_said, "reach the green block"))
