@@ -54,7 +54,8 @@ class TorchEngine:
 
     def __call__(self, *batch):
         # The forward only: backward runs each op in the dtype its forward chose.
-        with torch.autocast("cpu", dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+        device = next(self.module.parameters()).device.type  # autocast is per device type
+        with torch.autocast(device, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
             return self.module(*batch)
 
     def backward(self, loss: torch.Tensor) -> None:
