@@ -25,13 +25,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from kafka import KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
 from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import Episode, MediaRef
+from infra.offset_gaps import OffsetGaps
 from infra.settings import Settings
 from learner.episode_index import EpisodeWriter, Provenance
 from learner.media import Rejected, check_content, fetch_verified
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 # Kafka's default message cap is 1 MiB; an original bigger than this, with its headers, is kept in
 # S3 instead, so that a message the broker took once can always be dead-lettered.
 INLINE_ORIGINAL_BYTES = 512 << 10
+# How often a partition held at a missing offset fetches again.
+GAP_RECHECK_S = 0.25
 
 
 @dataclass
@@ -72,7 +75,10 @@ class EpisodeIngestor:
         self.topic = settings.kafka.episodes_topic
         self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.verify_media = verify_media
-        self.consumer: KafkaConsumer = kafka_consumer(settings, self.topic, group_id=settings.kafka.consumer_group)
+        self.consumer: KafkaConsumer = kafka_consumer(settings, group_id=settings.kafka.consumer_group)
+        self.gaps = OffsetGaps(settings.kafka.offset_gap_grace_s())
+        self._held: dict = {}  # partitions paused at a missing offset -> when to fetch again
+        self.consumer.subscribe([self.topic], listener=_ForgetOnAssignment(self.gaps))
         self._dlq = None
         self._resync = False  # set when positions may be past records that were not kept
         self._s3 = s3_client(settings)
@@ -82,13 +88,13 @@ class EpisodeIngestor:
     def poll_once(self, timeout_ms: int = 500) -> IngestStats:
         if self._resync:
             self._seek_to_committed()
+        self._resume_held()
         try:
-            batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=500)
+            records = self._admit(self.consumer.poll(timeout_ms=timeout_ms, max_records=500))
         except KafkaError:
             # kafka-python can advance its positions past records it then fails to hand back.
             self._resync = True
             raise
-        records = [r for tp in sorted(batches, key=lambda t: t.partition) for r in batches[tp]]
         stats = IngestStats(received=len(records))
         if not records:
             return stats
@@ -114,6 +120,19 @@ class EpisodeIngestor:
             stats.reasons[letter.reason.value] = stats.reasons.get(letter.reason.value, 0) + 1
         stats.dead_lettered = len(rejected)
         return stats
+
+    def _admit(self, batches) -> list:
+        """The polled records in partition order, each partition's cut at a gap in its offsets:
+        what follows a gap is fetched again once the missing record is there (or given up on)."""
+        records = []
+        for tp in sorted(batches, key=lambda t: t.partition):
+            kept, missing = self.gaps.admit(tp, batches[tp], lambda tp=tp: self._committed(tp))
+            records += kept
+            if missing is not None:
+                self.consumer.seek(tp, missing)
+                self.consumer.pause(tp)
+                self._held[tp] = time.monotonic() + GAP_RECHECK_S
+        return records
 
     def _judge(self, record) -> Episode | DeadLetter:
         """The episode if the message is good, else the dead letter that says why not."""
@@ -179,12 +198,24 @@ class EpisodeIngestor:
     def _seek_to_committed(self) -> None:
         """Go back to the last committed offsets: the first record not yet indexed or dead-lettered."""
         for tp in self.consumer.assignment() or ():
-            committed = self.consumer.committed(tp, timeout_ms=self.settings.kafka.bootstrap_timeout_ms)
+            committed = self._committed(tp)
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+            self.gaps.reset(tp, committed)
         self._resync = False
+
+    def _committed(self, tp) -> int | None:
+        return self.consumer.committed(tp, timeout_ms=self.settings.kafka.bootstrap_timeout_ms)
+
+    def _resume_held(self) -> None:
+        now, assigned = time.monotonic(), self.consumer.assignment()
+        due = [tp for tp, at in self._held.items() if at <= now or tp not in assigned]
+        for tp in due:
+            del self._held[tp]
+        if due := [tp for tp in due if tp in assigned]:
+            self.consumer.resume(*due)
 
     # -- the loop ------------------------------------------------------------------------------
     def run(
@@ -225,6 +256,21 @@ class EpisodeIngestor:
         if self._dlq:
             self._dlq.close(timeout=5)
         self._fetchers.shutdown()
+
+
+class _ForgetOnAssignment(ConsumerRebalanceListener):
+    """A partition this learner gets (back) is read from the group's committed offset, which may be
+    past what it last saw itself: that step is not a gap."""
+
+    def __init__(self, gaps: OffsetGaps):
+        self.gaps = gaps
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        for tp in assigned:
+            self.gaps.reset(tp, None)
 
 
 def _short(e: ValidationError) -> str:

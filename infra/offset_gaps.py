@@ -1,0 +1,82 @@
+"""Hold a partition at a missing offset until its record shows up, for brokers that publish late.
+
+A topic without transactions or compaction has no gaps in its offsets: on Apache Kafka this guard
+never acts. Tansu's object-store engine assigns a batch its offset (bumping the partition's high
+watermark) before the batch's object is written, and a fetch returns the objects that exist below
+the watermark. When a later batch's write finishes first, a consumer is handed offsets N-1, N+1,
+moves past N, and never sees the batch that lands at N a moment later: an acknowledged episode
+lost between producer and learner (it happened in CI, with the broker killed mid-stream).
+
+So a consumer that must see everything checks each partition's offsets for a step over the next
+one expected. At a gap it keeps what came before, goes back to the missing offset and looks again
+until the record appears or `grace_s` has passed; a gap still open then is skipped, logged and
+counted (a broker killed between assigning an offset and writing its batch leaves a hole that
+nothing fills: the producer never had an acknowledgement and sent the batch again elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class OffsetGaps:
+    def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic):
+        self.grace_s = grace_s
+        self.clock = clock
+        self.skipped = 0  # offsets given up on, over every partition
+        self._next: dict[Any, int | None] = {}  # partition -> the offset expected next (None: unknown)
+        self._open: dict[Any, tuple[int, float]] = {}  # partition -> (missing offset, when first seen)
+
+    def reset(self, partition: Any, next_offset: int | None) -> None:
+        """The consumer now reads `partition` from `next_offset` (None: from wherever it starts)."""
+        self._next[partition] = next_offset
+        self._open.pop(partition, None)
+
+    def admit(
+        self,
+        partition: Any,
+        records: Sequence[Any],
+        committed: Callable[[], int | None] = lambda: None,
+    ) -> tuple[list[Any], int | None]:
+        """The records to keep, in order, and the offset to go back to if the partition must wait
+        for a missing one (else None). `committed` gives where the group stands on a partition
+        whose expected offset is unknown (just assigned)."""
+        if self.grace_s <= 0:
+            return list(records), None
+        if self._next.get(partition) is None:
+            self._next[partition] = committed()
+        expected = self._next[partition]
+        kept = []
+        for record in records:
+            if expected is not None and record.offset > expected and not self._give_up(partition, expected, record):
+                self._next[partition] = expected
+                return kept, expected
+            kept.append(record)
+            expected = record.offset + 1
+        self._next[partition] = expected
+        self._open.pop(partition, None)
+        return kept, None
+
+    def _give_up(self, partition: Any, missing: int, after: Any) -> bool:
+        now = self.clock()
+        at, since = self._open.get(partition, (None, now))
+        if at != missing:
+            self._open[partition] = (missing, since := now)
+        if now - since >= self.grace_s:
+            log.warning(
+                "%s: offsets %d..%d never appeared in %.1f s; reading on from %d",
+                partition,
+                missing,
+                after.offset - 1,
+                now - since,
+                after.offset,
+            )
+            self.skipped += after.offset - missing
+            del self._open[partition]
+            return True
+        return False
