@@ -188,7 +188,7 @@ class EpisodeQueries:
         width = _nice_width(max(last - first, 1.0) / buckets)
         bucket = self.bucket_sql.format(x="bucket", width="?")
         rows = self._rows(
-            f"SELECT {bucket}, policy_version, SUM(episodes), SUM(successes) FROM rollup_time GROUP BY 1, 2 ORDER BY 1",
+            f"SELECT {bucket}, policy_version, SUM(episodes), SUM(successes) FROM rollup_time GROUP BY 1, 2 ORDER BY 1, 2",
             (width, width),
         )
         return width, [(float(start), version, int(n), int(s)) for start, version, n, s in rows]
