@@ -9,7 +9,7 @@ lost between producer and learner (it happened in CI, with the broker killed mid
 
 So a consumer that must see everything checks each partition's offsets for a step over the next
 one expected. At a gap it keeps what came before, goes back to the missing offset and looks again
-until the record appears or `grace_s` has passed; a gap still open then is skipped, logged and
+until the record appears or `wait_s` has passed; a gap still open then is skipped, logged and
 counted (a broker killed between assigning an offset and writing its batch leaves a hole that
 nothing fills: the producer never had an acknowledgement and sent the batch again elsewhere).
 """
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class OffsetGaps:
-    def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic):
-        self.grace_s = grace_s
+    def __init__(self, wait_s: float, clock: Callable[[], float] = time.monotonic):
+        self.wait_s = wait_s
         self.clock = clock
         self.skipped = 0  # offsets given up on, over every partition
         self._next: dict[Any, int | None] = {}  # partition -> the offset expected next (None: unknown)
@@ -46,7 +46,7 @@ class OffsetGaps:
         """The records to keep, in order, and the offset to go back to if the partition must wait
         for a missing one (else None). `committed` gives where the group stands on a partition
         whose expected offset is unknown (just assigned)."""
-        if self.grace_s <= 0:
+        if self.wait_s <= 0:
             return list(records), None
         if self._next.get(partition) is None:
             self._next[partition] = committed()
@@ -67,7 +67,7 @@ class OffsetGaps:
         at, since = self._open.get(partition, (None, now))
         if at != missing:
             self._open[partition] = (missing, since := now)
-        if now - since >= self.grace_s:
+        if now - since >= self.wait_s:
             log.warning(
                 "%s: offsets %d..%d never appeared in %.1f s; reading on from %d",
                 partition,

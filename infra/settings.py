@@ -95,7 +95,7 @@ class KafkaSettings(_Section):
             return self.time_index
         return self.bootstrap_servers is not None
 
-    def offset_gap_grace_s(self) -> float:
+    def offset_gap_wait(self) -> float:
         # Apache Kafka gives a topic without transactions or compaction gapless offsets; Tansu's
         # object-store engine can publish a batch after the one behind it (infra/offset_gaps.py).
         if self.offset_gap_wait_s is not None:

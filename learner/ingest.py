@@ -76,7 +76,7 @@ class EpisodeIngestor:
         self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.verify_media = verify_media
         self.consumer: KafkaConsumer = kafka_consumer(settings, group_id=settings.kafka.consumer_group)
-        self.gaps = OffsetGaps(settings.kafka.offset_gap_grace_s())
+        self.gaps = OffsetGaps(settings.kafka.offset_gap_wait())
         self._held: dict = {}  # partitions paused at a missing offset -> when to fetch again
         self.consumer.subscribe([self.topic], listener=_ForgetOnAssignment(self.gaps))
         self._dlq = None

@@ -179,7 +179,7 @@ def test_an_episode_the_broker_makes_visible_after_the_ones_behind_it_is_still_i
     assert ingest.ingestor.gaps.skipped == 0
 
 
-def test_a_gap_that_never_fills_is_skipped_after_the_grace_and_counted(plane):
+def test_a_gap_that_never_fills_is_skipped_after_the_wait_and_counted(plane):
     """A broker killed between assigning an offset and writing its batch leaves a hole for good;
     the producer, never acknowledged, sent the episode again at another offset."""
     plane = plane.model_copy(update={"kafka": plane.kafka.model_copy(update={"offset_gap_wait_s": 1.0})})

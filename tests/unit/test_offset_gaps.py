@@ -22,14 +22,14 @@ class Clock:
 
 
 def test_gapless_offsets_pass_through():
-    gaps = OffsetGaps(grace_s=10)
+    gaps = OffsetGaps(wait_s=10)
     assert gaps.admit("p0", at(0, 1, 2)) == (at(0, 1, 2), None)
     assert gaps.admit("p0", at(3, 4)) == (at(3, 4), None)
     assert gaps.skipped == 0
 
 
 def test_a_gap_keeps_what_came_before_and_goes_back_to_the_missing_offset():
-    gaps = OffsetGaps(grace_s=10)
+    gaps = OffsetGaps(wait_s=10)
     assert gaps.admit("p0", at(0, 1, 3, 4)) == (at(0, 1), 2)
     # fetched again from 2: still missing, so still waiting
     assert gaps.admit("p0", at(3, 4)) == ([], 2)
@@ -39,32 +39,32 @@ def test_a_gap_keeps_what_came_before_and_goes_back_to_the_missing_offset():
 
 
 def test_a_gap_between_two_polls_is_caught_too():
-    gaps = OffsetGaps(grace_s=10)
+    gaps = OffsetGaps(wait_s=10)
     gaps.admit("p0", at(0, 1))
     assert gaps.admit("p0", at(3)) == ([], 2)
 
 
-def test_a_gap_still_open_after_the_grace_is_skipped_and_counted():
+def test_a_gap_still_open_after_the_wait_is_skipped_and_counted():
     clock = Clock()
-    gaps = OffsetGaps(grace_s=10, clock=clock)
+    gaps = OffsetGaps(wait_s=10, clock=clock)
     assert gaps.admit("p0", at(0, 3)) == (at(0), 1)
     clock.now = 9.9
     assert gaps.admit("p0", at(3)) == ([], 1)
     clock.now = 10.0
     assert gaps.admit("p0", at(3, 4)) == (at(3, 4), None)
     assert gaps.skipped == 2
-    # a later gap gets its own full grace
+    # a later gap gets its own full wait
     assert gaps.admit("p0", at(6)) == ([], 5)
 
 
 def test_partitions_are_independent():
-    gaps = OffsetGaps(grace_s=10)
+    gaps = OffsetGaps(wait_s=10)
     assert gaps.admit("p0", at(0, 2)) == (at(0), 1)
     assert gaps.admit("p1", at(0, 1)) == (at(0, 1), None)
 
 
 def test_a_partition_just_assigned_starts_from_the_groups_committed_offset():
-    gaps = OffsetGaps(grace_s=10)
+    gaps = OffsetGaps(wait_s=10)
     gaps.admit("p0", at(0, 1))
     gaps.reset("p0", None)  # reassigned: another learner may have read on meanwhile
     assert gaps.admit("p0", at(40, 41), committed=lambda: 40) == (at(40, 41), None)
@@ -73,11 +73,11 @@ def test_a_partition_just_assigned_starts_from_the_groups_committed_offset():
 
 
 def test_a_replay_from_an_earlier_offset_is_not_a_gap():
-    gaps = OffsetGaps(grace_s=10)
+    gaps = OffsetGaps(wait_s=10)
     gaps.admit("p0", at(0, 1, 2, 3))
     assert gaps.admit("p0", at(1, 2, 3, 4)) == (at(1, 2, 3, 4), None)
 
 
-def test_no_grace_means_no_check():
-    gaps = OffsetGaps(grace_s=0)
+def test_no_wait_means_no_check():
+    gaps = OffsetGaps(wait_s=0)
     assert gaps.admit("p0", at(0, 5, 9)) == (at(0, 5, 9), None)
