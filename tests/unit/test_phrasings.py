@@ -2,6 +2,8 @@
 
 from sim.phrasings import OPERATOR_PHRASINGS, operator_instruction
 from sim.tabletop import ALL_TASKS
+from worldmodel.evaluate import evaluate
+from worldmodel.planner_config import PlannerConfig
 from worldmodel.stage_data import human_pov_clips, internet_clips, robot_logs
 from worldmodel.text_encoder import build_vocab, tokenize
 
@@ -17,3 +19,11 @@ def test_operator_phrasings_name_the_task_and_are_never_trained_on():
             words = set(tokenize(said))
             assert set(task.colours) <= words  # the task's content is all there
             assert words - vocab, f"{said!r} uses only training words"  # and some of its words never trained
+
+
+def test_an_evaluation_reports_how_often_the_policy_read_its_tasks_own_instruction(tiny_policy_dir):
+    in_its_words = evaluate(tiny_policy_dir, episodes=1, workers=1, phrasing="simulator")
+    assert in_its_words.understood_rate == 1.0
+    ungrounded = PlannerConfig(ground_instructions=False)
+    in_the_operators = evaluate(tiny_policy_dir, episodes=1, workers=1, phrasing="operator", planner_config=ungrounded)
+    assert in_the_operators.understood_rate == 0.0  # every operator phrasing has a word it never trained on
