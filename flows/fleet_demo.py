@@ -52,7 +52,9 @@ def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_
     raise TimeoutError(f"the fleet did not finish {n} episodes of version {version} in {timeout_s:.0f} s")
 
 
-@flow(name="fleet-demo", log_prints=True)
+# Parameters pass as they are: validating them would copy `evaluated`, and outcomes measured in one
+# call would be lost to the next (`fleet bench learning` evaluated the same base once per arm).
+@flow(name="fleet-demo", log_prints=True, validate_parameters=False)
 def fleet_demo(
     settings: Settings,
     profile: str | DemoProfile = "quick",

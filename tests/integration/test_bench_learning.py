@@ -15,7 +15,13 @@ def test_the_fleet_arm_and_the_replay_only_control_run_the_same_rounds_on_the_sa
     from benchmarks.learning import bench_learning
     from flows.config import DEMO_PROFILES
 
-    result = bench_learning(tracked, "ci", tmp_path / "work", tmp_path / "curves.png")
+    evaluations = []  # the offline measurements the arms ran, by their progress bars' labels
+
+    def progress(label, total):
+        evaluations.append(label)
+        return lambda *_: None
+
+    result = bench_learning(tracked, "ci", tmp_path / "work", tmp_path / "curves.png", progress)
 
     profile = DEMO_PROFILES["ci"]
     assert list(result.arms) == ["fleet", "control"]
@@ -30,6 +36,7 @@ def test_the_fleet_arm_and_the_replay_only_control_run_the_same_rounds_on_the_sa
     assert result.fleet_only == sum(f and not c for f, c in zip(fleet, control, strict=True))
     assert 0 <= result.p_value <= 1
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert evaluations.count("learning: v1") == 1  # both arms' base is the same weights: measured once
 
 
 def test_the_final_champions_are_paired_seed_by_seed_and_the_fleet_arm_must_win_more():
