@@ -91,25 +91,25 @@ class KafkaSettings(_Section):
         # Tansu 0.6 answers a ListOffsets by timestamp with offset 0 whatever the time asked
         # (probed: four records an hour apart, every query answered 0), so a reader that trusts it
         # reads the topic from the beginning.
-        if self.time_index is not None:
-            return self.time_index
-        return self.bootstrap_servers is not None
+        return self._unless_set(self.time_index, external=True, embedded=False)
 
     def offset_gap_wait(self) -> float:
         # Apache Kafka gives a topic without transactions or compaction gapless offsets; Tansu's
         # object-store engine can publish a batch after the one behind it (infra/offset_gaps.py).
-        if self.offset_gap_wait_s is not None:
-            return self.offset_gap_wait_s
-        return 0.0 if self.bootstrap_servers is not None else 10.0
+        return self._unless_set(self.offset_gap_wait_s, external=0.0, embedded=10.0)
 
     def producer_is_idempotent(self) -> bool:
         # Tansu's object-store engine commits a producer's new sequence number before it writes
         # the batch (dynostore.rs, produce), so a broker killed in between answers the retry
         # DuplicateSequenceNumber, which clients count as delivered: the episode is lost. Without
         # idempotence a retry can only duplicate, and the learner drops duplicates by episode_id.
-        if self.idempotent_producer is not None:
-            return self.idempotent_producer
-        return self.bootstrap_servers is not None
+        return self._unless_set(self.idempotent_producer, external=True, embedded=False)
+
+    def _unless_set(self, chosen, *, external, embedded):
+        """The operator's choice, else what suits the broker: an external one or the embedded Tansu."""
+        if chosen is not None:
+            return chosen
+        return external if self.bootstrap_servers is not None else embedded
 
 
 class S3Settings(_Section):
