@@ -56,10 +56,22 @@ def _seaweed_ports(s: Settings) -> dict[str, int]:
     }
 
 
+# SeaweedFS marks every volume read-only, and S3 answers every PUT with 500, once its disk has
+# less free space than this. Its own default is 1% of the disk: 2.7 GB on a shared 270 GB disk,
+# which stopped a CI run that needed a fraction of it. A fixed floor, checked at start.
+S3_MIN_FREE_BYTES = 512 * 2**20
+
+
 def _seaweed_command(s: Settings) -> list[str]:
     p = _seaweed_ports(s)
     data = s.state_dir / "s3" / "data"
     data.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(data).free
+    if free < 2 * S3_MIN_FREE_BYTES:
+        raise StackError(
+            f"s3: {data} has {free / 2**20:.0f} MiB free, and SeaweedFS refuses writes under "
+            f"{S3_MIN_FREE_BYTES / 2**20:.0f} MiB: free disk space there or point FLEET_STACK__STATE_DIR elsewhere"
+        )
     return [
         _binary("weed"),
         "server",
@@ -73,6 +85,7 @@ def _seaweed_command(s: Settings) -> list[str]:
         "-master.volumeSizeLimitMB=256",
         "-master.telemetry=false",
         "-volume.max=64",
+        f"-volume.minFreeSpace={S3_MIN_FREE_BYTES // 2**20}MiB",
         f"-volume.port={p['volume']}",
         f"-volume.port.grpc={p['volume.grpc']}",
         "-filer",
