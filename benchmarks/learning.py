@@ -27,7 +27,8 @@ ARMS = ("fleet", "control")
 
 
 class LearningArm(BenchResult):
-    fleet_share: float
+    fleet_share: float  # the IDM's and critic's
+    video_fleet_share: float  # the world model's
     rounds: list[dict]
     learning: dict
     lost: int
@@ -46,21 +47,25 @@ class LearningBench(BenchResult):
     plot: str
 
 
-def bench_learning(settings: Settings, profile: str, work: Path, plot: Path, progress=None) -> LearningBench:
+def bench_learning(
+    settings: Settings, profile: str, work: Path, plot: Path, progress=None, **shares: float | None
+) -> LearningBench:
     """Both arms in turn, each on its own topics, registered model and index; the base is trained
-    once (the demo reuses `work/base`)."""
+    once (the demo reuses `work/base`). `shares` (`fleet_share`, `video_fleet_share`) replace the
+    profile's in the fleet arm; the control's are 0."""
     demo = DEMO_PROFILES[profile].model_copy(update={"degrade_round": 0})
+    fleet_job = dataclasses.replace(demo.round.finetune, **{k: v for k, v in shares.items() if v is not None})
     run = f"learning-{uuid.uuid4().hex[:6]}"
     arms, evaluated = {}, {}  # both arms start from the same base: its offline outcomes are measured once
     for arm in ARMS:
-        share = demo.round.finetune.fleet_share if arm == "fleet" else 0.0
-        finetune = dataclasses.replace(demo.round.finetune, fleet_share=share)
+        finetune = fleet_job if arm == "fleet" else dataclasses.replace(fleet_job, fleet_share=0, video_fleet_share=0)
         arm_profile = demo.model_copy(update={"round": demo.round.model_copy(update={"finetune": finetune})})
         arm_settings = settings.isolated(f"{run}-{arm}", work / "runs" / f"{run}-{arm}")
         stack.ensure_topics(arm_settings)
         result = fleet_demo(arm_settings, arm_profile, work, progress, evaluated)
         arms[arm] = LearningArm(
-            fleet_share=share,
+            fleet_share=finetune.share("idm"),
+            video_fleet_share=finetune.share("video"),
             rounds=result["rounds"],
             learning=result["learning"],
             lost=result["lost"],

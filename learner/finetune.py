@@ -51,15 +51,27 @@ class FinetuneJob:
     seed: int = 0
     # The share of every batch drawn from the fleet's episodes; the rest replays the robot logs (when
     # the training set has them), so a round adds what the fleet did without forgetting the base.
-    # 0: the fleet's episodes are not used at all, not even as frames to imagine from (a control
-    # that trains the same steps on replay alone, as `fleet bench learning` runs it).
+    # 0 for every loss: the fleet's episodes are not used at all, not even as frames to imagine from
+    # (a control that trains the same steps on replay alone, as `fleet bench learning` runs it).
     fleet_share: Annotated[float, Field(ge=0, le=1)] = 0.5
+    # The world model's own share, where it should differ: it learns only from successes, and a
+    # round brings a handful, so half of every batch from them is those few episodes over and over.
+    # None: `fleet_share`.
+    video_fleet_share: Annotated[float, Field(ge=0, le=1)] | None = None
     # Half of every IDM batch is futures imagined by the generator being fine-tuned, labelled with
     # what the robot really did, redrawn every `imagine_every` steps: the IDM reads imagined futures
     # at run time, and must keep up with the generator it is paired with. 0 windows: real frames only.
     imagined_windows: Annotated[int, Field(ge=0)] = 128
     imagine_every: Annotated[int, Field(ge=1)] = 100
     loss_weights: dict[str, float] = field(default_factory=lambda: {"video": 1.0, "idm": 1.0, "critic": 1.0})
+
+    def share(self, loss: str) -> float:
+        """The share of `loss`'s batch drawn from the fleet's episodes."""
+        return self.video_fleet_share if loss == "video" and self.video_fleet_share is not None else self.fleet_share
+
+    @property
+    def uses_fleet(self) -> bool:
+        return any(self.share(loss) > 0 for loss in ("video", "idm", "critic"))
 
     def deepspeed_config(self) -> dict:
         return {

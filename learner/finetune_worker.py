@@ -1,8 +1,9 @@
 """One rank of a fine-tuning run (see `learner.finetune`): `python -m learner.finetune_worker RUN_DIR`.
 
 One step trains the world model, the IDM and the critic together; the text encoder stays frozen
-so the three keep reading the same text. Each loss draws `fleet_share` of its batch from the
-fleet's episodes and the rest from the replayed robot logs:
+so the three keep reading the same text. Each loss draws its share of its batch from the fleet's
+episodes (`fleet_share`; the world model's may differ, `video_fleet_share`) and the rest from the
+replayed robot logs:
 - the world model on successful episodes (the fleet's kept, imagined-and-executed successes);
 - the IDM on every executed transition, failed episodes included: its labels are the actions the
   robot really took, exact whatever the outcome, on the states the fleet's own policy visits; and
@@ -54,7 +55,7 @@ class Objective(torch.nn.Module):
         self.policy, self.job = policy, job
         self.video_model, self.idm, self.critic = policy.video_model, policy.idm, policy.critic
         policy.text_encoder.requires_grad_(False)
-        fleet = [c for c in clips if c.stage != "replay"] if job.fleet_share > 0 else []
+        fleet = [c for c in clips if c.stage != "replay"] if job.uses_fleet else []
         replay = [c for c in clips if c.stage == "replay"]
         clips = fleet + replay
         self.data = {
@@ -89,7 +90,7 @@ class Objective(torch.nn.Module):
         fleet, replay = self.data[loss]
         if fleet is None or replay is None:
             return (self.job.batch, 0) if fleet is not None else (0, self.job.batch)
-        n_fleet = min(max(round(self.job.fleet_share * self.job.batch), 0), self.job.batch)
+        n_fleet = min(max(round(self.job.share(loss) * self.job.batch), 0), self.job.batch)
         return n_fleet, self.job.batch - n_fleet
 
     def forward(self, seed: int, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -53,6 +53,19 @@ def test_the_idm_learns_from_failed_fleet_episodes_and_each_batch_mixes_fleet_an
     assert len(control.everything.clips) == len(replay)  # nor imagines from the fleet's frames
 
 
+def test_the_world_model_can_take_a_smaller_share_of_the_fleet_than_the_idm_and_critic():
+    fleet, replay = _fleet_and_replay()
+    policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]))
+
+    def split(**shares) -> dict[str, tuple[int, int]]:
+        objective = Objective(policy, fleet + replay, FinetuneJob(batch=8, imagined_windows=0, **shares))
+        return {loss: objective.split(loss) for loss in ("video", "idm", "critic")}
+
+    assert split(fleet_share=0.5, video_fleet_share=0.125) == {"video": (1, 7), "idm": (4, 4), "critic": (4, 4)}
+    assert split(fleet_share=0.5) == {"video": (4, 4), "idm": (4, 4), "critic": (4, 4)}  # unset: the same share
+    assert split(fleet_share=0.0, video_fleet_share=0.25) == {"video": (2, 6), "idm": (0, 8), "critic": (0, 8)}
+
+
 def test_a_training_set_keeps_replayed_logs_grounding_points_and_detailed_captions(tmp_path):
     fleet, replay = _fleet_and_replay()
     loaded = load_clips(save_clips(fleet + replay, tmp_path, "manifest + replay"))
