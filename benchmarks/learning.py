@@ -2,7 +2,7 @@
 
 The demo's rounds run twice from the same base, on the same stack: once as the loop runs them
 (each fine-tune mixes the fleet's episodes with the replayed robot logs), once as a control that
-fine-tunes the same steps on the replayed logs alone (`FinetuneJob.fleet_share = 0`). Both arms
+fine-tunes the same steps on the replayed logs alone (both fleet shares 0). Both arms
 keep the canary and its analysis, so each promotes only what it can show is not worse; neither
 degrades a round on purpose. At the end each arm's base and final champion run the same seeded
 episodes offline, and the two final champions are paired on those seeds: a gain the control also
