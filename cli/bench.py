@@ -322,6 +322,13 @@ def learning(
     console.print(
         f"final champions on the same {result.seeds} seeds: fleet {result.fleet_final_success:.0%}, control "
         f"{result.control_final_success:.0%} ({result.fleet_only} seeds only the fleet's won, {result.control_only} "
-        f"only the control's); one-sided McNemar p = {result.p_value}\nplot: {result.plot}"
+        f"only the control's); one-sided McNemar p = {result.p_value}"
     )
+    if last := result.last_candidates:
+        console.print(
+            f"last candidates on the same seeds: fleet {last['fleet_success']:.0%}, control "
+            f"{last['control_success']:.0%} ({last['fleet_only']} seeds only the fleet's won, {last['control_only']} "
+            f"only the control's); one-sided McNemar p = {last['p_value']}"
+        )
+    console.print(f"plot: {result.plot}")
     write_json(result, out)

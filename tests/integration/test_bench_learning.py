@@ -38,6 +38,13 @@ def test_the_fleet_arm_and_the_replay_only_control_run_the_same_rounds_on_the_sa
     assert 0 <= result.p_value <= 1
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert evaluations.count("learning: v1") == 1  # both arms' base is the same weights: measured once
+    for arm in result.arms.values():  # each arm's last candidate, on the base's seeds, promoted or not
+        last = [r["candidate_version"] for r in arm.rounds if r["candidate_version"]][-1]
+        assert arm.last_candidate["final_version"] == last
+        assert arm.last_candidate["base_outcomes"] == arm.learning["base_outcomes"]
+    fleet, control = (result.arms[a].last_candidate["final_outcomes"] for a in ("fleet", "control"))
+    assert result.last_candidates["fleet_only"] == sum(f and not c for f, c in zip(fleet, control, strict=True))
+    assert result.last_candidates["seeds"] == result.seeds
 
 
 def test_the_final_champions_are_paired_seed_by_seed_and_the_fleet_arm_must_win_more():
