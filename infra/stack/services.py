@@ -69,8 +69,9 @@ def _seaweed_command(s: Settings) -> list[str]:
     free = shutil.disk_usage(data).free
     if free < 2 * S3_MIN_FREE_BYTES:
         raise StackError(
-            f"s3: {data} has {free / 2**20:.0f} MiB free, and SeaweedFS refuses writes under "
-            f"{S3_MIN_FREE_BYTES / 2**20:.0f} MiB: free disk space there or point FLEET_STACK__STATE_DIR elsewhere"
+            f"s3: {data} has {free / 2**20:.0f} MiB free; the embedded S3 needs {2 * S3_MIN_FREE_BYTES // 2**20} "
+            f"MiB free to start and refuses every write under {S3_MIN_FREE_BYTES // 2**20} MiB: free disk space there or point "
+            "FLEET_STACK__STATE_DIR elsewhere"
         )
     return [
         _binary("weed"),
