@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import threading
 import zipfile
 from collections.abc import Iterable
 
@@ -52,6 +53,13 @@ def encode(arrays: dict[str, np.ndarray], level: int = 1, video_crf: int | None 
 
 MAX_DECODED_BYTES = 1 << 30
 
+# NumPy parses each array's header with `ast.literal_eval`, and CPython 3.11 keeps the AST
+# constructor's recursion depth per interpreter, not per thread: parses in two threads at once can
+# fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). Ingest
+# decodes in a thread pool, and in CI that error dead-lettered a valid episode. Reading the
+# members takes turns; decompression and video decoding do not.
+_MEMBERS = threading.Lock()
+
 
 class TooLarge(ValueError):
     pass
@@ -79,7 +87,8 @@ def _unpack(blob: bytes, max_bytes: int) -> io.BytesIO:
 
 
 def decode(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, np.ndarray]:
-    with np.load(_unpack(blob, max_bytes), allow_pickle=False) as npz:
+    archive = _unpack(blob, max_bytes)
+    with _MEMBERS, np.load(archive, allow_pickle=False) as npz:
         out = {name: npz[name] for name in npz.files if not name.endswith((VIDEO, SHAPE))}
         stored = {name: npz[name] for name in npz.files if name.endswith((VIDEO, SHAPE))}
     budget = max_bytes - sum(a.nbytes for a in out.values())
@@ -96,7 +105,8 @@ def inspect(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, tuple[
     are are read from their headers alone; a video is checked against its shape by decoding
     (`video.check`), since only decoding shows that a stream holds the frames it claims."""
     out, stored = {}, {}
-    with zipfile.ZipFile(_unpack(blob, max_bytes)) as members:
+    archive = _unpack(blob, max_bytes)
+    with _MEMBERS, zipfile.ZipFile(archive) as members:
         for member_name in members.namelist():
             name = member_name.removesuffix(".npy")
             with members.open(member_name) as member:
