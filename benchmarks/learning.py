@@ -29,7 +29,8 @@ ARMS = ("fleet", "control")
 
 
 class LearningArm(BenchResult):
-    fleet_share: float  # the IDM's and critic's
+    fleet_share: float  # the critic's
+    idm_fleet_share: float
     video_fleet_share: float  # the world model's
     rounds: list[dict]
     learning: dict
@@ -57,14 +58,18 @@ def bench_learning(
     settings: Settings, profile: str, work: Path, plot: Path, progress=None, **shares: float | None
 ) -> LearningBench:
     """Both arms in turn, each on its own topics, registered model and index; the base is trained
-    once (the demo reuses `work/base`). `shares` (`fleet_share`, `video_fleet_share`) replace the
-    profile's in the fleet arm; the control's are 0."""
+    once (the demo reuses `work/base`). `shares` (`fleet_share`, `idm_fleet_share`,
+    `video_fleet_share`) replace the profile's in the fleet arm; the control's are all 0."""
     demo = DEMO_PROFILES[profile].model_copy(update={"degrade_round": 0})
     fleet_job = dataclasses.replace(demo.round.finetune, **{k: v for k, v in shares.items() if v is not None})
     run = f"learning-{uuid.uuid4().hex[:6]}"
     arms, evaluated = {}, {}  # both arms start from the same base: its offline outcomes are measured once
     for arm in ARMS:
-        finetune = fleet_job if arm == "fleet" else dataclasses.replace(fleet_job, fleet_share=0, video_fleet_share=0)
+        finetune = (
+            fleet_job
+            if arm == "fleet"
+            else dataclasses.replace(fleet_job, fleet_share=0, idm_fleet_share=0, video_fleet_share=0)
+        )
         arm_profile = demo.model_copy(update={"round": demo.round.model_copy(update={"finetune": finetune})})
         arm_settings = settings.isolated(f"{run}-{arm}", work / "runs" / f"{run}-{arm}")
         stack.ensure_topics(arm_settings)
@@ -74,10 +79,18 @@ def bench_learning(
         if last is not None:  # already measured (and not run again) when it is the final champion
             store = ModelStore(arm_settings)
             last = measure_learning(
-                store, learned["base_version"], last, demo.learning_episodes, demo.candidates, progress, evaluated
+                store,
+                learned["base_version"],
+                last,
+                demo.learning_episodes,
+                demo.candidates,
+                progress,
+                evaluated,
+                demo.round.arm_turn_deg,
             ).model_dump(mode="json")
         arms[arm] = LearningArm(
-            fleet_share=finetune.share("idm"),
+            fleet_share=finetune.share("critic"),
+            idm_fleet_share=finetune.share("idm"),
             video_fleet_share=finetune.share("video"),
             rounds=result["rounds"],
             learning=learned,

@@ -272,12 +272,17 @@ def data_scaling(
 
 @bench_app.command("learning")
 def learning(
-    profile: str = typer.Option("quick", help="the demo's profile both arms run: quick or ci"),
+    profile: str = typer.Option(
+        "quick", help="the demo's profile both arms run: quick, turned (the fleet's arms turned from the logs') or ci"
+    ),
     work: Path = typer.Option(Path(".fleet/bench-learning"), help="the shared base and each arm's rounds"),
     plot: Path = typer.Option(Path("out/learning_fleet_vs_control.png"), help="where to draw both arms' curves"),
     out: Path = typer.Option(Path("out/bench_learning.json"), help="where to write the JSON result"),
     fleet_share: float | None = typer.Option(
-        None, min=0, max=1, help="the fleet arm's share of each IDM and critic batch; unset: the profile's"
+        None, min=0, max=1, help="the fleet arm's share of each critic batch (and IDM batch); unset: the profile's"
+    ),
+    idm_fleet_share: float | None = typer.Option(
+        None, min=0, max=1, help="the fleet arm's share of each IDM batch; unset: the profile's"
     ),
     video_fleet_share: float | None = typer.Option(
         None, min=0, max=1, help="the fleet arm's share of each world-model batch; unset: the profile's"
@@ -302,17 +307,20 @@ def learning(
             task = bars.add_task(stage, total=steps)
             return lambda step, loss: bars.update(task, completed=step)
 
-        result = bench_learning(
-            fleet, profile, work, plot, bar, fleet_share=fleet_share, video_fleet_share=video_fleet_share
-        )
+        shares = {
+            "fleet_share": fleet_share,
+            "idm_fleet_share": idm_fleet_share,
+            "video_fleet_share": video_fleet_share,
+        }
+        result = bench_learning(fleet, profile, work, plot, bar, **shares)
     table = Table(
-        "arm", "fleet share (IDM, critic / world model)", "base", "final", "one-sided p (final > base)", "lost"
+        "arm", "fleet share (IDM / critic / world model)", "base", "final", "one-sided p (final > base)", "lost"
     )
     for name, arm in result.arms.items():
         learned = arm.learning
         table.add_row(
             name,
-            f"{arm.fleet_share:.2f} / {arm.video_fleet_share:.2f}",
+            f"{arm.idm_fleet_share:.2f} / {arm.fleet_share:.2f} / {arm.video_fleet_share:.2f}",
             f"v{learned['base_version']} {learned['base_success']:.0%}",
             f"v{learned['final_version']} {learned['final_success']:.0%}",
             str(learned["p_value"]),

@@ -14,7 +14,10 @@ from infra.errors import UsageError
 
 @app.command("demo")
 def demo(
-    profile: str = typer.Option("quick", help="quick (the full loop, minutes) or ci (tiny, for tests)"),
+    profile: str = typer.Option(
+        "quick",
+        help="quick (the full loop, minutes), turned (the same, the fleet's arms turned from the logs') or ci (tiny, for tests)",
+    ),
     work: Path = typer.Option(Path(".fleet/demo"), help="base training and round runs; a rerun reuses the base policy"),
     out: Path = typer.Option(Path("out/demo.json"), help="where to write the JSON result"),
 ) -> None:

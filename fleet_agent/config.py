@@ -21,6 +21,8 @@ class FleetConfig:
         8  # robots per inference batch: larger uses the cores better, smaller swaps sooner
     )
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    # The robots' arm mounting (`sim.tabletop.TabletopConfig.arm_turn_deg`); the robot logs' arm is at 0.
+    arm_turn_deg: Annotated[float, Field(ge=-180, le=180)] = 0.0
 
     def robot_ids(self) -> list[str]:
         return [f"{self.id_prefix}-{i:03d}" for i in range(self.robots)]

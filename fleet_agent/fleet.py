@@ -29,7 +29,7 @@ from infra.clients import kafka_producer
 from infra.contracts.episode import Decision, EpisodeCore, ModelVersions, SuccessSource
 from infra.contracts.telemetry import EpisodeNotKept, EpisodeQuarantined, EpisodeTelemetry, Heartbeat, ModelRefused
 from infra.settings import Settings
-from sim.tabletop import TabletopEnv
+from sim.tabletop import TabletopConfig, TabletopEnv
 from worldmodel.planner import Planner, PlanRequest
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ class Fleet:
         self.models = models or FleetModels(settings, ids, on_refused=self._refused)
         self.publisher = publisher or EpisodePublisher(settings, on_quarantined=self._quarantined)
         self.tasks = TaskStream(config.seed)
-        self.robots = [Robot(r, TabletopEnv(split=config.split)) for r in ids]
+        self.robots = [
+            Robot(r, TabletopEnv(TabletopConfig(arm_turn_deg=config.arm_turn_deg), split=config.split)) for r in ids
+        ]
         self.generator = torch.Generator().manual_seed(config.seed)
         self._planners: dict[str, Planner] = {}
         # From an alias change to the robot running the new version (its next decision will use

@@ -6,6 +6,7 @@ must be pointed at its server before it is imported) or torch.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,9 @@ class RoundConfig(BaseModel):
     analysis: AnalysisConfig = AnalysisConfig()
     canary_timeout_s: Annotated[float, Field(gt=0)] = 1800.0
     degrade: bool = False  # a deliberately broken candidate: a drill for the canary analysis
+    # The fleet's arm mounting (`sim.tabletop.TabletopConfig.arm_turn_deg`): the fleet's robots,
+    # and every offline evaluation of what they run, use it. The robot logs' arm is at 0.
+    arm_turn_deg: Annotated[float, Field(ge=-180, le=180)] = 0.0
     work_dir: Path = Path(".fleet/rounds")
 
 
@@ -53,6 +57,32 @@ def _demo_base():
     )
 
 
+# The canary is promoted once shown not worse than the champion by the smaller of 10 points and a
+# quarter of its rate (one-sided 95% bound): at the demo's rates of 5-10%, only a canary shown better
+# within 60 episodes an arm. Past 60 an arm it cannot tell: the champion is kept.
+# The world model takes a tenth of its batch from the fleet (the IDM and critic half): at half, a
+# round's few successes made the round-3 candidate win 7 of 200 seeds against 17 for the control
+# that replays logs alone; at a tenth, 16 (README, `fleet bench learning`).
+_QUICK_ROUND = RoundConfig(
+    finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100, video_fleet_share=0.1),
+    eval_episodes=2,
+    eval_candidates=4,
+    analysis=AnalysisConfig(min_episodes=20, margin=0.10, max_episodes=60),
+    canary_fraction=0.5,
+    canary_timeout_s=900,
+)
+# A fleet whose arms are mounted a quarter turn from the arm that recorded the robot logs: on camera
+# the same, but a command moves the effector sideways, so the base's IDM fails it. What the logs
+# cannot teach, the fleet's own executed transitions can: the IDM learns from them alone, and its
+# imagined futures are labelled only where the robot then did what was imagined.
+_TURNED_ROUND = _QUICK_ROUND.model_copy(
+    update={
+        "arm_turn_deg": 90.0,
+        "finetune": dataclasses.replace(_QUICK_ROUND.finetune, idm_fleet_share=1.0, imagined_agreement=0.3),
+    }
+)
+
+
 class DemoProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
@@ -64,20 +94,7 @@ class DemoProfile(BaseModel):
     episodes_per_round: Annotated[int, Field(ge=1)] = 50  # champion episodes that measure a round's fleet success
     # per split: the base and the final champion each run 2x this many seeded episodes offline
     learning_episodes: Annotated[int, Field(ge=1)] = 100
-    # The canary is promoted once shown not worse than the champion by the smaller of 10 points
-    # and a quarter of its rate (one-sided 95% bound): at the demo's rates of 5-10%, only a canary
-    # shown better within 60 episodes an arm. Past 60 an arm it cannot tell: the champion is kept.
-    # The world model takes a tenth of its batch from the fleet (the IDM and critic half): at half,
-    # a round's few successes made the round-3 candidate win 7 of 200 seeds against 17 for the
-    # control that replays logs alone; at a tenth, 16 (README, `fleet bench learning`).
-    round: RoundConfig = RoundConfig(
-        finetune=FinetuneJob(steps=200, batch=16, lr=1e-3, checkpoint_every=100, video_fleet_share=0.1),
-        eval_episodes=2,
-        eval_candidates=4,
-        analysis=AnalysisConfig(min_episodes=20, margin=0.10, max_episodes=60),
-        canary_fraction=0.5,
-        canary_timeout_s=900,
-    )
+    round: RoundConfig = _QUICK_ROUND
 
     @model_validator(mode="after")
     def _degrade_round_is_a_round(self) -> DemoProfile:
@@ -93,6 +110,7 @@ class DemoProfile(BaseModel):
 
 DEMO_PROFILES = {
     "quick": DemoProfile(),
+    "turned": DemoProfile(round=_TURNED_ROUND),
     "ci": DemoProfile(
         train="ci",
         robots=4,

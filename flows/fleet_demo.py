@@ -35,6 +35,7 @@ from learner.episode_index import open_index
 from learner.reconcile import reconcile
 from registry.model_store import ModelStore
 from registry.rollout import Rollout
+from sim.tabletop import TabletopConfig
 from worldmodel.evaluate import evaluate
 from worldmodel.planner import PlannerConfig
 from worldmodel.stage_data import robot_logs
@@ -76,7 +77,11 @@ def fleet_demo(
     )
     rollout.crown(base.version, "the demo's base policy")
 
-    fleet = Fleet(settings, FleetConfig(robots=demo.robots, planner=PlannerConfig(candidates=demo.candidates)))
+    arm = demo.round.arm_turn_deg
+    fleet = Fleet(
+        settings,
+        FleetConfig(robots=demo.robots, planner=PlannerConfig(candidates=demo.candidates), arm_turn_deg=arm),
+    )
     stop = threading.Event()
     runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True, name="fleet")
     runner.start()
@@ -136,7 +141,7 @@ def fleet_demo(
         rollout.close()
     final = store.by_alias("champion").version
     learning = measure_learning(
-        store, base.version, final, demo.learning_episodes, demo.candidates, progress, evaluated
+        store, base.version, final, demo.learning_episodes, demo.candidates, progress, evaluated, arm
     )
     print(
         f"learning: base v{learning.base_version} {learning.base_success:.0%}, final v{learning.final_version} "
@@ -154,8 +159,10 @@ def measure_learning(
     candidates: int,
     progress=None,
     evaluated: dict[str, list[bool]] | None = None,
+    arm_turn_deg: float = 0.0,
 ) -> Learning:
-    """The base and the final champion on the same `episodes` seeds per split, with the fleet's K.
+    """The base and the final champion on the same `episodes` seeds per split, with the fleet's K
+    and on the fleet's arms.
     Outcomes are kept in `evaluated` by the policy's digest (its files' sha256) and the seeds: the
     same weights on the same seeds give the same outcomes, so a final champion that is still the
     base, or a base another run already measured, is not run again."""
@@ -163,7 +170,8 @@ def measure_learning(
     outcomes, first_seed = {}, 10_000
     for version in dict.fromkeys((base, final)):
         found = store.get(version)
-        key = hashlib.sha256(json.dumps([found.digests, episodes, first_seed, candidates]).encode()).hexdigest()
+        measure = [found.digests, episodes, first_seed, candidates, arm_turn_deg]
+        key = hashlib.sha256(json.dumps(measure).encode()).hexdigest()
         if key not in evaluated:
             report = evaluate(
                 store.fetch(found),
@@ -171,6 +179,7 @@ def measure_learning(
                 seed=first_seed,
                 planner_config=PlannerConfig(candidates=candidates),
                 progress=_episode_counter(progress, f"learning: v{version}", 2 * episodes),
+                env=TabletopConfig(arm_turn_deg=arm_turn_deg),
             )
             evaluated[key] = report.outcomes["seen"] + report.outcomes["heldout"]
         outcomes[version] = evaluated[key]

@@ -118,13 +118,16 @@ def _degrade(policy_dir: Path) -> None:
 
 
 @task
-def evaluate_pair(candidate_dir: str, champion_dir: str, episodes: int, candidates: int) -> dict[str, EvaluationReport]:
+def evaluate_pair(
+    candidate_dir: str, champion_dir: str, episodes: int, candidates: int, arm_turn_deg: float = 0.0
+) -> dict[str, EvaluationReport]:
+    from sim.tabletop import TabletopConfig
     from worldmodel.evaluate import evaluate
     from worldmodel.planner import PlannerConfig
 
-    config = PlannerConfig(candidates=candidates)
+    config, env = PlannerConfig(candidates=candidates), TabletopConfig(arm_turn_deg=arm_turn_deg)
     return {
-        name: evaluate(Path(d), episodes, planner_config=config)
+        name: evaluate(Path(d), episodes, planner_config=config, env=env)
         for name, d in (("candidate", candidate_dir), ("champion", champion_dir))
     }
 
@@ -204,7 +207,9 @@ def improvement_round(
         run_dir = config.work_dir / round_run_name(settings, champion.version, curated["manifest"])
         candidate_dir = train_candidate(settings, champion.version, curated["manifest"], config, run_dir)
         store = ModelStore(settings)
-        figures = evaluate_pair(candidate_dir, str(store.fetch(champion)), config.eval_episodes, config.eval_candidates)
+        figures = evaluate_pair(
+            candidate_dir, str(store.fetch(champion)), config.eval_episodes, config.eval_candidates, config.arm_turn_deg
+        )
     finally:
         learning(False)
     lineage = {

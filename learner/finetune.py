@@ -58,16 +58,25 @@ class FinetuneJob:
     # round brings a handful, so half of every batch from them is those few episodes over and over.
     # None: `fleet_share`.
     video_fleet_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    # The IDM's own share, where it should differ: it is the embodiment's model, and replayed logs
+    # recorded on an arm that moves otherwise teach it the wrong one (`sim.tabletop`'s
+    # `arm_turn_deg`). None: `fleet_share`.
+    idm_fleet_share: Annotated[float, Field(ge=0, le=1)] | None = None
     # Half of every IDM batch is futures imagined by the generator being fine-tuned, labelled with
     # what the robot really did, redrawn every `imagine_every` steps: the IDM reads imagined futures
     # at run time, and must keep up with the generator it is paired with. 0 windows: real frames only.
+    # They are imagined from the IDM's own mix of fleet and replay. With `imagined_agreement`, only
+    # windows whose real future the imagined one explains at least that much are kept
+    # (`worldmodel.objectives.explained_change`): elsewhere the actions taken did not make that future.
     imagined_windows: Annotated[int, Field(ge=0)] = 128
     imagine_every: Annotated[int, Field(ge=1)] = 100
+    imagined_agreement: Annotated[float, Field(gt=-1, lt=1)] | None = None
     loss_weights: dict[str, float] = field(default_factory=lambda: {"video": 1.0, "idm": 1.0, "critic": 1.0})
 
     def share(self, loss: str) -> float:
         """The share of `loss`'s batch drawn from the fleet's episodes."""
-        return self.video_fleet_share if loss == "video" and self.video_fleet_share is not None else self.fleet_share
+        own = {"video": self.video_fleet_share, "idm": self.idm_fleet_share}.get(loss)
+        return self.fleet_share if own is None else own
 
     @property
     def uses_fleet(self) -> bool:

@@ -79,19 +79,30 @@ class Objective(torch.nn.Module):
         period = step // self.job.imagine_every
         if self.can_imagine and period != self.imagined_for:
             rng = np.random.default_rng(seed)
-            self.imagined = imagine_windows(self.policy, self.everything, self.job.imagined_windows, rng)
+            groups = zip(self.data["idm"], self.split("idm", self.job.imagined_windows), strict=True)
+            parts = [
+                imagine_windows(self.policy, data, n, rng, agreement=self.job.imagined_agreement)
+                for data, n in groups
+                if n
+            ]
+            parts = [p for p in parts if p is not None]
+            self.imagined = (
+                ImaginedWindows(torch.cat([p.frames for p in parts]), torch.cat([p.actions for p in parts]))
+                if parts
+                else None
+            )
             self.imagined_for = period
             self.train()  # imagining put the networks in eval mode
         return self.imagined
 
-    def split(self, loss: str) -> tuple[int, int]:
-        """Windows of `loss` per step from the fleet and from replay: the stated share, or all from
-        the one group that has data."""
-        fleet, replay = self.data[loss]
+    def split(self, loss: str, total: int | None = None) -> tuple[int, int]:
+        """Of `total` windows of `loss` (a batch by default), how many from the fleet and how many
+        from replay: the stated share, or all from the one group that has data."""
+        fleet, replay, total = *self.data[loss], total or self.job.batch
         if fleet is None or replay is None:
-            return (self.job.batch, 0) if fleet is not None else (0, self.job.batch)
-        n_fleet = min(max(round(self.job.share(loss) * self.job.batch), 0), self.job.batch)
-        return n_fleet, self.job.batch - n_fleet
+            return (total, 0) if fleet is not None else (0, total)
+        n_fleet = min(max(round(self.job.share(loss) * total), 0), total)
+        return n_fleet, total - n_fleet
 
     def forward(self, seed: int, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rng, p = np.random.default_rng(seed), self.policy

@@ -103,6 +103,11 @@ class TabletopConfig:
     embodiment: Literal["robot", "human"] = "robot"
     camera_turns: int = 0
     camera_shift: tuple[int, int] = (0, 0)
+    # How the arm is mounted relative to the camera, in degrees: an action's (dx, dy) is turned by
+    # this angle before it moves the effector. The robot logs come from an arm at 0; a fleet whose
+    # arms are mounted otherwise looks the same on camera and moves differently for the same
+    # command, which only its own executed transitions can teach the IDM.
+    arm_turn_deg: float = 0.0
 
 
 @dataclass
@@ -135,6 +140,8 @@ class TabletopEnv(gym.Env):
             }
         )
         self._background = table_texture(s)
+        turn = np.deg2rad(config.arm_turn_deg)
+        self._arm = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]], dtype=np.float32)
         self.task: Task | None = None
         self.scene: Scene | None = None
         self.steps = 0
@@ -169,7 +176,7 @@ class TabletopEnv(gym.Env):
             scene.held = -1
         scene.closed = close
 
-        move = np.clip(action[:2], -1.0, 1.0) * cfg.max_speed
+        move = self._arm @ np.clip(action[:2], -1.0, 1.0) * cfg.max_speed
         lo, hi = cfg.workspace
         target = scene.effector + move
         limit_violation |= bool(np.any((target < lo) | (target > hi)))

@@ -20,7 +20,7 @@ from infra.contracts.evaluation import EvaluationReport, PairedComparison, Paire
 from infra.errors import UsageError
 from infra.stats import mcnemar, wilson
 from sim.phrasings import operator_instruction
-from sim.tabletop import TabletopEnv, Task
+from sim.tabletop import TabletopConfig, TabletopEnv, Task
 from worldmodel.planner import Planner, PlannerConfig
 from worldmodel.policy import WorldModelPolicy
 
@@ -80,13 +80,15 @@ def evaluate(
     phrasing: Phrasing = "simulator",
     workers: int | None = None,
     sample_steps: int | None = None,
+    env: TabletopConfig | None = None,
 ) -> EvaluationReport:
     """`episodes` seeded episodes per split. With `workers` > 1 the seeds are shared among that many
     processes, each loading the policy from its directory and running single-threaded: on 2 cores
     two such processes evaluate 1.8x faster than one process on two threads (a decision's small
     convolutions do not keep two threads busy). The outcomes do not depend on `workers`: each
     episode's noise comes from its own seed. `workers=None` picks: one process per core (at most
-    8) for a policy given by its directory, one process for a policy in memory."""
+    8) for a policy given by its directory, one process for a policy in memory. `env`: the
+    simulator's configuration (a fleet's arm mounting), the default one if None."""
     config = planner_config or PlannerConfig()
     jobs = [(split, seed + i) for split in SPLITS for i in range(episodes)]
     if workers is None:
@@ -94,9 +96,9 @@ def evaluate(
     if workers > 1:
         if not isinstance(policy, Path):
             raise UsageError("evaluation in several processes loads the policy from its directory; pass a path")
-        results = _in_processes(policy, config, phrasing, sample_steps, jobs, workers, progress)
+        results = _in_processes(policy, config, phrasing, sample_steps, env, jobs, workers, progress)
     else:
-        worker, results = _load_worker(policy, config, phrasing, sample_steps), []
+        worker, results = _load_worker(policy, config, phrasing, sample_steps, env), []
         for job in jobs:
             results.append(_episode(worker, job))
             if progress:
@@ -133,12 +135,14 @@ def evaluate(
 SPLITS = ("seen", "heldout")
 
 
-def _load_worker(policy, config: PlannerConfig, phrasing: Phrasing, sample_steps: int | None) -> dict:
+def _load_worker(
+    policy, config: PlannerConfig, phrasing: Phrasing, sample_steps: int | None, env: TabletopConfig | None
+) -> dict:
     """What one evaluating process holds: the planner and one environment per split."""
     if isinstance(policy, Path):
         policy = WorldModelPolicy.load(policy)
     policy.with_sample_steps(sample_steps)
-    envs = {split: TabletopEnv(split=split) for split in SPLITS}
+    envs = {split: TabletopEnv(env or TabletopConfig(), split=split) for split in SPLITS}
     return {"planner": Planner(policy.eval(), config), "envs": envs, "phrasing": phrasing}
 
 
@@ -158,14 +162,14 @@ def _episode(worker: dict, job: tuple[str, int]) -> dict:
     }
 
 
-def _in_processes(policy: Path, config, phrasing, sample_steps, jobs, workers: int, progress) -> list[dict]:
+def _in_processes(policy: Path, config, phrasing, sample_steps, env, jobs, workers: int, progress) -> list[dict]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: the parent may hold torch's thread pool and Kafka threads
     with ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_pool_worker,
-        initargs=(policy, config, phrasing, sample_steps, threads),
+        initargs=(policy, config, phrasing, sample_steps, env, threads),
     ) as pool:
         results = []
         for result in pool.map(_pool_episode, jobs):
@@ -178,9 +182,9 @@ def _in_processes(policy: Path, config, phrasing, sample_steps, jobs, workers: i
 _pool_worker: dict = {}  # in a pool process: its `_load_worker`
 
 
-def _start_pool_worker(policy: Path, config, phrasing, sample_steps, threads: int) -> None:
+def _start_pool_worker(policy: Path, config, phrasing, sample_steps, env, threads: int) -> None:
     torch.set_num_threads(threads)
-    _pool_worker.update(_load_worker(policy, config, phrasing, sample_steps))
+    _pool_worker.update(_load_worker(policy, config, phrasing, sample_steps, env))
 
 
 def _pool_episode(job: tuple[str, int]) -> dict:

@@ -124,3 +124,17 @@ def test_an_episode_reports_the_other_tasks_it_met_in_hindsight_with_the_first_s
     for task_id, step in hindsight.items():
         assert task_id in trace[step - 1] and all(task_id not in met for met in trace[: step - 1])
     assert not (set(hindsight) & (met_at_start | HELD_OUT | {stack.id}))
+
+
+def test_an_arm_mounted_a_quarter_turn_moves_sideways_for_the_same_command_and_looks_the_same():
+    logs_arm, turned = TabletopEnv(), TabletopEnv(TabletopConfig(arm_turn_deg=90))
+    a, b = scene_with(logs_arm, "reach-red", seed=3), scene_with(turned, "reach-red", seed=3)
+    assert np.array_equal(logs_arm.render(), turned.render())  # the camera cannot tell the arms apart
+    start = a.effector.copy()
+    logs_arm.step([1.0, 0.0, OPEN])
+    turned.step([1.0, 0.0, OPEN])
+    speed = logs_arm.config.max_speed
+    assert np.allclose(a.effector - start, (speed, 0.0))
+    assert np.allclose(b.effector - start, (0.0, speed), atol=1e-7)
+    # and the expert, which knows only the logs' arm, fails on the turned one
+    assert run_expert(TabletopEnv(), seed=5)["success"] and not run_expert(turned, seed=5)["success"]

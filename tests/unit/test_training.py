@@ -31,9 +31,9 @@ def test_tiny_train_and_eval_end_to_end_and_resume(tmp_path):
     assert json.loads(json.dumps(result)) == result  # plain JSON, no numpy scalars
     # shared among two single-thread processes: the same episodes, in seed order, the same outcomes
     jobs = [(split, 10_000 + i) for split in SPLITS for i in range(3)]
-    worker = _load_worker(tmp_path, PlannerConfig(), "simulator", None)
+    worker = _load_worker(tmp_path, PlannerConfig(), "simulator", None, None)
     one = [_episode(worker, job) for job in jobs]
-    two = _in_processes(tmp_path, PlannerConfig(), "simulator", None, jobs, 2, None)
+    two = _in_processes(tmp_path, PlannerConfig(), "simulator", None, None, jobs, 2, None)
     assert [(r["task_id"], r["success"]) for r in two] == [(r["task_id"], r["success"]) for r in one]
     assert len({r["task_id"] for r in one}) > 1  # the seeds differ, so a shifted seed would show
     assert {
