@@ -73,12 +73,17 @@ _QUICK_ROUND = RoundConfig(
 )
 # A fleet whose arms are mounted a quarter turn from the arm that recorded the robot logs: on camera
 # the same, but a command moves the effector sideways, so the base's IDM fails it. What the logs
-# cannot teach, the fleet's own executed transitions can: the IDM learns from them alone, and its
-# imagined futures are labelled only where the robot then did what was imagined.
+# cannot teach, the fleet's own executed transitions can: the IDM learns from them alone, on real
+# frames (futures imagined from the fleet's frames, labelled with what the robot did, slowed it:
+# the actions did not make those futures), for 600 steps at the base's learning rate. Measured on
+# the fleet's first 242 episodes, the IDM's reading of the turned arm's moves then agrees with the
+# command in direction at cosine 0.53, from 0.01; at 200 steps and 1e-3, 0.25.
 _TURNED_ROUND = _QUICK_ROUND.model_copy(
     update={
         "arm_turn_deg": 90.0,
-        "finetune": dataclasses.replace(_QUICK_ROUND.finetune, idm_fleet_share=1.0, imagined_agreement=0.3),
+        "finetune": dataclasses.replace(
+            _QUICK_ROUND.finetune, steps=600, lr=2e-3, checkpoint_every=200, idm_fleet_share=1.0, imagined_windows=0
+        ),
     }
 )
 

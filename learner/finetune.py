@@ -65,12 +65,9 @@ class FinetuneJob:
     # Half of every IDM batch is futures imagined by the generator being fine-tuned, labelled with
     # what the robot really did, redrawn every `imagine_every` steps: the IDM reads imagined futures
     # at run time, and must keep up with the generator it is paired with. 0 windows: real frames only.
-    # They are imagined from the IDM's own mix of fleet and replay. With `imagined_agreement`, only
-    # windows whose real future the imagined one explains at least that much are kept
-    # (`worldmodel.objectives.explained_change`): elsewhere the actions taken did not make that future.
+    # They are imagined from the IDM's own mix of fleet and replay.
     imagined_windows: Annotated[int, Field(ge=0)] = 128
     imagine_every: Annotated[int, Field(ge=1)] = 100
-    imagined_agreement: Annotated[float, Field(gt=-1, lt=1)] | None = None
     loss_weights: dict[str, float] = field(default_factory=lambda: {"video": 1.0, "idm": 1.0, "critic": 1.0})
 
     def share(self, loss: str) -> float:

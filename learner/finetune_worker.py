@@ -68,9 +68,7 @@ class Objective(torch.nn.Module):
         }
         self.everything = StageData.build(clips, policy)
         self.instructions = critic_instructions(self.everything)
-        future = policy.video_model.config.future_frames
-        # windows to imagine, and a clip long enough to imagine from and check against
-        self.can_imagine = job.imagined_windows > 0 and any(len(f) > future + 2 for f in self.everything.frames)
+        self.can_imagine = job.imagined_windows > 0 and self.long_enough(self.everything)
         self.imagined: ImaginedWindows | None = None
         self.imagined_for = -1  # the `imagine_every` period the windows were drawn in
 
@@ -80,12 +78,7 @@ class Objective(torch.nn.Module):
         if self.can_imagine and period != self.imagined_for:
             rng = np.random.default_rng(seed)
             groups = zip(self.data["idm"], self.split("idm", self.job.imagined_windows), strict=True)
-            parts = [
-                imagine_windows(self.policy, data, n, rng, agreement=self.job.imagined_agreement)
-                for data, n in groups
-                if n
-            ]
-            parts = [p for p in parts if p is not None]
+            parts = [imagine_windows(self.policy, data, n, rng) for data, n in groups if n and self.long_enough(data)]
             self.imagined = (
                 ImaginedWindows(torch.cat([p.frames for p in parts]), torch.cat([p.actions for p in parts]))
                 if parts
@@ -94,6 +87,11 @@ class Objective(torch.nn.Module):
             self.imagined_for = period
             self.train()  # imagining put the networks in eval mode
         return self.imagined
+
+    def long_enough(self, data: StageData) -> bool:
+        """Whether `data` has a clip long enough to imagine a future from and check it against."""
+        future = self.policy.video_model.config.future_frames
+        return any(len(f) > future + 2 for f in data.frames)
 
     def split(self, loss: str, total: int | None = None) -> tuple[int, int]:
         """Of `total` windows of `loss` (a batch by default), how many from the fleet and how many

@@ -32,65 +32,26 @@ class ImaginedWindows:
 
 @torch.no_grad()
 def imagine_windows(
-    policy: WorldModelPolicy,
-    data: StageData,
-    n: int,
-    rng: np.random.Generator,
-    batch: int = 64,
-    agreement: float | None = None,
-    attempts: int = 4,
-) -> ImaginedWindows | None:
-    """`n` futures imagined from real frames, each labelled with the actions the robot took there.
-
-    Those actions label the imagined future only if they produced something like it. On the robot
-    logs they did (the expert did what the world model learnt to imagine); on a fleet whose arm
-    moves otherwise for the same command, or a robot that went astray, they did not. With
-    `agreement`, a window is kept only where the imagined change from the current frame explains at
-    least that share of the real change (`explained_change`); up to `attempts` x `n` are imagined
-    to keep `n`, and None is returned if none agree."""
+    policy: WorldModelPolicy, data: StageData, n: int, rng: np.random.Generator, batch: int = 64
+) -> ImaginedWindows:
     future = policy.video_model.config.future_frames
     long_enough = [i for i, f in enumerate(data.frames) if len(f) > future + 2]
-    if not long_enough:
-        return None
-    budget = n if agreement is None else attempts * n
     policy.eval()
-    frames, actions, kept, drawn = [], [], 0, 0
-    while kept < n and drawn < budget:
-        size = min(batch, (n - kept) if agreement is None else budget - drawn)
-        prev, first, texts, acts, real = [], [], [], [], []
-        for i in rng.choice(long_enough, size=size):
+    frames, actions = [], []
+    for start in range(0, n, batch):
+        prev, first, texts, acts = [], [], [], []
+        for i in rng.choice(long_enough, size=min(batch, n - start)):
             clip_frames, clip = data.frames[i], data.clips[i]
             t = int(rng.integers(1, len(clip_frames) - future))
             prev.append(clip_frames[t - 1])
             first.append(clip_frames[t])
             texts.append(clip.caption)  # the short instruction, as the robot is given at run time
             acts.append(torch.as_tensor(clip.actions[t : t + future]).float())
-            real.append(clip_frames[t + 1 : t + 1 + future])
-        drawn += size
         first_t = torch.stack(first)
         video = policy.video_model.sample(first_t, policy.text_encoder(texts), 1)[:, 0]
-        keep = slice(None)
-        if agreement is not None:
-            keep = explained_change(video, torch.stack(real), first_t) >= agreement
-            kept += int(keep.sum())
-        else:
-            kept += size
-        frames.append(torch.cat([torch.stack(prev)[:, None], first_t[:, None], video], dim=1)[keep])
-        actions.append(torch.stack(acts)[keep])
-    if not kept:
-        return None
-    return ImaginedWindows(torch.cat(frames)[:n], torch.cat(actions)[:n])
-
-
-def explained_change(imagined: torch.Tensor, real: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """Per window, the share of the real change from `first` that the imagined change explains:
-    1 - |real - imagined|^2 / |real - first|^2 (1: the same future; 0 or below: an unrelated one,
-    such as the same effector gone sideways). A robot that stood still explains itself only by an
-    imagined future that stood still too."""
-    real_change = (real - first[:, None]).flatten(1).square().sum(1)
-    miss = (real - imagined).flatten(1).square().sum(1)
-    still = real_change < 1e-6
-    return torch.where(still, (miss < 1e-6).float(), 1 - miss / real_change.clamp_min(1e-6))
+        frames.append(torch.cat([torch.stack(prev)[:, None], first_t[:, None], video], dim=1))
+        actions.append(torch.stack(acts))
+    return ImaginedWindows(torch.cat(frames), torch.cat(actions))
 
 
 def _real_transitions(data: StageData, rng: np.random.Generator, n: int) -> list[tuple[torch.Tensor, ...]]:

@@ -12,7 +12,7 @@ from learner.dataset import load_clips, save_clips
 from learner.finetune import FinetuneJob
 from learner.finetune_worker import Objective
 from sim.tabletop import ALL_TASKS, TabletopConfig
-from worldmodel.objectives import explained_change, plan_loss
+from worldmodel.objectives import plan_loss
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import StageData, robot_logs
 from worldmodel.text_encoder import build_vocab
@@ -99,7 +99,7 @@ def test_the_idm_adapts_to_futures_the_generator_imagines_as_it_is_fine_tuned():
     assert Objective(policy, fleet, FinetuneJob(imagined_windows=0)).imagine(0, 0) is None
 
 
-def test_the_idm_imagines_from_its_own_mix_and_only_where_the_robot_did_what_was_imagined():
+def test_the_idm_imagines_from_its_own_mix_of_fleet_and_replay():
     torch.manual_seed(0)
     fleet, replay = _fleet_and_replay()
     policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]))
@@ -107,28 +107,6 @@ def test_the_idm_imagines_from_its_own_mix_and_only_where_the_robot_did_what_was
     windows = fleet_only.imagine(0, 0)
     fleet_actions = {a.tobytes() for c in fleet for a in c.actions}
     assert len(windows.actions) == 12 and all(a[0].numpy().tobytes() in fleet_actions for a in windows.actions)
-    # an untrained generator imagines noise, which explains none of what the robot did: nothing kept
-    job = FinetuneJob(batch=4, imagined_windows=12, imagined_agreement=0.3)
-    assert Objective(policy, fleet + replay, job).imagine(0, 0) is None
-
-
-def test_explained_change_tells_the_imagined_motion_from_the_same_effector_gone_sideways():
-    first = torch.zeros(1, 3, 16, 16)
-    first[..., 6:10, 6:10] = 1.0  # the effector in the middle
-
-    def moved(dy: int, dx: int) -> torch.Tensor:
-        frame = torch.zeros(1, 1, 3, 16, 16)
-        frame[..., 6 + dy : 10 + dy, 6 + dx : 10 + dx] = 1.0
-        return frame
-
-    real = moved(0, 5)  # it went right
-    blurred_right = 0.7 * moved(0, 5) + 0.3 * first[:, None]
-    assert explained_change(real, real, first) == 1.0
-    assert explained_change(blurred_right, real, first) > 0.5
-    assert explained_change(moved(5, 0), real, first) <= 0.0  # imagined going down
-    assert explained_change(moved(0, -5), real, first) <= 0.0  # imagined going left
-    assert explained_change(first[:, None], first[:, None], first) == 1.0  # still, as imagined
-    assert explained_change(real, first[:, None], first) == 0.0  # still, though it imagined moving
 
 
 def test_the_critic_learns_from_the_futures_the_robot_imagined_labelled_by_what_followed():
