@@ -94,6 +94,12 @@ def diagnose(
     episodes: int = typer.Option(10, help="seeded expert episodes per question"),
     out: Path = typer.Option(Path("out/diagnose.json"), help="where to write the JSON result"),
     sample_steps: int | None = SAMPLE_STEPS,
+    arm_turn: float = typer.Option(
+        0.0,
+        min=-180,
+        max=180,
+        help="the arm (degrees from the logs' arm) the IDM's reading of real frames is measured on",
+    ),
 ) -> None:
     """Which part of a policy fails: the IDM on real frames, on real futures, or the imagined futures."""
     from worldmodel.diagnose import diagnose
@@ -101,7 +107,7 @@ def diagnose(
 
     loaded = WorldModelPolicy.load(policy).with_sample_steps(sample_steps)
     with console.status("diagnosing"):
-        result = diagnose(loaded, episodes)
+        result = diagnose(loaded, episodes, arm_turn_deg=arm_turn)
     report(result, out)
 
 

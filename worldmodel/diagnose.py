@@ -1,7 +1,9 @@
 """Where a policy breaks: the IDM on real frames, the IDM on real futures, then imagined futures.
 
 Success alone does not say which part failed. On seeded expert episodes of seen tasks this asks:
-1. Does the IDM read the robot's actions from real frames it was not trained on?
+1. Does the IDM read the robot's actions from real frames it was not trained on? On a given arm
+   mounting (`arm_turn_deg`): a fleet's arm that moves otherwise than the logs' arm for the same
+   command (the expert, which knows only the logs' arm, still gives it commands to read).
 2. Does the robot succeed when the IDM is handed the real future (a perfect world model)?
 3. Does the grounding head find the instruction's object and goal in the frame?
 4. Do imagined futures move the way the expert did, and does the instruction change them? An
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from sim.scripted import expert_action, run_expert
-from sim.tabletop import SEEN_TASKS, TabletopEnv, Task
+from sim.tabletop import SEEN_TASKS, TabletopConfig, TabletopEnv, Task
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import task_points
 
@@ -55,8 +57,8 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def idm_on_real_frames(policy: WorldModelPolicy, episodes: int, seed: int) -> dict:
-    env, errors, agreement, gripper = TabletopEnv(split="seen"), [], [], []
+def idm_on_real_frames(policy: WorldModelPolicy, episodes: int, seed: int, arm_turn_deg: float = 0.0) -> dict:
+    env, errors, agreement, gripper = TabletopEnv(TabletopConfig(arm_turn_deg=arm_turn_deg), split="seen"), [], [], []
     for i in range(episodes):
         log = run_expert(env, seed + i, noise=0.2)
         predicted, _ = policy.idm.actions(policy.prepare(log["frames"])[None])
@@ -65,6 +67,7 @@ def idm_on_real_frames(policy: WorldModelPolicy, episodes: int, seed: int) -> di
         agreement.append(_sign_agreement(predicted[0].numpy(), true))
         gripper.append(_gripper_agreement(predicted[0].numpy(), true))
     return {
+        "idm_arm_turn_deg": arm_turn_deg,
         "idm_action_error": round(float(np.mean(errors)), 4),
         "idm_sign_agreement": round(float(np.mean(agreement)), 4),
         "idm_gripper_agreement": round(float(np.mean(gripper)), 4),
@@ -158,10 +161,11 @@ def imagined_motion(policy: WorldModelPolicy, episodes: int, seed: int, k: int =
 
 
 @torch.no_grad()
-def diagnose(policy: WorldModelPolicy, episodes: int = 10, seed: int = 20_000) -> dict:
+def diagnose(policy: WorldModelPolicy, episodes: int = 10, seed: int = 20_000, arm_turn_deg: float = 0.0) -> dict:
+    """`arm_turn_deg`: the arm the IDM's reading of real frames is measured on (question 1)."""
     policy.eval()
     return {
-        **idm_on_real_frames(policy, episodes, seed),
+        **idm_on_real_frames(policy, episodes, seed, arm_turn_deg),
         "idm_on_real_futures_success_rate": idm_on_real_futures(policy, episodes, seed),
         **imagined_motion(policy, episodes, seed),
         "episodes": episodes,
