@@ -11,6 +11,9 @@ from cli.app import app, console, progress, report, settings, write_json
 from infra.errors import UsageError
 
 SAMPLE_STEPS = typer.Option(None, help="sampler steps when imagining (unset: the policy's own); fewer is faster")
+ARM_TURN = typer.Option(
+    0.0, min=-180, max=180, help="the robot's arm mounting, in degrees from the arm that recorded the robot logs"
+)
 
 
 @app.command("eval")
@@ -42,9 +45,11 @@ def evaluate(
         "simulator",
         help="simulator: the tasks' own instructions; operator: the same tasks in words training never used",
     ),
+    arm_turn: float = ARM_TURN,
 ) -> None:
     """Success on seen and held-out tasks against a random policy on the same seeds."""
     from registry.model_store import resolve_policy
+    from sim.tabletop import TabletopConfig
     from worldmodel.evaluate import evaluate
     from worldmodel.planner import PlannerConfig
 
@@ -64,6 +69,7 @@ def evaluate(
             phrasing=phrasing,
             workers=workers,
             sample_steps=sample_steps,
+            env=TabletopConfig(arm_turn_deg=arm_turn),
         )
     report(result, out, keys=tuple(k for k in type(result).model_fields if k != "outcomes"))
 

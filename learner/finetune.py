@@ -65,9 +65,13 @@ class FinetuneJob:
     # Half of every IDM batch is futures imagined by the generator being fine-tuned, labelled with
     # what the robot really did, redrawn every `imagine_every` steps: the IDM reads imagined futures
     # at run time, and must keep up with the generator it is paired with. 0 windows: real frames only.
-    # They are imagined from the IDM's own mix of fleet and replay.
+    # "logged": imagined from the IDM's own mix of fleet and replay, labelled with the actions the
+    # robot took. "read": imagined from the replayed logs only (the generator imitates them, so there
+    # it imagines what really happened), labelled with the IDM's reading of that real future: for a
+    # fleet whose arm is not the logs' arm, whose own actions did not make the futures imagined.
     imagined_windows: Annotated[int, Field(ge=0)] = 128
     imagine_every: Annotated[int, Field(ge=1)] = 100
+    imagined_labels: Literal["logged", "read"] = "logged"
     loss_weights: dict[str, float] = field(default_factory=lambda: {"video": 1.0, "idm": 1.0, "critic": 1.0})
 
     def share(self, loss: str) -> float:

@@ -77,8 +77,17 @@ class Objective(torch.nn.Module):
         period = step // self.job.imagine_every
         if self.can_imagine and period != self.imagined_for:
             rng = np.random.default_rng(seed)
-            groups = zip(self.data["idm"], self.split("idm", self.job.imagined_windows), strict=True)
-            parts = [imagine_windows(self.policy, data, n, rng) for data, n in groups if n and self.long_enough(data)]
+            n, labels = self.job.imagined_windows, self.job.imagined_labels
+            replay = self.data["idm"][1]
+            if labels == "logged":
+                sources = zip(self.data["idm"], self.split("idm", n), strict=True)
+            else:  # the logs alone, where what the generator imagines is what really happened
+                sources = [(replay, n)] if replay is not None else []
+            parts = [
+                imagine_windows(self.policy, data, k, rng, labels=labels)
+                for data, k in sources
+                if k and self.long_enough(data)
+            ]
             self.imagined = (
                 ImaginedWindows(torch.cat([p.frames for p in parts]), torch.cat([p.actions for p in parts]))
                 if parts

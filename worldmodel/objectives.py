@@ -8,6 +8,7 @@ rank) alike. The optimisation loop that minimises them is `worldmodel.trainer.fi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,14 +33,23 @@ class ImaginedWindows:
 
 @torch.no_grad()
 def imagine_windows(
-    policy: WorldModelPolicy, data: StageData, n: int, rng: np.random.Generator, batch: int = 64
+    policy: WorldModelPolicy,
+    data: StageData,
+    n: int,
+    rng: np.random.Generator,
+    batch: int = 64,
+    labels: Literal["logged", "read"] = "logged",
 ) -> ImaginedWindows:
+    """`labels`: each window's actions as the robot logged them, or as the policy's IDM reads them
+    from the real future the window was imagined in place of. Read labels carry the IDM's own arm
+    (what it learnt from real frames) onto imagined futures: on logs recorded with another arm,
+    the generator still imagines what really happened, and the IDM says what its arm would do."""
     future = policy.video_model.config.future_frames
     long_enough = [i for i, f in enumerate(data.frames) if len(f) > future + 2]
     policy.eval()
     frames, actions = [], []
     for start in range(0, n, batch):
-        prev, first, texts, acts = [], [], [], []
+        prev, first, texts, acts, real = [], [], [], [], []
         for i in rng.choice(long_enough, size=min(batch, n - start)):
             clip_frames, clip = data.frames[i], data.clips[i]
             t = int(rng.integers(1, len(clip_frames) - future))
@@ -47,10 +57,11 @@ def imagine_windows(
             first.append(clip_frames[t])
             texts.append(clip.caption)  # the short instruction, as the robot is given at run time
             acts.append(torch.as_tensor(clip.actions[t : t + future]).float())
+            real.append(clip_frames[t - 1 : t + future + 1])
         first_t = torch.stack(first)
         video = policy.video_model.sample(first_t, policy.text_encoder(texts), 1)[:, 0]
         frames.append(torch.cat([torch.stack(prev)[:, None], first_t[:, None], video], dim=1))
-        actions.append(torch.stack(acts))
+        actions.append(torch.stack(acts) if labels == "logged" else policy.idm.actions(torch.stack(real))[0])
     return ImaginedWindows(torch.cat(frames), torch.cat(actions))
 
 
