@@ -12,7 +12,7 @@ from learner.dataset import load_clips, save_clips
 from learner.finetune import FinetuneJob
 from learner.finetune_worker import Objective
 from sim.tabletop import ALL_TASKS, TabletopConfig
-from worldmodel.objectives import plan_loss
+from worldmodel.objectives import imagine_windows, plan_loss
 from worldmodel.policy import WorldModelPolicy
 from worldmodel.stage_data import StageData, robot_logs
 from worldmodel.text_encoder import build_vocab
@@ -107,6 +107,26 @@ def test_the_idm_imagines_from_its_own_mix_of_fleet_and_replay():
     windows = fleet_only.imagine(0, 0)
     fleet_actions = {a.tobytes() for c in fleet for a in c.actions}
     assert len(windows.actions) == 12 and all(a[0].numpy().tobytes() in fleet_actions for a in windows.actions)
+
+
+def test_read_labels_are_the_idms_reading_of_the_real_future_on_the_replayed_logs():
+    """For a fleet whose arm is not the logs' arm: the logs' futures, as this IDM reads them."""
+    torch.manual_seed(0)
+    fleet, replay = _fleet_and_replay()
+    policy = WorldModelPolicy.create(build_vocab([t.instruction for t in ALL_TASKS]))
+    data, future = StageData.build(replay, policy), policy.video_model.config.future_frames
+    windows = imagine_windows(policy, data, 5, np.random.default_rng(3), labels="read")
+    rng, expected = np.random.default_rng(3), []  # the same draws: which clip, which step
+    for i in rng.choice(len(replay), size=5):
+        t = int(rng.integers(1, len(data.frames[i]) - future))
+        expected.append(policy.idm.actions(data.frames[i][None, t - 1 : t + future + 1])[0][0])
+    assert torch.allclose(windows.actions, torch.stack(expected))
+    assert not torch.allclose(windows.actions, imagine_windows(policy, data, 5, np.random.default_rng(3)).actions)
+
+    job = FinetuneJob(batch=4, imagined_windows=6, idm_fleet_share=1.0, imagined_labels="read")
+    imagined = Objective(policy, fleet + replay, job).imagine(0, 0)
+    fleet_actions = {a.tobytes() for c in fleet for a in c.actions}
+    assert len(imagined.actions) == 6 and not any(a[0].numpy().tobytes() in fleet_actions for a in imagined.actions)
 
 
 def test_the_critic_learns_from_the_futures_the_robot_imagined_labelled_by_what_followed():
