@@ -21,13 +21,17 @@ def test_the_fleet_arm_and_the_replay_only_control_run_the_same_rounds_on_the_sa
         evaluations.append(label)
         return lambda *_: None
 
-    result = bench_learning(tracked, "ci", tmp_path / "work", tmp_path / "curves.png", progress, video_fleet_share=0.25)
+    result = bench_learning(
+        tracked, "ci", tmp_path / "work", tmp_path / "curves.png", progress, video_fleet_share=0.25, idm_fleet_share=1.0
+    )
 
     profile = DEMO_PROFILES["ci"]
     assert list(result.arms) == ["fleet", "control"]
     assert result.arms["fleet"].fleet_share == profile.round.finetune.fleet_share > 0
-    assert result.arms["fleet"].video_fleet_share == 0.25  # the lever given replaces the profile's
-    assert result.arms["control"].fleet_share == result.arms["control"].video_fleet_share == 0.0
+    assert result.arms["fleet"].video_fleet_share == 0.25  # the levers given replace the profile's
+    assert result.arms["fleet"].idm_fleet_share == 1.0
+    control = result.arms["control"]
+    assert control.fleet_share == control.idm_fleet_share == control.video_fleet_share == 0.0
     for arm in result.arms.values():
         assert [r["round"] for r in arm.rounds] == list(range(profile.rounds + 1))
         assert not any(r.get("degraded_on_purpose") for r in arm.rounds)  # no drill in a measurement
@@ -52,7 +56,13 @@ def test_the_final_champions_are_paired_seed_by_seed_and_the_fleet_arm_must_win_
 
     def arm(final: list[bool]) -> LearningArm:
         return LearningArm(
-            fleet_share=0.5, video_fleet_share=0.5, rounds=[], learning={"final_outcomes": final}, lost=0, seconds=0
+            fleet_share=0.5,
+            idm_fleet_share=0.5,
+            video_fleet_share=0.5,
+            rounds=[],
+            learning={"final_outcomes": final},
+            lost=0,
+            seconds=0,
         )
 
     fleet = [True] * 6 + [False, False, True, False]
