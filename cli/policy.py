@@ -100,14 +100,10 @@ def diagnose(
     episodes: int = typer.Option(10, help="seeded expert episodes per question"),
     out: Path = typer.Option(Path("out/diagnose.json"), help="where to write the JSON result"),
     sample_steps: int | None = SAMPLE_STEPS,
-    arm_turn: float = typer.Option(
-        0.0,
-        min=-180,
-        max=180,
-        help="the arm (degrees from the logs' arm) the IDM's reading of real frames is measured on",
-    ),
+    arm_turn: float = ARM_TURN,
 ) -> None:
-    """Which part of a policy fails: the IDM on real frames, on real futures, or the imagined futures."""
+    """Which part of a policy fails: the IDM on real frames, on real futures, or the imagined futures.
+    `--arm-turn` sets the arm the IDM's reading of real frames is measured on."""
     from worldmodel.diagnose import diagnose
     from worldmodel.policy import WorldModelPolicy
 
