@@ -7,7 +7,7 @@ and the real telemetry topic. Learner processes (`--learners`, one consumer grou
 episodes meanwhile. Then, on what the run left behind, it times:
 
 - learner lag: publish to indexed, per episode, over the run (p50, p95);
-- canary catch-up: the canary analysis's telemetry reader (`telemetry_since`: a seek by time to a
+- canary catch-up: the canary analysis's telemetry reader (`CanaryTelemetry`: a seek by time to a
   minute before a canary started three quarters into the run, then a read to the topic's end);
 - round load: a round's incremental read of the index (the episodes ingested since the first
   half's watermark), against reading the whole index;
@@ -33,7 +33,7 @@ from infra.settings import Settings
 from learner.episode_index import open_index
 from learner.ingest import EpisodeIngestor
 from learner.reconcile import reconcile
-from registry.canary_telemetry import telemetry_since
+from registry.canary_telemetry import CanaryTelemetry
 from sim.synthetic import EpisodeShape, episode_stream, robot_id
 
 SMALL = EpisodeShape(steps=16, size=32, candidates=4, imagined_frames=4)
@@ -117,19 +117,17 @@ def _canary_catchup(settings: Settings, since: float, stall_s: float = 120.0) ->
     """Records read, and seconds from the reader's creation until it is at the end of every
     partition (the high watermark its fetches report)."""
     t = time.perf_counter()
-    consumer = telemetry_since(settings, since)
+    reader = CanaryTelemetry(settings, since)
     try:
         read, deadline = 0, time.monotonic() + stall_s
         while True:
-            batches = consumer.poll(timeout_ms=200, max_records=5000)
-            read += sum(len(records) for records in batches.values())
-            marks = {tp: consumer.highwater(tp) for tp in consumer.assignment()}
-            if all(mark is not None and consumer.position(tp) >= mark for tp, mark in marks.items()):
+            read += len(reader.poll(timeout_ms=200))
+            if reader.at_end():
                 return read, time.perf_counter() - t
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the canary's reader did not reach the end of the telemetry in {stall_s:.0f} s")
     finally:
-        consumer.close()
+        reader.close()
 
 
 def bench_fleet(

@@ -34,7 +34,7 @@ from learner.episode_index import EpisodeWriter, open_index
 from learner.finetune import prepare_run, run_finetune
 from learner.ingest import EpisodeIngestor
 from registry.analysis import Arm
-from registry.canary_telemetry import live_arms, telemetry_since
+from registry.canary_telemetry import CanaryTelemetry
 from registry.model_store import ModelStore, NoChampion
 from registry.rollout import Rollout
 
@@ -153,12 +153,12 @@ def analyse_canary(settings: Settings, canary: str, champion: str, since: float,
     canary's version, so it can never demote the champion or end another canary."""
     log = get_run_logger()
     rollout = Rollout(settings)
-    consumer = telemetry_since(settings, since)
+    telemetry = CanaryTelemetry(settings, since)
     totals, skipped = {canary: Arm(0, 0), champion: Arm(0, 0)}, 0
     deadline = time.monotonic() + config.canary_timeout_s
     try:
         while True:
-            c, h, bad = live_arms(settings, canary, champion, since, consumer)
+            c, h, bad = telemetry.arms(canary, champion)
             totals, skipped = {canary: totals[canary] + c, champion: totals[champion] + h}, skipped + bad
             timed_out = time.monotonic() > deadline
             verdict = rollout.decide(canary, totals[canary], totals[champion], config.analysis, final=timed_out)
@@ -166,7 +166,7 @@ def analyse_canary(settings: Settings, canary: str, champion: str, since: float,
                 log.info("canary %s: %s (%s)", canary, verdict.decision, verdict.reason)
                 return {**verdict.as_dict(), "timed_out": timed_out, "skipped_records": skipped}
     finally:
-        consumer.close()
+        telemetry.close()
         rollout.close()
 
 

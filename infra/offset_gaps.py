@@ -28,6 +28,7 @@ class OffsetGaps:
     def __init__(self, wait_s: float, clock: Callable[[], float] = time.monotonic):
         self.wait_s = wait_s
         self.clock = clock
+        self.waited = 0  # gaps a partition was held at, over every partition
         self.skipped = 0  # offsets given up on, over every partition
         self._next: dict[Any, int | None] = {}  # partition -> the offset expected next (None: unknown)
         self._open: dict[Any, tuple[int, float]] = {}  # partition -> (missing offset, when first seen)
@@ -67,6 +68,7 @@ class OffsetGaps:
         at, since = self._open.get(partition, (None, now))
         if at != missing:
             self._open[partition] = (missing, since := now)
+            self.waited += 1
         if now - since >= self.wait_s:
             log.warning(
                 "%s: offsets %d..%d never appeared in %.1f s; reading on from %d",
@@ -80,3 +82,39 @@ class OffsetGaps:
             del self._open[partition]
             return True
         return False
+
+
+class GaplessPoll:
+    """A consumer's poll with each partition cut at a gap in its offsets: a partition that must wait
+    is sent back to the missing offset and paused for `recheck_s`, then fetched again, until
+    `OffsetGaps` sees the record or gives up on it. What it returns is in partition order."""
+
+    def __init__(self, consumer: Any, wait_s: float, recheck_s: float = 0.25):
+        self.consumer = consumer
+        self.gaps = OffsetGaps(wait_s)
+        self.recheck_s = recheck_s
+        self._held: dict[Any, float] = {}  # partitions paused at a missing offset -> when to fetch again
+
+    def poll(
+        self, timeout_ms: int, max_records: int, committed: Callable[[Any], int | None] = lambda tp: None
+    ) -> list[Any]:
+        """The records to keep; `committed(tp)` says where a just-assigned partition's reading starts."""
+        self._resume_held()
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records = []
+        for tp in sorted(batches, key=lambda t: t.partition):
+            kept, missing = self.gaps.admit(tp, batches[tp], lambda tp=tp: committed(tp))
+            records += kept
+            if missing is not None:
+                self.consumer.seek(tp, missing)
+                self.consumer.pause(tp)
+                self._held[tp] = self.gaps.clock() + self.recheck_s
+        return records
+
+    def _resume_held(self) -> None:
+        now, assigned = self.gaps.clock(), self.consumer.assignment()
+        due = [tp for tp, at in self._held.items() if at <= now or tp not in assigned]
+        for tp in due:
+            del self._held[tp]
+        if due := [tp for tp in due if tp in assigned]:
+            self.consumer.resume(*due)

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
 from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import Episode, MediaRef
-from infra.offset_gaps import OffsetGaps
+from infra.offset_gaps import GaplessPoll, OffsetGaps
 from infra.settings import Settings
 from learner.episode_index import EpisodeWriter, Provenance
 from learner.media import Rejected, check_content, fetch_verified
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 # Kafka's default message cap is 1 MiB; an original bigger than this, with its headers, is kept in
 # S3 instead, so that a message the broker took once can always be dead-lettered.
 INLINE_ORIGINAL_BYTES = 512 << 10
-# How often a partition held at a missing offset fetches again.
-GAP_RECHECK_S = 0.25
 
 
 @dataclass
@@ -52,14 +50,16 @@ class IngestStats:
     duplicates: int = 0
     dead_lettered: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    pauses: dict[str, int] = field(default_factory=dict)  # batches retried after a service error, by error
 
     def add(self, other: IngestStats) -> None:
         self.received += other.received
         self.indexed += other.indexed
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
-        for k, v in other.reasons.items():
-            self.reasons[k] = self.reasons.get(k, 0) + v
+        for counts, more in ((self.reasons, other.reasons), (self.pauses, other.pauses)):
+            for k, v in more.items():
+                counts[k] = counts.get(k, 0) + v
 
 
 class EpisodeIngestor:
@@ -76,8 +76,8 @@ class EpisodeIngestor:
         self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.verify_media = verify_media
         self.consumer: KafkaConsumer = kafka_consumer(settings, group_id=settings.kafka.consumer_group)
-        self.gaps = OffsetGaps(settings.kafka.offset_gap_wait())
-        self._held: dict = {}  # partitions paused at a missing offset -> when to fetch again
+        self._polls = GaplessPoll(self.consumer, settings.kafka.offset_gap_wait())
+        self.gaps = self._polls.gaps
         self.consumer.subscribe([self.topic], listener=_ForgetOnAssignment(self.gaps))
         self._dlq = None
         self._resync = False  # set when positions may be past records that were not kept
@@ -88,9 +88,8 @@ class EpisodeIngestor:
     def poll_once(self, timeout_ms: int = 500) -> IngestStats:
         if self._resync:
             self._seek_to_committed()
-        self._resume_held()
         try:
-            records = self._admit(self.consumer.poll(timeout_ms=timeout_ms, max_records=500))
+            records = self._polls.poll(timeout_ms, max_records=500, committed=self._committed)
         except KafkaError:
             # kafka-python can advance its positions past records it then fails to hand back.
             self._resync = True
@@ -120,19 +119,6 @@ class EpisodeIngestor:
             stats.reasons[letter.reason.value] = stats.reasons.get(letter.reason.value, 0) + 1
         stats.dead_lettered = len(rejected)
         return stats
-
-    def _admit(self, batches) -> list:
-        """The polled records in partition order, each partition's cut at a gap in its offsets:
-        what follows a gap is fetched again once the missing record is there (or given up on)."""
-        records = []
-        for tp in sorted(batches, key=lambda t: t.partition):
-            kept, missing = self.gaps.admit(tp, batches[tp], lambda tp=tp: self._committed(tp))
-            records += kept
-            if missing is not None:
-                self.consumer.seek(tp, missing)
-                self.consumer.pause(tp)
-                self._held[tp] = time.monotonic() + GAP_RECHECK_S
-        return records
 
     def _judge(self, record) -> Episode | DeadLetter:
         """The episode if the message is good, else the dead letter that says why not."""
@@ -209,14 +195,6 @@ class EpisodeIngestor:
     def _committed(self, tp) -> int | None:
         return self.consumer.committed(tp, timeout_ms=self.settings.kafka.bootstrap_timeout_ms)
 
-    def _resume_held(self) -> None:
-        now, assigned = time.monotonic(), self.consumer.assignment()
-        due = [tp for tp, at in self._held.items() if at <= now or tp not in assigned]
-        for tp in due:
-            del self._held[tp]
-        if due := [tp for tp in due if tp in assigned]:
-            self.consumer.resume(*due)
-
     # -- the loop ------------------------------------------------------------------------------
     def run(
         self,
@@ -237,6 +215,7 @@ class EpisodeIngestor:
                 backoff = 0.2
             except (ServiceUnavailable, KafkaError) as e:
                 log.warning("ingest paused: %s", e)
+                total.pauses[type(e).__name__] = total.pauses.get(type(e).__name__, 0) + 1
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 3.0)
                 continue
