@@ -25,19 +25,36 @@ from sim.synthetic import EpisodeShape, episode_stream
 
 
 def _ingest_worker(settings: Settings, expected: int, ready, done) -> None:
+    batches_at: list[float] = []
     with open_index(settings) as index:
         ingestor = EpisodeIngestor(settings, index)
         try:
             ingestor.join_group()  # learners run long before and after a benchmark: a join is not lag
             ready.set()
             cpu_start = time.process_time()
-            stats = ingestor.run(until_indexed=expected, idle_timeout_s=120)
+            stats = ingestor.run(
+                until_indexed=expected, idle_timeout_s=120, on_batch=lambda *_: batches_at.append(time.monotonic())
+            )
             cpu_s = time.process_time() - cpu_start
         finally:
             ingestor.close()
     done.put(
-        {"indexed": stats.indexed, "duplicates": stats.duplicates, "dead_lettered": stats.dead_lettered, "cpu_s": cpu_s}
+        {
+            "indexed": stats.indexed,
+            "duplicates": stats.duplicates,
+            "dead_lettered": stats.dead_lettered,
+            "cpu_s": cpu_s,
+            "longest_quiet_s": _longest_quiet_s(batches_at),
+            "pauses": stats.pauses,
+            "offset_gaps_waited": ingestor.gaps.waited,
+            "offset_gaps_skipped": ingestor.gaps.skipped,
+        }
     )
+
+
+def _longest_quiet_s(times: list[float]) -> float:
+    """The longest interval between two consecutive events: where a stall shows."""
+    return round(float(np.diff(times).max()), 3) if len(times) > 1 else 0.0
 
 
 def _services_cpu_s(settings: Settings) -> dict[str, float | None]:
@@ -64,6 +81,10 @@ class IngestBench(BenchResult):
     # CPU seconds each part used while the clock ran (the services' only when this stack
     # started them): where the two cores went
     cpu_s: dict[str, float | None]
+    # Where a stall would show, and which side had it: the longest time without an acknowledgement
+    # to the publisher and without a batch in the ingest worker; the publisher's retried
+    # shipments, the worker's retried batches by error, the partitions held at an offset gap.
+    stalls: dict
     shape: dict
     work_dir: str
 
@@ -104,7 +125,13 @@ def bench_ingest(
         raise RuntimeError("the ingest worker did not join its consumer group in 120 s")
 
     acknowledged: list[str] = []
-    publisher = EpisodePublisher(settings, on_acknowledged=acknowledged.append)
+    acknowledged_at: list[float] = []
+
+    def on_acknowledged(episode_id: str) -> None:
+        acknowledged.append(episode_id)
+        acknowledged_at.append(time.monotonic())
+
+    publisher = EpisodePublisher(settings, on_acknowledged=on_acknowledged)
     sent_ids, nbytes, encode_s = set(), 0, 0.0
 
     def encoded(frames, imagined):
@@ -136,6 +163,14 @@ def bench_ingest(
         before = services_cpu[name]
         cpu_s[name] = None if after is None or before is None else after - before
     worker.join(10)
+    stalls = {
+        "longest_s_without_an_acknowledgement": _longest_quiet_s(acknowledged_at),
+        "longest_s_without_an_ingested_batch": result["longest_quiet_s"],
+        "publisher_retries": publisher.retries,
+        "ingest_pauses": result["pauses"],
+        "offset_gaps_waited": result["offset_gaps_waited"],
+        "offset_gaps_skipped": result["offset_gaps_skipped"],
+    }
     publisher.close()
 
     with open_index(settings) as index:
@@ -161,6 +196,7 @@ def bench_ingest(
         encode_ms_per_episode=round(encode_s / episodes * 1000, 2),
         encoded_ahead=encode_ahead,
         cpu_s={name: None if v is None else round(v, 2) for name, v in cpu_s.items()},
+        stalls=stalls,
         shape=shape.__dict__,
         work_dir=str(Path(work)),
     )

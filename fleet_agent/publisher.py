@@ -68,6 +68,7 @@ class EpisodePublisher:
         self.quarantined = 0
         self._uploaded: set[int] = set()
         self.last_error: str | None = None
+        self.retries = 0  # shipments that failed and were tried again
         self._thread = threading.Thread(target=self._ship_forever, name="episode-shipper", daemon=True)
         self._thread.start()
 
@@ -143,6 +144,7 @@ class EpisodePublisher:
                     level = logging.WARNING if isinstance(e, ServiceUnavailable) else logging.ERROR
                     log.log(level, "episodes wait in the spool: %s", e, exc_info=not isinstance(e, ServiceUnavailable))
                 self.last_error = str(e)
+                self.retries += 1
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 3.0)
 

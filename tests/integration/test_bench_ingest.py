@@ -18,3 +18,8 @@ def test_the_ingest_bench_counts_every_episode_and_each_parts_cpu(services):
     cpu = result.cpu_s
     assert cpu["publisher"] > 0 and cpu["ingest"] > 0 and cpu["s3"] > 0, cpu  # S3: ~0.1 s for 40 PUTs and GETs
     assert cpu["kafka"] is not None and cpu["kafka"] >= 0, cpu  # a few ms: it may round to no clock tick
+    # nothing stalled: no retried shipment or batch, no partition held at an offset gap for good
+    stalls = result.stalls
+    assert stalls["publisher_retries"] == 0 and stalls["ingest_pauses"] == {} and stalls["offset_gaps_skipped"] == 0
+    for side in ("longest_s_without_an_acknowledgement", "longest_s_without_an_ingested_batch"):
+        assert 0 <= stalls[side] <= result.elapsed_s, stalls
