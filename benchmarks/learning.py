@@ -43,6 +43,7 @@ class LearningArm(BenchResult):
 
 class LearningBench(BenchResult):
     profile: str
+    base: str  # what the shared base was trained as: "demo" or a `fleet train` profile
     arms: dict[str, LearningArm]
     seeds: int
     fleet_final_success: float
@@ -55,12 +56,19 @@ class LearningBench(BenchResult):
 
 
 def bench_learning(
-    settings: Settings, profile: str, work: Path, plot: Path, progress=None, **shares: float | None
+    settings: Settings,
+    profile: str,
+    work: Path,
+    plot: Path,
+    progress=None,
+    base: str | None = None,
+    **shares: float | None,
 ) -> LearningBench:
     """Both arms in turn, each on its own topics, registered model and index; the base is trained
-    once (the demo reuses `work/base`). `shares` (`fleet_share`, `idm_fleet_share`,
-    `video_fleet_share`) replace the profile's in the fleet arm; the control's are all 0."""
-    demo = DEMO_PROFILES[profile].model_copy(update={"degrade_round": 0})
+    once (the demo reuses `work/base`), as `base` says ("demo" or a `fleet train` profile; unset: as
+    the profile says). `shares` (`fleet_share`, `idm_fleet_share`, `video_fleet_share`) replace the
+    profile's in the fleet arm; the control's are all 0."""
+    demo = DEMO_PROFILES[profile].model_copy(update={"degrade_round": 0, "train": base or DEMO_PROFILES[profile].train})
     fleet_job = dataclasses.replace(demo.round.finetune, **{k: v for k, v in shares.items() if v is not None})
     run = f"learning-{uuid.uuid4().hex[:6]}"
     arms, evaluated = {}, {}  # both arms start from the same base: its offline outcomes are measured once
@@ -104,7 +112,12 @@ def bench_learning(
     candidates = [arms[a].last_candidate for a in ARMS]
     last_candidates = pair(*(c["final_outcomes"] for c in candidates)) if all(candidates) else None
     return LearningBench(
-        profile=profile, arms=arms, plot=str(plot), last_candidates=last_candidates, **pair_finals(arms)
+        profile=profile,
+        base=demo.train,
+        arms=arms,
+        plot=str(plot),
+        last_candidates=last_candidates,
+        **pair_finals(arms),
     )
 
 

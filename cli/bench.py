@@ -276,6 +276,11 @@ def learning(
         "quick", help="the demo's profile both arms run: quick, turned (the fleet's arms turned from the logs') or ci"
     ),
     work: Path = typer.Option(Path(".fleet/bench-learning"), help="the shared base and each arm's rounds"),
+    base: str | None = typer.Option(
+        None,
+        help="the base both arms start from: demo (the demo's lighter base) or a `fleet train` profile "
+        "(quick, full, ci); unset: the profile's. A base already in WORK/base is reused: give each its own --work",
+    ),
     plot: Path = typer.Option(Path("out/learning_fleet_vs_control.png"), help="where to draw both arms' curves"),
     out: Path = typer.Option(Path("out/bench_learning.json"), help="where to write the JSON result"),
     fleet_share: float | None = typer.Option(
@@ -292,9 +297,12 @@ def learning(
     both arms' curves, and their final champions paired on the same seeds."""
     from flows.config import DEMO_PROFILES
     from infra.clients import use_prefect
+    from worldmodel.train import PROFILES
 
     if profile not in DEMO_PROFILES:
         raise UsageError(f"unknown profile {profile!r}", hint=f"profiles: {', '.join(DEMO_PROFILES)}")
+    if base not in (None, "demo", *PROFILES):
+        raise UsageError(f"unknown base {base!r}", hint=f"bases: demo, {', '.join(PROFILES)}")
     use_prefect(fleet := settings())  # before Prefect is imported, or it starts a server of its own
     from prefect import tags
 
@@ -312,7 +320,7 @@ def learning(
             "idm_fleet_share": idm_fleet_share,
             "video_fleet_share": video_fleet_share,
         }
-        result = bench_learning(fleet, profile, work, plot, bar, **shares)
+        result = bench_learning(fleet, profile, work, plot, bar, base, **shares)
     table = Table(
         "arm", "fleet share (IDM / critic / world model)", "base", "final", "one-sided p (final > base)", "lost"
     )

@@ -22,6 +22,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from infra.contracts import video
+from infra.errors import UsageError
 from sim.tabletop import ALL_TASKS
 from worldmodel.checkpoint import load_state, save_state
 from worldmodel.objectives import (
@@ -130,6 +131,21 @@ def stage_objective(
 MAX_GRAD_NORM = {"pretrain": 1.0, "midtrain": 1.0, "posttrain": 1.0}
 
 
+def _refuse_another_profiles_run(out: Path, profile: TrainProfile) -> None:
+    """Resuming a directory trained as another profile would load weights of another shape or
+    recipe and report them as this one's."""
+    report = out / "train_report.json"
+    if not report.exists():
+        return
+    trained_as = json.loads(report.read_text()).get("profile")
+    if trained_as is not None and trained_as != json.loads(json.dumps(asdict(profile))):
+        changed = sorted(k for k in trained_as if trained_as[k] != asdict(profile).get(k))
+        raise UsageError(
+            f"{out} holds a run of another training profile (it differs in {', '.join(changed)})",
+            hint="train into a fresh directory, or remove that one",
+        )
+
+
 def train_all(
     profile: TrainProfile,
     out: Path,
@@ -142,6 +158,7 @@ def train_all(
     `progress_factory(stage, steps)` returns a callback `(step, loss)` for that stage's progress.
     A stage in `redo_stages` trains again from the checkpoint even if it finished.
     """
+    _refuse_another_profiles_run(out, profile)
     torch.manual_seed(profile.seed)
     rng = np.random.default_rng(profile.seed)
     out.mkdir(parents=True, exist_ok=True)

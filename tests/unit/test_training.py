@@ -1,5 +1,6 @@
 """Training and evaluation, end to end at toy scale: runs, resumes, writes a loadable policy."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from infra.errors import UsageError
 from worldmodel.diagnose import diagnose
 from worldmodel.evaluate import SPLITS, _episode, _in_processes, _load_worker, evaluate
 from worldmodel.objectives import critic_instructions, critic_loss, idm_loss, imagine_windows
@@ -120,6 +122,13 @@ def test_a_run_directory_from_before_the_one_checkpoint_format_resumes_where_it_
     old_names = ["pretrain", "midtrain", "finetune", "idm", "idm_adapt", "critic"]
     (tmp_path / "checkpoints" / "progress.json").write_text(json.dumps(old_names))
     assert train_all(PROFILES["ci"], tmp_path)["trained"] == []
+
+
+def test_a_directory_trained_as_another_profile_is_refused_not_resumed(tmp_path):
+    train_all(PROFILES["ci"], tmp_path)
+    other = dataclasses.replace(PROFILES["ci"], lr=PROFILES["ci"].lr / 2)
+    with pytest.raises(UsageError, match="differs in lr"):
+        train_all(other, tmp_path)
 
 
 def test_a_finished_stage_trains_again_when_asked_and_the_others_stay(tmp_path):
