@@ -62,13 +62,17 @@ def bench_learning(
     plot: Path,
     progress=None,
     base: str | None = None,
+    rounds: int | None = None,
     **shares: float | None,
 ) -> LearningBench:
     """Both arms in turn, each on its own topics, registered model and index; the base is trained
     once (the demo reuses `work/base`), as `base` says ("demo" or a `fleet train` profile; unset: as
-    the profile says). `shares` (`fleet_share`, `idm_fleet_share`, `video_fleet_share`) replace the
+    the profile says), and each arm runs `rounds` rounds (unset: the profile's). `shares` (`fleet_share`, `idm_fleet_share`, `video_fleet_share`) replace the
     profile's in the fleet arm; the control's are all 0."""
-    demo = DEMO_PROFILES[profile].model_copy(update={"degrade_round": 0, "train": base or DEMO_PROFILES[profile].train})
+    chosen = DEMO_PROFILES[profile]
+    demo = chosen.model_copy(
+        update={"degrade_round": 0, "train": base or chosen.train, "rounds": rounds or chosen.rounds}
+    )
     fleet_job = dataclasses.replace(demo.round.finetune, **{k: v for k, v in shares.items() if v is not None})
     run = f"learning-{uuid.uuid4().hex[:6]}"
     arms, evaluated = {}, {}  # both arms start from the same base: its offline outcomes are measured once

@@ -281,6 +281,7 @@ def learning(
         help="the base both arms start from: demo (the demo's lighter base) or a `fleet train` profile "
         "(quick, full, ci); unset: the profile's. A base already in WORK/base is reused: give each its own --work",
     ),
+    rounds: int | None = typer.Option(None, min=1, help="improvement rounds each arm runs; unset: the profile's"),
     plot: Path = typer.Option(Path("out/learning_fleet_vs_control.png"), help="where to draw both arms' curves"),
     out: Path = typer.Option(Path("out/bench_learning.json"), help="where to write the JSON result"),
     fleet_share: float | None = typer.Option(
@@ -320,7 +321,7 @@ def learning(
             "idm_fleet_share": idm_fleet_share,
             "video_fleet_share": video_fleet_share,
         }
-        result = bench_learning(fleet, profile, work, plot, bar, base, **shares)
+        result = bench_learning(fleet, profile, work, plot, bar, base, rounds, **shares)
     table = Table(
         "arm", "fleet share (IDM / critic / world model)", "base", "final", "one-sided p (final > base)", "lost"
     )

@@ -22,18 +22,25 @@ def test_the_fleet_arm_and_the_replay_only_control_run_the_same_rounds_on_the_sa
         return lambda *_: None
 
     result = bench_learning(
-        tracked, "ci", tmp_path / "work", tmp_path / "curves.png", progress, video_fleet_share=0.25, idm_fleet_share=1.0
+        tracked,
+        "ci",
+        tmp_path / "work",
+        tmp_path / "curves.png",
+        progress,
+        rounds=1,  # the profile's are 2
+        video_fleet_share=0.25,
+        idm_fleet_share=1.0,
     )
 
     profile = DEMO_PROFILES["ci"]
-    assert list(result.arms) == ["fleet", "control"]
+    assert list(result.arms) == ["fleet", "control"] and result.base == profile.train
     assert result.arms["fleet"].fleet_share == profile.round.finetune.fleet_share > 0
     assert result.arms["fleet"].video_fleet_share == 0.25  # the levers given replace the profile's
     assert result.arms["fleet"].idm_fleet_share == 1.0
     control = result.arms["control"]
     assert control.fleet_share == control.idm_fleet_share == control.video_fleet_share == 0.0
     for arm in result.arms.values():
-        assert [r["round"] for r in arm.rounds] == list(range(profile.rounds + 1))
+        assert [r["round"] for r in arm.rounds] == [0, 1]
         assert not any(r.get("degraded_on_purpose") for r in arm.rounds)  # no drill in a measurement
         assert arm.learning["seeds"] == result.seeds == 2 * profile.learning_episodes
         assert arm.lost == 0
