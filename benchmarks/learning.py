@@ -66,9 +66,10 @@ def bench_learning(
     **shares: float | None,
 ) -> LearningBench:
     """Both arms in turn, each on its own topics, registered model and index; the base is trained
-    once (the demo reuses `work/base`), as `base` says ("demo" or a `fleet train` profile; unset: as
-    the profile says), and each arm runs `rounds` rounds (unset: the profile's). `shares` (`fleet_share`, `idm_fleet_share`, `video_fleet_share`) replace the
-    profile's in the fleet arm; the control's are all 0."""
+    once (the demo reuses `work/base`), as `base` says ("demo" or a `fleet train` profile; unset:
+    the profile's), and each arm runs `rounds` rounds (unset: the profile's). `shares`
+    (`fleet_share`, `idm_fleet_share`, `video_fleet_share`) replace the profile's in the fleet
+    arm; the control's are all 0."""
     chosen = DEMO_PROFILES[profile]
     demo = chosen.model_copy(
         update={"degrade_round": 0, "train": base or chosen.train, "rounds": rounds or chosen.rounds}
