@@ -121,10 +121,12 @@ def attribute(
     candidates: int = typer.Option(4, help="K, as the fleet ran it (the demo's robots run 4)"),
     work: Path = typer.Option(Path(".fleet/attribute"), help="where the hybrid policies are written"),
     out: Path = typer.Option(Path("out/attribute.json"), help="where to write the JSON result"),
+    arm_turn: float = ARM_TURN,
 ) -> None:
     """Which fine-tuned part moved success: the base with each of the generator, IDM and critic
     swapped in alone, against the base on the same seeds (exact McNemar)."""
     from registry.model_store import resolve_policy
+    from sim.tabletop import TabletopConfig
     from worldmodel.attribution import FINE_TUNED, attribute
     from worldmodel.planner import PlannerConfig
 
@@ -132,7 +134,12 @@ def attribute(
     with progress() as bars:
         bar = bars.add_task("episodes", total=2 * episodes * (2 + len(FINE_TUNED)))
         result = attribute(
-            *paths, episodes, work, PlannerConfig(candidates=candidates), progress=lambda: bars.advance(bar)
+            *paths,
+            episodes,
+            work,
+            PlannerConfig(candidates=candidates),
+            progress=lambda: bars.advance(bar),
+            env=TabletopConfig(arm_turn_deg=arm_turn),
         )
     table = Table("policy", "success", "95% CI", "only it", "only base", "p (McNemar)")
     table.add_row("base", f"{result.base_success_rate:.0%}", str(list(result.base_ci95)), "", "", "")

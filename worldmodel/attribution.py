@@ -16,6 +16,7 @@ from pathlib import Path
 from infra.contracts.evaluation import Attribution, PairedTest, PartEffect
 from infra.errors import UsageError
 from infra.stats import mcnemar, wilson
+from sim.tabletop import TabletopConfig
 from worldmodel.evaluate import evaluate
 from worldmodel.planner import PlannerConfig
 from worldmodel.policy import WorldModelPolicy
@@ -36,16 +37,24 @@ def swap_in(base: Path, tuned: Path, part: str, out: Path) -> Path:
 
 
 def attribute(
-    base: Path, tuned: Path, episodes: int, work: Path, planner_config: PlannerConfig | None = None, progress=None
+    base: Path,
+    tuned: Path,
+    episodes: int,
+    work: Path,
+    planner_config: PlannerConfig | None = None,
+    progress=None,
+    env: TabletopConfig | None = None,
 ) -> Attribution:
-    """The base, the tuned policy and the three hybrids on the same `episodes` seeds per split."""
+    """The base, the tuned policy and the three hybrids on the same `episodes` seeds per split, in
+    the environment `env` says (the robot's arm mounting; unset: the logs' arm)."""
+    env = env or TabletopConfig()
     base, tuned = WorldModelPolicy.locate(base), WorldModelPolicy.locate(tuned)
     policies = {"base": base, "tuned": tuned} | {
         part: swap_in(base, tuned, part, work / f"base+{part}") for part in FINE_TUNED
     }
     outcomes, first_seed = {}, 0
     for name, directory in policies.items():
-        report = evaluate(directory, episodes, planner_config=planner_config, progress=progress)
+        report = evaluate(directory, episodes, planner_config=planner_config, progress=progress, env=env)
         outcomes[name] = report.outcomes["seen"] + report.outcomes["heldout"]
         first_seed = report.first_seed
     b = outcomes.pop("base")
@@ -63,6 +72,7 @@ def attribute(
         tuned=str(tuned),
         first_seed=first_seed,
         seeds=len(b),
+        arm_turn_deg=env.arm_turn_deg,
         base_success_rate=round(sum(b) / len(b), 4),
         base_ci95=wilson(sum(b), len(b)),
         effects={name: effect(o) for name, o in outcomes.items()},

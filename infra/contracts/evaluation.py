@@ -90,6 +90,7 @@ class Attribution(BaseModel):
     tuned: str
     first_seed: int
     seeds: int = Field(description="both splits together")
+    arm_turn_deg: float = Field(0.0, description="the arm the episodes ran on, in degrees from the logs' arm")
     base_success_rate: Rate = Field(ge=0, le=1)
     base_ci95: Interval
     effects: dict[str, PartEffect]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from registry.model_store import file_digests
+from sim.tabletop import TabletopConfig
+from worldmodel import attribution
 from worldmodel.attribution import FINE_TUNED, attribute, swap_in
 from worldmodel.policy import WorldModelPolicy
 
@@ -40,3 +42,17 @@ def test_attribution_pairs_every_hybrid_with_the_base_on_the_same_seeds(tiny_pol
         paired = effect.against_base
         assert paired.episodes == 2 and paired.b_successes == round(result.base_success_rate * 2)
         assert paired.a_successes == round(effect.success_rate * 2)
+
+
+def test_every_policy_runs_on_the_arm_it_is_asked_for(tiny_policy_dir, tmp_path, monkeypatch):
+    """A fleet on a turned arm: the base, the tuned policy and the hybrids all run on that arm."""
+    arms, evaluate = [], attribution.evaluate
+
+    def recording(directory, episodes, **options):
+        arms.append(options["env"].arm_turn_deg)
+        return evaluate(directory, episodes, **options)
+
+    monkeypatch.setattr(attribution, "evaluate", recording)
+    tuned = _tuned(tiny_policy_dir, tmp_path / "tuned")
+    result = attribute(tiny_policy_dir, tuned, episodes=1, work=tmp_path / "work", env=TabletopConfig(arm_turn_deg=90))
+    assert arms == [90.0] * (2 + len(FINE_TUNED)) and result.arm_turn_deg == 90.0

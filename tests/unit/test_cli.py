@@ -55,7 +55,7 @@ def test_every_command_keeps_its_name_and_options():
     # `stack robot-credentials`, `bench fleet`,
     # (issue 17) `bench media-codecs`, `bench ingest --codec --encode-ahead`, `train all --robot-frames`,
     # then (issue 15) `eval --no-grounding`, `train all --precision`, (issue 16) `bench learning
-    # --fleet-share --video-fleet-share --idm-fleet-share`, `diagnose --arm-turn`, `eval --arm-turn`, `bench learning --base --rounds`: a change here is a change
+    # --fleet-share --video-fleet-share --idm-fleet-share`, `diagnose --arm-turn`, `eval --arm-turn`, `bench learning --base --rounds`, `attribute --arm-turn`: a change here is a change
     # for users.
     assert command_surface() == json.loads(SURFACE.read_text())
 
