@@ -137,9 +137,9 @@ def _refuse_another_profiles_run(out: Path, profile: TrainProfile) -> None:
     report = out / "train_report.json"
     if not report.exists():
         return
-    trained_as = json.loads(report.read_text()).get("profile")
-    if trained_as is not None and trained_as != json.loads(json.dumps(asdict(profile))):
-        changed = sorted(k for k in trained_as if trained_as[k] != asdict(profile).get(k))
+    trained_as, wanted = json.loads(report.read_text()).get("profile"), json.loads(json.dumps(asdict(profile)))
+    if trained_as is not None and trained_as != wanted:
+        changed = sorted(k for k in trained_as.keys() | wanted.keys() if trained_as.get(k) != wanted.get(k))
         raise UsageError(
             f"{out} holds a run of another training profile (it differs in {', '.join(changed)})",
             hint="train into a fresh directory, or remove that one",
