@@ -100,6 +100,7 @@ def kafka_consumer(settings: Settings, *topics: str, group_id: str | None, **ove
         "auto_offset_reset": "earliest",
         "session_timeout_ms": settings.kafka.session_timeout_ms,
         "heartbeat_interval_ms": settings.kafka.heartbeat_interval_ms,
+        "fetch_max_wait_ms": settings.kafka.fetch_wait_ms(),
         "reconnect_backoff_max_ms": 1_000,
         "request_timeout_ms": 15_000,
     }

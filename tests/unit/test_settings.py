@@ -47,3 +47,11 @@ def test_producers_are_idempotent_only_where_the_broker_keeps_that_promise(monke
     assert Settings().kafka.producer_is_idempotent()
     monkeypatch.setenv("FLEET_KAFKA__IDEMPOTENT_PRODUCER", "false")
     assert not Settings().kafka.producer_is_idempotent()
+
+
+def test_consumers_wait_less_at_the_embedded_broker_which_answers_a_waiting_fetch_late(monkeypatch):
+    assert Settings().kafka.fetch_wait_ms() == 100
+    monkeypatch.setenv("FLEET_KAFKA__BOOTSTRAP_SERVERS", "kafka-1:9092")
+    assert Settings().kafka.fetch_wait_ms() == 500
+    monkeypatch.setenv("FLEET_KAFKA__FETCH_MAX_WAIT_MS", "250")
+    assert Settings().kafka.fetch_wait_ms() == 250
