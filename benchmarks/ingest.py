@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import BenchResult
+from benchmarks.machine_speed import reference_ms
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.settings import Settings
@@ -85,6 +86,9 @@ class IngestBench(BenchResult):
     # to the publisher and without a batch in the ingest worker; the publisher's retried
     # shipments, the worker's retried batches by error, the partitions held at an offset gap.
     stalls: dict
+    # A fixed piece of work timed just before the clock and just after the run (ms, lower is
+    # faster; benchmarks/machine_speed.py): runs are comparable when these are.
+    machine_reference_ms: tuple[float, float]
     shape: dict
     work_dir: str
 
@@ -146,6 +150,7 @@ def bench_ingest(
     encoding = ((core, encoded(frames, imagined)) for core, frames, imagined in stream)
     if encode_ahead:
         encoding = list(encoding)  # now, not inside the clock
+    reference_before = reference_ms()
     services_cpu = _services_cpu_s(settings)
     publisher_cpu = time.process_time()
     t0 = time.perf_counter()
@@ -174,6 +179,7 @@ def bench_ingest(
         "offset_gaps_skipped": result["offset_gaps_skipped"],
     }
     publisher.close()
+    reference_after = reference_ms()
 
     with open_index(settings) as index:
         indexed_ids = index.episode_ids()
@@ -199,6 +205,7 @@ def bench_ingest(
         encoded_ahead=encode_ahead,
         cpu_s={name: None if v is None else round(v, 2) for name, v in cpu_s.items()},
         stalls=stalls,
+        machine_reference_ms=(reference_before, reference_after),
         shape=shape.__dict__,
         work_dir=str(Path(work)),
     )

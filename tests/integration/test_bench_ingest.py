@@ -18,6 +18,7 @@ def test_the_ingest_bench_counts_every_episode_and_each_parts_cpu(services):
     cpu = result.cpu_s
     assert cpu["publisher"] > 0 and cpu["ingest"] > 0 and cpu["s3"] > 0, cpu  # S3: ~0.1 s for 40 PUTs and GETs
     assert cpu["kafka"] is not None and cpu["kafka"] >= 0, cpu  # a few ms: it may round to no clock tick
+    assert all(ms > 0 for ms in result.machine_reference_ms)
     # nothing stalled: no retried shipment or batch, no partition held at an offset gap for good
     stalls = result.stalls
     assert stalls["publisher_retries"] == 0 and stalls["ingest_pauses"] == {} and stalls["offset_gaps_skipped"] == 0
