@@ -39,7 +39,8 @@ def ingest(
     H.264, encoded on the robots' own CPUs before the clock starts (--encode-here puts that work
     on these cores, inside the clock; encode_ms_per_episode says what it costs either way).
     cpu_s says where the cores went: CPU seconds of the publisher, the ingest worker, and the
-    embedded S3 and broker.
+    embedded S3 and broker. machine_reference_ms times one fixed piece of work before and after
+    the run: on a shared machine, compare runs whose references agree.
     """
     from benchmarks.ingest import bench_ingest
 
@@ -63,6 +64,7 @@ def ingest(
         "latency_ms_p50",
         "latency_ms_p99",
         "cpu_s",
+        "machine_reference_ms",
     )
     report(result, out, keys)
 
