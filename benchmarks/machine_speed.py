@@ -1,7 +1,7 @@
 """How fast this machine's cores are at the moment: one fixed piece of work, timed.
 
 On a shared virtual machine the same code runs at different speeds from one hour to the next (a
-neighbour's load, the host's clock), and a bench's figures move with it. Timing the same work
+neighbour's load, the host's CPU frequency), and a bench's figures move with it. Timing the same work
 before and after a run says which figures were taken on the same machine."""
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class KafkaSettings(_Section):
     def fetch_wait_ms(self) -> int:
         # Apache Kafka answers a waiting fetch as soon as records arrive, so its wait costs no
         # latency. Tansu answered later: at 100 messages/s a record reached a consumer in p50 148
-        # ms, p99 315 ms with a 500 ms wait, 42 and 105 ms with 100 ms (README, Benchmarks).
+        # ms, p99 315 ms with a 500 ms wait, 42 and 103-107 ms with 100 ms (README, Benchmarks).
         return self._unless_set(self.fetch_max_wait_ms, external=500, embedded=100)
 
     def offset_gap_wait(self) -> float:
