@@ -89,3 +89,45 @@ def test_a_full_disk_refuses_the_episode_and_leaves_the_spool_as_it_was(tmp_path
     assert [e.message() for e in spool.peek(10)] == [message(0)] and spool.nbytes == kept.nbytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "000000000000.json", "000000000000.media"]
     assert spool.append(message(2), b"m2").seq == 2  # the disk has room again: the next episode is kept
+
+
+def test_a_long_backlog_ships_without_listing_the_spool_again(tmp_path, monkeypatch):
+    # A robot back from an outage may hold ~190,000 entries: listing them for each batch of 64
+    # cost 31 ms at 20,000 entries, so the order is read once, when the spool opens.
+    first = Spool(tmp_path)
+    for i in range(300):
+        first.append(message(i), b"m")
+    first.close()
+    spool = Spool(tmp_path)
+    listings = []
+    monkeypatch.setattr("fleet_agent.spool.os.listdir", lambda path: listings.append(path) or [])
+    shipped = []
+    while batch := spool.peek(64):
+        assert len(spool) == 300 - len(shipped)
+        for entry in batch:
+            shipped.append(entry.seq)
+            spool.remove(entry)
+    assert shipped == list(range(300)) and len(spool) == 0 and listings == []
+
+
+def test_entries_set_aside_out_of_order_leave_the_rest_in_order(tmp_path):
+    spool = Spool(tmp_path)
+    entries = [spool.append(message(i), b"m") for i in range(6)]
+    spool.quarantine(entries[2], "refused by the broker")
+    spool.quarantine(entries[4], "refused by the broker")
+    assert [e.seq for e in spool.peek(3)] == [0, 1, 3] and len(spool) == 4
+    for entry in spool.peek(2):
+        spool.remove(entry)
+    spool.append(message(6), b"m")
+    assert [e.seq for e in spool.peek(10)] == [3, 5, 6] and len(spool) == 3
+
+
+def test_an_entry_whose_files_vanished_is_set_aside_not_retried_forever(tmp_path):
+    spool = Spool(tmp_path)
+    gone, kept = spool.append(message(0), b"m"), spool.append(message(1), b"m")
+    gone.path(".json").unlink()  # an operator freeing disk by hand
+    assert [e.seq for e in spool.peek(10)] == [0, 1]
+    spool.quarantine(gone, "unreadable spool entry: FileNotFoundError")
+    assert [e.seq for e in spool.peek(10)] == [kept.seq] and spool.quarantined() == [
+        "unreadable spool entry: FileNotFoundError"
+    ]
