@@ -82,8 +82,7 @@ def bench_rollout(
     fleet.config.batch_robots = batch_robots
 
     stop = threading.Event()
-    runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True)
-    runner.start()
+    runner = fleet.run_in_background(stop)
     rng, timed_out = np.random.default_rng(0), 0
     for i in range(swaps):
         time.sleep(float(rng.uniform(0.5, 2.0)))  # land anywhere in the decision cycle
@@ -91,6 +90,7 @@ def bench_rollout(
         rollout.crown(target, f"bench swap {i + 1}")
         deadline = time.monotonic() + 60
         while _behind(fleet, target) and time.monotonic() < deadline:
+            fleet.check_running()
             time.sleep(0.02)
         timed_out += _behind(fleet, target)
         if progress:

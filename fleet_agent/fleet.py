@@ -28,6 +28,7 @@ from fleet_agent.spool import SpoolFull
 from infra.clients import kafka_producer
 from infra.contracts.episode import Decision, EpisodeCore, ModelVersions, SuccessSource
 from infra.contracts.telemetry import EpisodeNotKept, EpisodeQuarantined, EpisodeTelemetry, Heartbeat, ModelRefused
+from infra.errors import FleetError
 from infra.settings import Settings
 from sim.tabletop import TabletopConfig, TabletopEnv
 from worldmodel.planner import Planner, PlanRequest
@@ -76,6 +77,10 @@ class Robot:
         self.pending.clear()
 
 
+class FleetStopped(FleetError):
+    hint = "the traceback above it in the log says where"
+
+
 class Fleet:
     def __init__(
         self,
@@ -105,8 +110,31 @@ class Fleet:
         # Set, robots hold between decisions (episodes in flight wait, nothing is dropped) and keep
         # sending heartbeats: for a learner that shares the robots' cores, as in `fleet demo`.
         self.paused = threading.Event()
+        self.failure: BaseException | None = None  # what ended `run_in_background` early
 
     # -- the loop -----------------------------------------------------------------------------
+    def run_in_background(self, stop: threading.Event) -> threading.Thread:
+        """`run` on a daemon thread until `stop`. A failure that ends it is logged and kept, so
+        that whoever waits on the fleet's episodes raises it (`check_running`) instead of waiting
+        for episodes that will never come."""
+
+        def run() -> None:
+            try:
+                self.run(stop=stop)
+            except BaseException as e:  # noqa: BLE001 - kept for the waiting thread to raise
+                log.exception("the fleet stopped")
+                self.failure = e
+
+        thread = threading.Thread(target=run, daemon=True, name="fleet")
+        thread.start()
+        return thread
+
+    def check_running(self) -> None:
+        if self.failure is not None:
+            raise FleetStopped(
+                f"the simulated fleet stopped: {type(self.failure).__name__}: {self.failure}"
+            ) from self.failure
+
     def run(
         self,
         episodes: int | None = None,

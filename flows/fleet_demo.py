@@ -46,6 +46,7 @@ def _champion_success(fleet: Fleet, version: str, since: float, n: int, timeout_
     """Wait for `n` episodes of `version` finished after `since` (monotonic), then count successes."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        fleet.check_running()
         done = [c for c, t in fleet.finished if t >= since and {d.policy_version for d in c.decisions} == {version}]
         if len(done) >= n:
             return sum(c.success for c in done[:n]), n
@@ -83,8 +84,7 @@ def fleet_demo(
         FleetConfig(robots=demo.robots, planner=PlannerConfig(candidates=demo.candidates), arm_turn_deg=arm),
     )
     stop = threading.Event()
-    runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True, name="fleet")
-    runner.start()
+    runner = fleet.run_in_background(stop)
 
     def pause(learning: bool) -> None:  # two cores: the robots wait while the learner trains
         (fleet.paused.set if learning else fleet.paused.clear)()

@@ -82,8 +82,7 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
 
     fleet = Fleet(settings, FleetConfig(robots=4, planner=PlannerConfig(candidates=2, noise_samples=1)))
     stop = threading.Event()
-    runner = threading.Thread(target=fleet.run, kwargs={"stop": stop}, daemon=True)
-    runner.start()
+    runner = fleet.run_in_background(stop)
     replay = save_clips(robot_logs(2, seed=0), tmp_path / "replay", "scripted robot logs")
     config = RoundConfig(
         finetune=FinetuneJob(steps=3, batch=2),
@@ -102,6 +101,7 @@ def test_an_improvement_round_trains_registers_and_decides_on_live_canary_result
         runner.join(120)
         fleet.close()
 
+    fleet.check_running()
     assert report.decision in ("promoted", "rolled_back", "kept") and report.champion_version == v1
     manifest = load_manifest(settings, report.curation["manifest"])
     assert {e.episode_id for e in manifest.of_role("world_model_and_idm")} >= set(expert_ids)
