@@ -4,7 +4,6 @@ import time
 import pytest
 
 from fleet_agent.fleet import Fleet, FleetStopped
-from fleet_agent.spool import SpoolFull
 from flows.fleet_demo import _champion_success
 
 
@@ -21,9 +20,9 @@ def a_fleet_whose_loop_fails(error: Exception) -> Fleet:
 
 def test_a_fleet_that_stops_on_an_error_is_reported_where_the_demo_waits_for_its_episodes():
     # Before, the demo waited out its 30-minute timeout for episodes a dead thread would never make.
-    fleet = a_fleet_whose_loop_fails(SpoolFull("the disk under spool /robot/spool is full"))
+    fleet = a_fleet_whose_loop_fails(PermissionError(13, "Permission denied", "/robot/spool/000000000007.media.tmp"))
     fleet.run_in_background(threading.Event()).join(5)
     started = time.monotonic()
-    with pytest.raises(FleetStopped, match="SpoolFull: the disk under spool /robot/spool is full"):
+    with pytest.raises(FleetStopped, match="PermissionError: .* Permission denied: '/robot/spool/"):
         _champion_success(fleet, "1", since=0.0, n=5, timeout_s=3)
     assert time.monotonic() - started < 1
