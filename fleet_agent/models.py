@@ -15,7 +15,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from pydantic import ValidationError
 
 from infra.clients import ServiceUnavailable, kafka_consumer
 from infra.contracts.rollout import RolloutEvent
@@ -135,8 +137,7 @@ class FleetModels:
                         self.settings, self.settings.kafka.rollouts_topic, group_id=None, auto_offset_reset="latest"
                     )
                 batches = consumer.poll(timeout_ms=200)
-                events = [RolloutEvent.model_validate_json(m.value) for msgs in batches.values() for m in msgs]
-                events = [e for e in events if e.model == self.store.name]
+                events = rollout_events(self.store.name, (m for msgs in batches.values() for m in msgs))
                 if events:
                     self.refresh(event_at=max(e.at for e in events).timestamp())
                 elif not caught_up:  # partitions are assigned on the first poll: catch what came before
@@ -153,3 +154,19 @@ class FleetModels:
                 self._stop.wait(1.0)
         if consumer is not None:
             consumer.close()
+
+
+def rollout_events(model: str, records: Iterable) -> list[RolloutEvent]:
+    """`model`'s rollout events among Kafka `records`. A record that is not an event is logged and
+    skipped: the good events polled with it still act at once, not at the next registry poll."""
+    events = []
+    for record in records:
+        try:
+            event = RolloutEvent.model_validate_json(record.value)
+        except ValidationError as e:
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
+            log.warning("skipped %s, not a rollout event: %s", where, e.errors()[0]["msg"])
+            continue
+        if event.model == model:
+            events.append(event)
+    return events
