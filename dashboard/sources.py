@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from infra.contracts.dead_letter import DeadLetter
-from infra.contracts.telemetry import EpisodeTelemetry
+from infra.contracts.telemetry import EpisodeNotKept, EpisodeQuarantined, EpisodeTelemetry, Heartbeat, ModelRefused
 from infra.errors import FleetError
 from infra.settings import Settings
 from learner.episode_index import EpisodeQueries, open_reader
@@ -100,6 +100,17 @@ class KafkaView:
     dead_letters: Counter = field(default_factory=Counter)
     lost_on_robots: Counter = field(default_factory=Counter)
     last_loss: dict | None = None
+    unreadable: int = 0  # records on the telemetry topic that are not telemetry: skipped
+
+
+# What each kind of telemetry must hold before a view reads its fields.
+_CONTRACTS = {
+    "heartbeat": Heartbeat,
+    "episode": EpisodeTelemetry,
+    "model_refused": ModelRefused,
+    "episode_quarantined": EpisodeQuarantined,
+    "episode_not_kept": EpisodeNotKept,
+}
 
 
 class KafkaTail:
@@ -132,21 +143,30 @@ class KafkaTail:
             consumer.seek_to_beginning(*[tp for tp in parts if tp.topic == k.dead_letter_topic])
             self._consumer = consumer
         for batch in self._consumer.poll(timeout_ms=200, max_records=20_000).values():
-            for record in batch:
-                self._take(record)
+            self.take(batch)
         return self.view
+
+    def take(self, records) -> None:
+        """Fold polled records into the view. One that is not telemetry (not JSON, not an object,
+        not its kind's contract) is counted in `unreadable` and skipped: before, it ended the
+        poll, and the records polled after it never reached the view."""
+        for record in records:
+            try:
+                self._take(record)
+            except (TypeError, ValueError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
+                self.view.unreadable += 1
+                log.warning("dashboard skipped %s[%d]@%d: %s", record.topic, record.partition, record.offset, e)
 
     def _take(self, record) -> None:
         if record.topic == self.settings.kafka.dead_letter_topic:
             self.view.dead_letters[DeadLetter.from_headers(record.headers).reason.value] += 1
             return
-        try:
-            message = json.loads(record.value)
-        except ValueError:
-            return
+        message = json.loads(record.value)
         kind = message.get("kind")
+        if kind not in _CONTRACTS:
+            return  # another kind of record than these views show
+        t = _CONTRACTS[kind].model_validate(message)
         if kind == "episode":
-            t = EpisodeTelemetry.model_validate(message)
             self.view.episodes.append(
                 EpisodeSummary(
                     t.at.timestamp(),
@@ -159,7 +179,7 @@ class KafkaTail:
                 )
             )
         elif kind == "heartbeat":
-            self.view.heartbeats[message["robot_id"]] = message
+            self.view.heartbeats[t.robot_id] = message
         elif kind == "model_refused":
             self.view.refused.append(message)
         elif kind in ("episode_not_kept", "episode_quarantined"):

@@ -418,6 +418,14 @@ def health(src: Sources) -> list:
                     "warning",
                 )
             )
+        if telemetry.unreadable:
+            out.append(
+                notice(
+                    f"{telemetry.unreadable} records on the telemetry topic are not telemetry and were skipped "
+                    "(the dashboard's log names each by partition and offset)",
+                    "warning",
+                )
+            )
         if telemetry.refused:
             out.append(
                 notice(

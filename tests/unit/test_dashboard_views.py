@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import numpy as np
 
 from dashboard import plotly_bundle, views
 from dashboard.media import chosen_imagined
 from dashboard.sources import EpisodeSummary, KafkaView, Poller, Sources
+from infra.contracts.telemetry import EpisodeNotKept, EpisodeQuarantined, Heartbeat
 from infra.settings import Settings
 from infra.stats import wilson
 from learner.episode_index import EpisodeIndex, IndexReader, Provenance
@@ -142,21 +144,46 @@ def test_the_chosen_imagined_video_lines_up_with_the_executed_steps(tmp_path):
 
 
 def test_episodes_lost_on_robots_are_counted_by_kind_in_the_health_view(tmp_path):
-    from types import SimpleNamespace
-
     from dashboard.sources import KafkaTail
 
     tail = KafkaTail(Settings().isolated("dash", tmp_path))
-    for kind, reason in [
-        ("episode_not_kept", "the disk under spool /s is full"),
-        ("episode_quarantined", "unreadable"),
-        ("episode_not_kept", "the disk under spool /s is full"),
-    ]:
-        message = {"kind": kind, "robot_id": "robot-001", "reason": reason}
-        tail._take(SimpleNamespace(topic=tail.settings.kafka.telemetry_topic, value=json.dumps(message).encode()))
+    full = "the disk under spool /s is full"
+    lost = [
+        EpisodeNotKept(robot_id="robot-001", episode_id=uuid.uuid4(), reason=full),
+        EpisodeQuarantined(robot_id="robot-001", reason="unreadable"),
+        EpisodeNotKept(robot_id="robot-001", episode_id=uuid.uuid4(), reason=full),
+    ]
+    tail.take(telemetry_records(tail, [m.model_dump_json().encode() for m in lost]))
     text = _text(views.health(_sources(tmp_path, kafka=tail.view)))
     assert "2 episodes not kept (robot's spool full), 1 quarantined on robots" in text
     assert "latest: robot-001: the disk under spool /s is full" in text
+
+
+def telemetry_records(tail, values: list) -> list:
+    from types import SimpleNamespace
+
+    topic = tail.settings.kafka.telemetry_topic
+    return [SimpleNamespace(topic=topic, partition=0, offset=i, value=v) for i, v in enumerate(values)]
+
+
+def test_records_that_are_not_telemetry_are_counted_and_the_rest_of_the_poll_still_shows(tmp_path):
+    # Before, the first of them ended the poll: every record polled after it was lost to the view.
+    from dashboard.sources import KafkaTail
+
+    tail = KafkaTail(Settings().isolated("dash", tmp_path))
+    heartbeat = Heartbeat(robot_id="robot-007", policy_version="3", episodes=12).model_dump_json().encode()
+    not_telemetry = [
+        None,  # a tombstone
+        b"{not json",
+        b"[1, 2]",
+        b'{"kind": "heartbeat"}',  # no robot_id: the health view would fail on it
+        json.dumps({"kind": "episode_not_kept", "robot_id": "robot-001"}).encode(),
+    ]
+    tail.take(telemetry_records(tail, [*not_telemetry, heartbeat]))
+    assert tail.view.unreadable == 5 and list(tail.view.heartbeats) == ["robot-007"]
+    assert not tail.view.lost_on_robots
+    text = _text(views.health(_sources(tmp_path, kafka=tail.view)))
+    assert "5 records on the telemetry topic are not telemetry and were skipped" in text
 
 
 def test_the_partial_plotly_bundle_is_the_version_dash_would_load():
