@@ -230,6 +230,16 @@ def s3_client(settings: Settings) -> Minio:
     )
 
 
+def s3_read(s3: Minio, bucket: str, key: str) -> bytes:
+    """One whole object, its connection handed back to the pool."""
+    response = s3.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
 def s3_conditional_client(settings: Settings):
     """A boto3 S3 client, for the one thing minio's client cannot send: conditional writes
     (If-None-Match / If-Match on PUT), which S3, MinIO and SeaweedFS all honour."""

@@ -30,7 +30,7 @@ import numpy as np
 import pydantic.dataclasses
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.clients import s3_client
+from infra.clients import s3_client, s3_read
 from infra.contracts.episode import Episode
 from infra.settings import Settings
 from learner.media import Rejected, load_media
@@ -181,12 +181,7 @@ def save_manifest(settings: Settings, manifest: DatasetManifest) -> str:
 
 def load_manifest(settings: Settings, uri: str) -> DatasetManifest:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
-    response = s3_client(settings).get_object(bucket, key)
-    try:
-        manifest = DatasetManifest.model_validate_json(response.read())
-    finally:
-        response.close()
-        response.release_conn()
+    manifest = DatasetManifest.model_validate_json(s3_read(s3_client(settings), bucket, key))
     if content_id(manifest.entries, manifest.consistency_threshold) != manifest.manifest_id or not key.endswith(
         f"{manifest.manifest_id}.json"
     ):

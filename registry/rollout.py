@@ -30,7 +30,7 @@ import json
 import threading
 from datetime import UTC, datetime
 
-from infra.clients import ServiceUnavailable, kafka_producer, s3_client
+from infra.clients import ServiceUnavailable, kafka_producer, s3_client, s3_read
 from infra.contracts.rollout import CanaryDecision, RolloutEvent, RolloutState
 from infra.errors import FleetError
 from infra.settings import Settings
@@ -44,6 +44,10 @@ HISTORY_PREFIX = "rollout-history"
 
 class RolloutError(FleetError):
     """A transition the state machine does not allow; the message says why."""
+
+
+class CorruptHistory(FleetError):
+    hint = "the rollout history is append-only and only the learner writes it: find who wrote that object"
 
 
 def _exclusive(transition):
@@ -174,9 +178,16 @@ class Rollout:
         prefix = f"{HISTORY_PREFIX}/{self.store.name}/"
         try:
             names = sorted(o.object_name for o in s3.list_objects(bucket, prefix=prefix, recursive=True))
-            return [RolloutEvent.model_validate_json(s3.get_object(bucket, n).read()) for n in names]
+            stored = [(name, s3_read(s3, bucket, name)) for name in names]
         except Exception as e:  # noqa: BLE001 - minio and urllib3 raise several types for one cause
             raise ServiceUnavailable(f"S3 at {self.settings.s3_endpoint} did not list the rollout history: {e}") from e
+        events = []
+        for name, blob in stored:
+            try:
+                events.append(RolloutEvent.model_validate_json(blob))
+            except ValueError as e:  # the log is the learner's alone: this object was written by someone else
+                raise CorruptHistory(f"s3://{bucket}/{name} is not a rollout event ({str(e).splitlines()[0]})") from e
+        return events
 
     # -- internals ----------------------------------------------------------------------------
     @staticmethod

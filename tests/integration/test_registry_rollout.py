@@ -15,7 +15,7 @@ from infra.contracts.rollout import RolloutEvent
 from registry.analysis import Arm
 from registry.lease import RolloutBusy, RolloutLease
 from registry.model_store import DIGESTS_TAG, ModelStore, TamperedModel, file_digests, resolve_policy
-from registry.rollout import Rollout, RolloutError
+from registry.rollout import HISTORY_PREFIX, CorruptHistory, Rollout, RolloutError
 from registry.signing import SIGNATURE_TAG, public_key_text
 from worldmodel.policy import WorldModelPolicy
 
@@ -156,6 +156,16 @@ def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on
     assert events[1].canary_fraction == 0.25 and events[-1].aliases == {"champion": v1, "previous": v3}
     # the append-only history in S3 holds the same transitions
     assert [(e.version, e.state) for e in rollout.history()] == [(e.version, e.state) for e in events]
+    rollout.close()
+
+
+def test_an_object_in_the_rollout_history_that_is_not_an_event_is_named_not_blamed_on_s3(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    rollout.crown(store.register(tiny_policy_dir).version, "first")
+    stray = f"{HISTORY_PREFIX}/{store.name}/9999-stray.json"
+    s3_client(tracked).put_object(tracked.s3.mlflow_bucket, stray, io.BytesIO(b"{}"), 2)
+    with pytest.raises(CorruptHistory, match=f"s3://{tracked.s3.mlflow_bucket}/{stray} is not a rollout event"):
+        rollout.history()
     rollout.close()
 
 
