@@ -10,7 +10,7 @@ One process owns a spool directory (an exclusive lock on `.lock`): a second agen
 same directory is refused instead of shipping and deleting the first one's entries. Owning it, the
 spool reads the directory once, at open, and keeps the order of its entries in memory: a robot back
 from a long outage holds up to `max_bytes` of entries (some 190,000 at 44 KB), and listing them
-for every batch shipped would cost it about a third of a second each time. The spool
+for every batch shipped took 31 ms a batch already at 20,000. The spool
 holds at most `max_bytes`: past it `append` waits for the shipper to make room, and after
 `wait_s` refuses with `SpoolFull`, as it does when the disk itself is full. An entry that can never
 be shipped (unreadable, or refused by the broker whatever the retry) is moved to `quarantine/`
