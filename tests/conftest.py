@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -61,6 +62,14 @@ def cli_env(settings: Settings) -> dict[str, str]:
 
 def stack_settings(state_dir: Path) -> Settings:
     return Settings(stack={"state_dir": state_dir, **free_stack_ports()})
+
+
+def pytest_collection_finish(session):
+    # Prefect reads its API URL once, when it is first imported: a test module that imports it (or
+    # flows/) at module level sends every later flow of the run to a temporary server of Prefect's
+    # own instead of the stack's, and the tests that check where flow runs land fail far away.
+    if "prefect" in sys.modules:
+        raise pytest.UsageError("a test module imports prefect (or flows/) at module level; import it inside the test")
 
 
 @pytest.fixture(scope="session")
