@@ -203,16 +203,16 @@ class VersionInfo:
 def read_registry(settings: Settings) -> dict:
     """Every version with its rollout history and tags, and the aliases."""
     from registry.model_store import ModelStore
-    from registry.rollout import HISTORY_TAG, STATE_TAG
+    from registry.rollout import HISTORY_TAG, STATE_TAG, history_tag_entries
 
     store = ModelStore(settings)
     aliases = store.aliases()
     versions = [
         VersionInfo(
             v.version,
-            v.tags.get(STATE_TAG, "registered"),
+            "refused" if v.refused else v.tags.get(STATE_TAG, "registered"),
             tuple(a for a, n in aliases.items() if n == v.version),
-            json.loads(v.tags.get(HISTORY_TAG, "[]")),
+            history_tag_entries(v.tags.get(HISTORY_TAG)),
             dict(v.tags),
         )
         for v in store.versions()

@@ -45,6 +45,9 @@ class PolicyVersion:
     digests: dict[str, str]
     tags: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    # Why no one may load this version, when its registry entry says so (a listing shows it
+    # rather than failing on it): no digests, or digests that are not a map of file to sha256
+    refused: str = ""
 
     @property
     def uri(self) -> str:
@@ -166,8 +169,10 @@ class ModelStore:
         return {a: str(v) for a, v in model.aliases.items()}
 
     def versions(self) -> list[PolicyVersion]:
+        """Every version, those that can never be loaded included (`refused` says why): one
+        version registered by other hands must not hide the rest from an operator."""
         found = self._call("list versions", self.client.search_model_versions, f"name='{self.name}'")
-        return sorted((self._version(mv) for mv in found), key=lambda v: int(v.version))
+        return sorted((self._version(mv, strict=False) for mv in found), key=lambda v: int(v.version))
 
     def fetch(self, version: PolicyVersion) -> Path:
         """A verified local copy of the version's policy directory (downloaded once, checked always)."""
@@ -212,17 +217,23 @@ class ModelStore:
         return WorldModelPolicy.load(self.fetch(version)).eval()
 
     # -- internals ----------------------------------------------------------------------------
-    def _version(self, mv) -> PolicyVersion:
+    def _version(self, mv, strict: bool = True) -> PolicyVersion:
+        """The registry's entry as a version; one whose digests are missing or unreadable raises
+        `TamperedModel` when `strict` (it is about to be used), else comes back marked `refused`."""
         tags = dict(mv.tags or {})
-        if DIGESTS_TAG not in tags:
-            raise TamperedModel(f"{MODEL_URI_PREFIX}{self.name}/{mv.version} has no {DIGESTS_TAG} tag; refused")
+        digests, refused = _digests(tags.get(DIGESTS_TAG)), ""
+        if digests is None:
+            refused = f"{MODEL_URI_PREFIX}{self.name}/{mv.version} has no readable {DIGESTS_TAG} tag; refused"
+            if strict:
+                raise TamperedModel(refused)
         return PolicyVersion(
             self.name,
             str(mv.version),
-            mv.run_id,
-            json.loads(tags[DIGESTS_TAG]),
+            mv.run_id or "",
+            digests or {},
             tags,
             tuple(getattr(mv, "aliases", ()) or ()),
+            refused,
         )
 
     def _experiment_id(self) -> str:
@@ -238,6 +249,17 @@ class ModelStore:
             self.client.get_registered_model(self.name)
         except MlflowException:
             self._call("create the registered model", self.client.create_registered_model, self.name)
+
+
+def _digests(tag: str | None) -> dict[str, str] | None:
+    """The digests tag as {file name: sha256}, or None if it is absent or anything else."""
+    try:
+        digests = json.loads(tag) if tag is not None else None
+    except ValueError:
+        return None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        return None
+    return digests
 
 
 def resolve_policy(settings: Settings, policy: str) -> Path:

@@ -162,7 +162,8 @@ class Rollout:
             "versions": [
                 {
                     "version": v.version,
-                    "state": v.tags.get(STATE_TAG, RolloutState.registered.value),
+                    "state": "refused" if v.refused else v.tags.get(STATE_TAG, RolloutState.registered.value),
+                    "refused": v.refused,
                     "aliases": [a for a, n in aliases.items() if n == v.version],
                     "parent": v.tags.get("parent_version", ""),
                     "dataset": v.tags.get("dataset_manifest", ""),
@@ -221,7 +222,7 @@ class Rollout:
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "reason": reason[:300],
             }
-            history = [*json.loads(version.tags.get(HISTORY_TAG, "[]")), entry]
+            history = [*history_tag_entries(version.tags.get(HISTORY_TAG)), entry]
             event = self._event(version.version, state, before, reason, fraction)
             self._append_history(event)
             self.store.tag(version.version, HISTORY_TAG, json.dumps(history[-12:]))  # MLflow caps a tag at 5,000 chars
@@ -276,3 +277,22 @@ class Rollout:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=5)
+
+
+def history_tag_entries(tag: str | None) -> list[dict]:
+    """A version's rollout-history tag, its readable entries only: MLflow tags are writable by
+    anyone the server lets register, and one bad tag must stop neither a transition nor the
+    dashboard's rollout view."""
+    try:
+        entries = json.loads(tag or "[]")
+    except ValueError:
+        return []
+    readable = []
+    for h in entries if isinstance(entries, list) else ():
+        try:
+            datetime.fromisoformat(h["at"])
+            if isinstance(h["state"], str):
+                readable.append(h)
+        except (TypeError, KeyError, ValueError):
+            continue
+    return readable

@@ -15,7 +15,7 @@ from infra.contracts.rollout import RolloutEvent
 from registry.analysis import Arm
 from registry.lease import RolloutBusy, RolloutLease
 from registry.model_store import DIGESTS_TAG, ModelStore, TamperedModel, file_digests, resolve_policy
-from registry.rollout import HISTORY_PREFIX, CorruptHistory, Rollout, RolloutError
+from registry.rollout import HISTORY_PREFIX, HISTORY_TAG, CorruptHistory, Rollout, RolloutError
 from registry.signing import SIGNATURE_TAG, public_key_text
 from worldmodel.policy import WorldModelPolicy
 
@@ -115,6 +115,28 @@ def test_a_tampered_local_copy_is_refused_on_the_next_load(tracked, tiny_policy_
     (local / "critic.json").write_text(json.dumps({"size": 32, "frames": 5, "channels": [8], "text_dim": 64}))
     with pytest.raises(TamperedModel, match="critic.json"):
         store.load(v)
+
+
+def test_a_version_registered_by_other_hands_is_listed_as_refused_and_never_loaded(tracked, tiny_policy_dir):
+    store, rollout = ModelStore(tracked), Rollout(tracked)
+    champion, candidate = store.register(tiny_policy_dir), store.register(tiny_policy_dir)
+    rollout.crown(champion.version)
+    # someone with MLflow write access registers a version of our model outside the learner,
+    # with no digests, and scribbles over a version's rollout history
+    theirs = store.client.create_model_version(store.name, f"runs:/{champion.run_id}/policy", run_id=champion.run_id)
+    store.tag(candidate.version, HISTORY_TAG, "not json")
+
+    listed = {v.version: v for v in store.versions()}
+    assert listed[champion.version].refused == "" and listed[champion.version].digests == champion.digests
+    assert "no readable weights_sha256 tag" in listed[theirs.version].refused
+    with pytest.raises(TamperedModel, match="no readable weights_sha256 tag"):
+        store.get(theirs.version)
+    # the transitions go on over the unreadable history tag
+    rollout.start_canary(candidate.version, 0.25)
+    assert [h["state"] for h in json.loads(store.get(candidate.version).tags[HISTORY_TAG])] == ["canary"]
+    states = {v["version"]: v["state"] for v in rollout.status()["versions"]}
+    assert states == {champion.version: "champion", candidate.version: "canary", theirs.version: "refused"}
+    rollout.close()
 
 
 def test_rollout_rolls_back_a_worse_canary_promotes_a_better_one_and_restores_on_demand(tracked, tiny_policy_dir):
