@@ -9,7 +9,6 @@ names the service.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,7 +19,14 @@ from datetime import datetime
 from typing import NamedTuple
 
 from infra.contracts.dead_letter import DeadLetter
-from infra.contracts.telemetry import EpisodeNotKept, EpisodeQuarantined, EpisodeTelemetry, Heartbeat, ModelRefused
+from infra.contracts.telemetry import (
+    EpisodeNotKept,
+    EpisodeQuarantined,
+    EpisodeTelemetry,
+    Heartbeat,
+    ModelRefused,
+    read_telemetry,
+)
 from infra.errors import FleetError
 from infra.settings import Settings
 from learner.episode_index import EpisodeQueries, open_reader
@@ -103,16 +109,6 @@ class KafkaView:
     unreadable: int = 0  # records on the telemetry topic that are not telemetry: skipped
 
 
-# What each kind of telemetry must hold before a view reads its fields.
-_CONTRACTS = {
-    "heartbeat": Heartbeat,
-    "episode": EpisodeTelemetry,
-    "model_refused": ModelRefused,
-    "episode_quarantined": EpisodeQuarantined,
-    "episode_not_kept": EpisodeNotKept,
-}
-
-
 class KafkaTail:
     """Tails the telemetry topic (from `window_s` ago) and the dead-letter topic (from its start)."""
 
@@ -161,12 +157,8 @@ class KafkaTail:
         if record.topic == self.settings.kafka.dead_letter_topic:
             self.view.dead_letters[DeadLetter.from_headers(record.headers).reason.value] += 1
             return
-        message = json.loads(record.value)
-        kind = message.get("kind")
-        if kind not in _CONTRACTS:
-            return  # another kind of record than these views show
-        t = _CONTRACTS[kind].model_validate(message)
-        if kind == "episode":
+        t = read_telemetry(record.value)
+        if isinstance(t, EpisodeTelemetry):
             self.view.episodes.append(
                 EpisodeSummary(
                     t.at.timestamp(),
@@ -178,13 +170,14 @@ class KafkaTail:
                     t.candidates,
                 )
             )
-        elif kind == "heartbeat":
-            self.view.heartbeats[t.robot_id] = message
-        elif kind == "model_refused":
-            self.view.refused.append(message)
-        elif kind in ("episode_not_kept", "episode_quarantined"):
-            self.view.lost_on_robots[kind] += 1
-            self.view.last_loss = message
+        elif isinstance(t, Heartbeat):
+            self.view.heartbeats[t.robot_id] = t.model_dump(mode="json")
+        elif isinstance(t, ModelRefused):
+            self.view.refused.append(t.model_dump(mode="json"))
+        elif isinstance(t, EpisodeNotKept | EpisodeQuarantined):
+            self.view.lost_on_robots[t.kind] += 1
+            self.view.last_loss = t.model_dump(mode="json")
+        # None: another kind of record than these views show
 
     def close(self) -> None:
         if self._consumer is not None:

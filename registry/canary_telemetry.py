@@ -7,12 +7,10 @@ same reader without importing Prefect.
 
 from __future__ import annotations
 
-import json
-
 from kafka import TopicPartition
 
 from infra.clients import kafka_consumer, seek_since
-from infra.contracts.telemetry import EpisodeTelemetry
+from infra.contracts.telemetry import EpisodeTelemetry, read_telemetry
 from infra.offset_gaps import GaplessPoll
 from infra.settings import Settings
 from registry.analysis import Arm
@@ -53,12 +51,11 @@ class CanaryTelemetry:
         arms, bad = {canary: Arm(0, 0), champion: Arm(0, 0)}, 0
         for record in self.poll():
             try:
-                message = json.loads(record.value)
-                if message.get("kind") != "episode":
-                    continue
-                t = EpisodeTelemetry.model_validate(message)
-            except (TypeError, ValueError, AttributeError):  # not JSON, not an object, not the contract
+                t = read_telemetry(record.value)
+            except ValueError:  # pydantic's ValidationError and json's errors are ValueErrors
                 bad += 1
+                continue
+            if not isinstance(t, EpisodeTelemetry):
                 continue
             if t.at.timestamp() >= self.since and t.policy_version in arms:
                 arms[t.policy_version] += Arm(int(t.success), 1, t.rejections, t.candidates)

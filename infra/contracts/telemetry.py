@@ -6,6 +6,7 @@ it live, while the full episode travels on the episodes topic.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
@@ -90,3 +91,22 @@ class EpisodeNotKept(BaseModel):
 
 
 Telemetry = Heartbeat | EpisodeTelemetry | ModelRefused | EpisodeQuarantined | EpisodeNotKept
+KINDS: dict[str, type[Telemetry]] = {
+    contract.model_fields["kind"].default: contract
+    for contract in (Heartbeat, EpisodeTelemetry, ModelRefused, EpisodeQuarantined, EpisodeNotKept)
+}
+
+
+def read_telemetry(value: bytes | None) -> Telemetry | None:
+    """A telemetry record's message, checked against its kind's contract; None for a kind these
+    contracts do not define (a newer agent's, which a reader passes over). `ValueError` for a
+    record that is not telemetry: no value, not JSON, not an object, not its kind's contract."""
+    if value is None:
+        raise ValueError("the record has no value")
+    message = json.loads(value)
+    if not isinstance(message, dict):
+        raise ValueError(f"a telemetry record is a JSON object, not {type(message).__name__}")
+    kind = message.get("kind")
+    if not isinstance(kind, str):
+        raise ValueError(f"a telemetry record's kind is a string, not {kind!r:.40}")
+    return KINDS[kind].model_validate(message) if kind in KINDS else None

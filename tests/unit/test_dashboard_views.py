@@ -177,13 +177,15 @@ def test_records_that_are_not_telemetry_are_counted_and_the_rest_of_the_poll_sti
         b"{not json",
         b"[1, 2]",
         b'{"kind": "heartbeat"}',  # no robot_id: the health view would fail on it
+        b'{"kind": ["heartbeat"]}',
         json.dumps({"kind": "episode_not_kept", "robot_id": "robot-001"}).encode(),
     ]
-    tail.take(telemetry_records(tail, [*not_telemetry, heartbeat]))
-    assert tail.view.unreadable == 5 and list(tail.view.heartbeats) == ["robot-007"]
+    newer_agent = b'{"kind": "battery", "robot_id": "robot-007"}'  # a kind this dashboard does not show
+    tail.take(telemetry_records(tail, [*not_telemetry, newer_agent, heartbeat]))
+    assert tail.view.unreadable == 6 and list(tail.view.heartbeats) == ["robot-007"]
     assert not tail.view.lost_on_robots
     text = _text(views.health(_sources(tmp_path, kafka=tail.view)))
-    assert "5 records on the telemetry topic are not telemetry and were skipped" in text
+    assert "6 records on the telemetry topic are not telemetry and were skipped" in text
 
 
 def test_the_partial_plotly_bundle_is_the_version_dash_would_load():

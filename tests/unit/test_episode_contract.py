@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from infra.contracts import arrays
 from infra.contracts.episode import SCHEMA_PATH, Decision, Episode, json_schema
-from infra.contracts.telemetry import EpisodeTelemetry
+from infra.contracts.telemetry import EpisodeTelemetry, Heartbeat, read_telemetry
 from sim.synthetic import EpisodeShape, synthetic_core
 
 
@@ -157,3 +157,20 @@ def test_an_episodes_telemetry_summarises_its_own_decisions():
     assert summary.decision_ms_p50 == round(float(np.percentile(latencies, 50)), 1)
     assert summary.decision_ms_p95 == round(float(np.percentile(latencies, 95)), 1)
     assert EpisodeTelemetry.of(core, policy_version="mixed").policy_version == "mixed"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, b"{not json", b"\xff\xfe", b"[1, 2]", b'{"kind": ["episode"]}', b'{"kind": "heartbeat"}'],
+    ids=["tombstone", "not-json", "not-utf8", "not-an-object", "unhashable-kind", "not-its-contract"],
+)
+def test_a_record_that_is_not_telemetry_is_a_value_error_whatever_is_wrong_with_it(value):
+    # readers catch ValueError alone: any other error type here would end their poll
+    with pytest.raises(ValueError):
+        read_telemetry(value)
+
+
+def test_telemetry_of_a_kind_these_contracts_do_not_define_is_passed_over():
+    assert read_telemetry(b'{"kind": "battery", "robot_id": "robot-1"}') is None
+    heartbeat = Heartbeat(robot_id="robot-1", policy_version="3", episodes=2)
+    assert read_telemetry(heartbeat.model_dump_json().encode()) == heartbeat
