@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q "setuptools>=68" wheel
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
+	# DeepSpeed compiles its CPU shared-memory collective on first use (41 s here): at install, not
+	# inside the first fine-tune of `fleet demo`. The build is cached in ~/.cache/torch_extensions.
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 	# The Compose specification's JSON Schema, to check infra/production without a Docker engine.
 	$(PIP) download -q --no-deps -d $(VENV)/compose-spec docker-compose==1.29.2
