@@ -238,7 +238,11 @@ def _canary(src: Sources, aliases: dict, versions: dict) -> list:
         if not recorded:
             return [notice("No canary has run yet: `fleet rollout canary VERSION` or an improvement round starts one.")]
         last = max(recorded, key=lambda v: _version_key(v.version))
-        verdict = json.loads(last.tags["canary_analysis"])
+        verdict = _recorded_verdict(last.tags["canary_analysis"])
+        if verdict is None:
+            return [
+                notice(f"Version {last.version}'s canary_analysis tag in MLflow is not a canary analysis.", "warning")
+            ]
         c = Arm(verdict["canary_successes"], verdict["canary_episodes"])
         h = Arm(verdict["champion_successes"], verdict["champion_episodes"])
         title = f"last canary: version {last.version}, now {last.state.replace('_', ' ')}"
@@ -280,6 +284,23 @@ def _canary(src: Sources, aliases: dict, versions: dict) -> list:
             ],
         )
     ]
+
+
+def _recorded_verdict(tag: str) -> dict | None:
+    """The canary analysis recorded in a version's tag, or None if the tag holds something else:
+    MLflow's tags are writable by anyone the server lets register, and one bad tag must not take
+    the versions table and the flow runs down with it."""
+    try:
+        verdict = json.loads(tag)
+    except ValueError:
+        return None
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("decision"), str):
+        return None
+    for arm in ("canary", "champion"):
+        wins, episodes = verdict.get(f"{arm}_successes"), verdict.get(f"{arm}_episodes")
+        if not (isinstance(wins, int) and isinstance(episodes, int) and 0 <= wins <= episodes):
+            return None
+    return verdict
 
 
 def _live_arms(src: Sources, since: float) -> dict[str, Arm]:

@@ -159,6 +159,32 @@ def test_episodes_lost_on_robots_are_counted_by_kind_in_the_health_view(tmp_path
     assert "latest: robot-001: the disk under spool /s is full" in text
 
 
+def test_a_scribbled_canary_analysis_tag_is_named_and_the_rest_of_the_rollout_view_still_shows(tmp_path):
+    from dashboard.sources import VersionInfo
+
+    recorded = {"decision": "kept", "canary_successes": 1, "canary_episodes": 60}
+    recorded |= {"champion_successes": 3, "champion_episodes": 61}
+    for scribbled in (
+        "not json",
+        json.dumps(recorded | {"canary_successes": "1"}),
+        json.dumps(recorded | {"canary_successes": 61}),
+    ):
+        registry = {
+            "aliases": {"champion": "1"},
+            "versions": [
+                VersionInfo("1", "champion", ("champion",), [], {"canary_analysis": json.dumps(recorded)}),
+                VersionInfo("2", "kept", (), [], {"canary_analysis": scribbled}),
+            ],
+        }
+        page = views.rollout(_sources(tmp_path, registry=registry))
+        assert "Version 2's canary_analysis tag in MLflow is not a canary analysis" in _text(page)
+        table = next(found for part in page if (found := _find(part, "versions-table")) is not None)
+        assert [row["version"] for row in table.data] == ["2", "1"]
+    registry["versions"][1] = VersionInfo("2", "kept", (), [], {"canary_analysis": json.dumps(recorded)})
+    page = views.rollout(_sources(tmp_path, registry=registry))
+    assert _find(page[0], "canary-verdict").children == "verdict: kept"
+
+
 def telemetry_records(tail, values: list) -> list:
     from types import SimpleNamespace
 
