@@ -196,14 +196,14 @@ class VersionInfo:
 def read_registry(settings: Settings) -> dict:
     """Every version with its rollout history and tags, and the aliases."""
     from registry.model_store import ModelStore
-    from registry.rollout import HISTORY_TAG, STATE_TAG, history_tag_entries
+    from registry.rollout import HISTORY_TAG, history_tag_entries, rollout_state
 
     store = ModelStore(settings)
     aliases = store.aliases()
     versions = [
         VersionInfo(
             v.version,
-            "refused" if v.refused else v.tags.get(STATE_TAG, "registered"),
+            rollout_state(v),
             tuple(a for a, n in aliases.items() if n == v.version),
             history_tag_entries(v.tags.get(HISTORY_TAG)),
             dict(v.tags),

@@ -162,7 +162,7 @@ class Rollout:
             "versions": [
                 {
                     "version": v.version,
-                    "state": "refused" if v.refused else v.tags.get(STATE_TAG, RolloutState.registered.value),
+                    "state": rollout_state(v),
                     "refused": v.refused,
                     "aliases": [a for a, n in aliases.items() if n == v.version],
                     "parent": v.tags.get("parent_version", ""),
@@ -277,6 +277,11 @@ class Rollout:
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=5)
+
+
+def rollout_state(version: PolicyVersion) -> str:
+    """The state an operator sees: `refused` for a version no one may load, else its recorded state."""
+    return "refused" if version.refused else version.tags.get(STATE_TAG, RolloutState.registered.value)
 
 
 def history_tag_entries(tag: str | None) -> list[dict]:
