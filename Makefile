@@ -15,11 +15,13 @@ install: $(STAMP) browser $(PLOTLY_JS)
 $(PLOTLY_JS): $(STAMP) dashboard/plotly_bundle.py
 	$(PY) -m dashboard.plotly_bundle
 
-# Headless Chromium and its driver, from Debian, for the dashboard's tests and benchmark.
+# Headless Chromium and its driver, from Debian, for the dashboard's tests and benchmark. apt waits
+# for a lock another apt holds (an unattended upgrade, a second install) instead of failing at once.
+APT := apt-get -q -o DPkg::Lock::Timeout=600
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+	  $$SUDO $(APT) update && $$SUDO $(APT) install -y chromium chromium-driver; }
 
 # torch first (the CPU build; any other spec pulls GBs of CUDA wheels), then DeepSpeed built
 # against it, then the project with its pinned dependencies.
