@@ -5,13 +5,20 @@ from __future__ import annotations
 import math
 
 
+def wilson_bounds(successes, n: int, z: float = 1.96):
+    """The Wilson score interval of `successes` out of `n` (n > 0), unrounded; `successes` may be
+    a number or a numpy array of them (the canary's predictive analysis takes thousands at once)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
     if n == 0:
         return [0.0, 1.0]
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, float(centre - half)), 4), round(min(1.0, float(centre + half)), 4)]
+    low, high = wilson_bounds(successes, n, z)
+    return [round(max(0.0, float(low)), 4), round(min(1.0, float(high)), 4)]
 
 
 def mcnemar(a: list[bool], b: list[bool], alternative: str = "two-sided") -> dict[str, float | int]:
