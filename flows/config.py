@@ -59,7 +59,8 @@ def _demo_base():
 
 # The canary is promoted once shown not worse than the champion by the smaller of 10 points and a
 # quarter of its rate (one-sided 95% bound): at the demo's rates of 5-10%, only a canary shown better
-# within 60 episodes an arm. Past 60 an arm it cannot tell: the champion is kept.
+# within 60 episodes an arm. Past 60 an arm (or as precise, with uneven arms) it cannot tell, and
+# before that once the chance of being shown so by then is under 5% (`futility`): the champion is kept.
 # The world model takes a tenth of its batch from the fleet (the IDM and critic half): at half, a
 # round's few successes made the round-3 candidate win 7 of 200 seeds against 17 for the control
 # that replays logs alone; at a tenth, 16 (README, `fleet bench learning`).
