@@ -20,6 +20,11 @@ FRACTION = typer.Option(default(RoundConfig, "canary_fraction"), help="share of 
 MIN_EPISODES = typer.Option(
     default(AnalysisConfig, "min_episodes"), help="episodes per arm before the canary analysis may decide"
 )
+FUTILITY = typer.Option(
+    default(AnalysisConfig, "futility"),
+    help="keep the champion once the canary's chance of being shown not worse within its episodes is under this; "
+    "0: run every canary to its end",
+)
 EVAL = typer.Option(
     default(RoundConfig, "eval_episodes"), help="seeded evaluation episodes per split for candidate and champion"
 )
@@ -31,13 +36,20 @@ REPLAY = typer.Option(
 
 
 def _round_config(
-    steps: int, world_size: int, zero_stage: int, fraction: float, min_episodes: int, eval_episodes: int, replay
+    steps: int,
+    world_size: int,
+    zero_stage: int,
+    fraction: float,
+    min_episodes: int,
+    futility: float,
+    eval_episodes: int,
+    replay,
 ) -> RoundConfig:
     return RoundConfig(
         finetune=FinetuneJob(steps=steps, zero_stage=zero_stage),
         world_size=world_size,
         canary_fraction=fraction,
-        analysis=AnalysisConfig(min_episodes=min_episodes),
+        analysis=AnalysisConfig(min_episodes=min_episodes, futility=futility),
         eval_episodes=eval_episodes,
         replay_dir=replay,
     )
@@ -50,6 +62,7 @@ def round_now(
     zero_stage: int = ZERO,
     canary_fraction: float = FRACTION,
     min_episodes: int = MIN_EPISODES,
+    futility: float = FUTILITY,
     eval_episodes: int = EVAL,
     replay: Path | None = REPLAY,
     round_id: int = typer.Option(1, help="names the round's run directory (a rerun resumes it)"),
@@ -57,7 +70,9 @@ def round_now(
     """Run one improvement round now, on what the fleet has published (agents must be running)."""
     from infra.clients import use_prefect
 
-    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes, replay)
+    config = _round_config(
+        steps, world_size, zero_stage, canary_fraction, min_episodes, futility, eval_episodes, replay
+    )
     use_prefect(fleet := settings())  # before Prefect is imported, or it starts a server of its own
     from prefect import tags
 
@@ -75,6 +90,7 @@ def serve(
     zero_stage: int = ZERO,
     canary_fraction: float = FRACTION,
     min_episodes: int = MIN_EPISODES,
+    futility: float = FUTILITY,
     eval_episodes: int = EVAL,
     replay: Path | None = REPLAY,
     min_new_successes: int = typer.Option(20, help="successful episodes since the last round that trigger one"),
@@ -83,7 +99,9 @@ def serve(
     """Serve `improvement_loop` as a Prefect deployment (visible in the Prefect UI) until Ctrl-C."""
     from infra.clients import use_prefect
 
-    config = _round_config(steps, world_size, zero_stage, canary_fraction, min_episodes, eval_episodes, replay)
+    config = _round_config(
+        steps, world_size, zero_stage, canary_fraction, min_episodes, futility, eval_episodes, replay
+    )
     use_prefect(fleet := settings())  # before Prefect is imported, or it starts a server of its own
     from flows.improvement import improvement_loop
 
