@@ -18,7 +18,6 @@ import hashlib
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,6 @@ def fleet_demo(
     evaluated: dict[str, list[bool]] | None = None,
 ) -> dict:
     """`evaluated`: offline outcomes already measured, by policy digest (see `measure_learning`)."""
-    evaluated = {} if evaluated is None else evaluated
     demo = DEMO_PROFILES[profile] if isinstance(profile, str) else profile
     base_profile = demo.train_profile()
     t0 = time.monotonic()
@@ -79,6 +77,7 @@ def fleet_demo(
         work / "base" / "policy", lineage={"parent_version": "none", "dataset_manifest": "scripted robot logs"}
     )
     rollout.crown(base.version, "the demo's base policy")
+
     arm = demo.round.arm_turn_deg
     fleet = Fleet(
         settings,
@@ -90,19 +89,6 @@ def fleet_demo(
     def pause(learning: bool) -> None:  # two cores: the robots wait while the learner trains
         (fleet.paused.set if learning else fleet.paused.clear)()
 
-    # The base's offline outcomes do not depend on the rounds, so they are measured meanwhile, in
-    # processes of the lowest priority: they take what the fleet and the learner leave idle.
-    cancel, background = threading.Event(), ThreadPoolExecutor(1, thread_name_prefix="base-offline")
-    base_measured = background.submit(
-        offline_outcomes,
-        store,
-        base.version,
-        (demo.learning_episodes, demo.candidates, arm),
-        evaluated,
-        progress,
-        niceness=19,
-        cancel=cancel,
-    )
     rounds = []
     try:
         since = time.monotonic()
@@ -148,16 +134,11 @@ def fleet_demo(
                 f"round {round_id}: candidate {report.candidate_version} {report.decision}; "
                 f"champion {champion} succeeds {wins}/{n}"
             )
-    except BaseException:
-        cancel.set()
-        raise
     finally:
         stop.set()
         runner.join(timeout=300)
         fleet.close(drain_timeout=120)
         rollout.close()
-        background.shutdown(wait=True)
-    base_measured.result()  # in `evaluated` now; an evaluation that failed fails the demo here
     final = store.by_alias("champion").version
     learning = measure_learning(
         store, base.version, final, demo.learning_episodes, demo.candidates, progress, evaluated, arm
@@ -186,14 +167,29 @@ def measure_learning(
     same weights on the same seeds give the same outcomes, so a final champion that is still the
     base, or a base another run already measured, is not run again."""
     evaluated = {} if evaluated is None else evaluated
-    measure = (episodes, candidates, arm_turn_deg)
-    b, f = (offline_outcomes(store, version, measure, evaluated, progress) for version in (base, final))
+    outcomes, first_seed = {}, 10_000
+    for version in dict.fromkeys((base, final)):
+        found = store.get(version)
+        measure = [found.digests, episodes, first_seed, candidates, arm_turn_deg]
+        key = hashlib.sha256(json.dumps(measure).encode()).hexdigest()
+        if key not in evaluated:
+            report = evaluate(
+                store.fetch(found),
+                episodes,
+                seed=first_seed,
+                planner_config=PlannerConfig(candidates=candidates),
+                progress=_episode_counter(progress, f"learning: v{version}", 2 * episodes),
+                env=TabletopConfig(arm_turn_deg=arm_turn_deg),
+            )
+            evaluated[key] = report.outcomes["seen"] + report.outcomes["heldout"]
+        outcomes[version] = evaluated[key]
+    b, f = outcomes[base], outcomes[final]
     test = mcnemar(f, b, alternative="greater")
     return Learning(
         base_version=base,
         final_version=final,
         seeds=len(b),
-        first_seed=FIRST_SEED,
+        first_seed=first_seed,
         base_success=round(sum(b) / len(b), 4),
         base_ci95=wilson(sum(b), len(b)),
         final_success=round(sum(f) / len(f), 4),
@@ -204,39 +200,6 @@ def measure_learning(
         base_outcomes=b,
         final_outcomes=f,
     )
-
-
-FIRST_SEED = 10_000
-
-
-def offline_outcomes(
-    store: ModelStore,
-    version: str,
-    measure: tuple[int, int, float],
-    evaluated: dict[str, list[bool]],
-    progress=None,
-    niceness: int = 0,
-    cancel: threading.Event | None = None,
-) -> list[bool]:
-    """`version`'s outcomes on `measure` = (episodes per split, K, arm turn), seen then held-out,
-    from FIRST_SEED: from `evaluated` when these weights were measured so, else measured and kept
-    there."""
-    episodes, candidates, arm_turn_deg = measure
-    found = store.get(version)
-    key = hashlib.sha256(json.dumps([found.digests, episodes, FIRST_SEED, candidates, arm_turn_deg]).encode())
-    if (key := key.hexdigest()) not in evaluated:
-        report = evaluate(
-            store.fetch(found),
-            episodes,
-            seed=FIRST_SEED,
-            planner_config=PlannerConfig(candidates=candidates),
-            progress=_episode_counter(progress, f"learning: v{version}", 2 * episodes),
-            env=TabletopConfig(arm_turn_deg=arm_turn_deg),
-            niceness=niceness,
-            cancel=cancel,
-        )
-        evaluated[key] = report.outcomes["seen"] + report.outcomes["heldout"]
-    return evaluated[key]
 
 
 def _episode_counter(progress, label: str, total: int):

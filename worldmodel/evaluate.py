@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from infra.contracts.evaluation import EvaluationReport, PairedComparison, PairedTest
-from infra.errors import FleetError, UsageError
+from infra.errors import UsageError
 from infra.stats import mcnemar, wilson
 from sim.phrasings import operator_instruction
 from sim.tabletop import TabletopConfig, TabletopEnv, Task
@@ -82,8 +81,6 @@ def evaluate(
     workers: int | None = None,
     sample_steps: int | None = None,
     env: TabletopConfig | None = None,
-    niceness: int = 0,
-    cancel: threading.Event | None = None,
 ) -> EvaluationReport:
     """`episodes` seeded episodes per split. With `workers` > 1 the seeds are shared among that many
     processes, each loading the policy from its directory and running single-threaded: on 2 cores
@@ -91,23 +88,18 @@ def evaluate(
     convolutions do not keep two threads busy). The outcomes do not depend on `workers`: each
     episode's noise comes from its own seed. `workers=None` picks: one process per core (at most
     8) for a policy given by its directory, one process for a policy in memory. `env`: the
-    simulator's configuration (a fleet's arm mounting), the default one if None.
-    `niceness` > 0 runs the episodes in processes of that lower priority, which take only what
-    the machine leaves idle (a measurement beside a running fleet); `cancel`, once set, stops
-    them after the episodes under way and raises `EvaluationCancelled`."""
+    simulator's configuration (a fleet's arm mounting), the default one if None."""
     config = planner_config or PlannerConfig()
     jobs = [(split, seed + i) for split in SPLITS for i in range(episodes)]
     if workers is None:
         workers = min(os.cpu_count() or 1, 8, max(len(jobs) // 4, 1)) if isinstance(policy, Path) else 1
-    if workers > 1 or niceness > 0:
+    if workers > 1:
         if not isinstance(policy, Path):
-            raise UsageError("evaluation in other processes loads the policy from its directory; pass a path")
-        worker_args = (policy, config, phrasing, sample_steps, env, niceness)
-        results = _in_processes(worker_args, jobs, max(workers, 1), progress, cancel)
+            raise UsageError("evaluation in several processes loads the policy from its directory; pass a path")
+        results = _in_processes(policy, config, phrasing, sample_steps, env, jobs, workers, progress)
     else:
         worker, results = _load_worker(policy, config, phrasing, sample_steps, env), []
         for job in jobs:
-            _stop_if_cancelled(cancel, results, jobs)
             results.append(_episode(worker, job))
             if progress:
                 progress()
@@ -170,29 +162,17 @@ def _episode(worker: dict, job: tuple[str, int]) -> dict:
     }
 
 
-class EvaluationCancelled(FleetError):
-    pass
-
-
-def _stop_if_cancelled(cancel: threading.Event | None, results: list, jobs: list) -> None:
-    if cancel is not None and cancel.is_set():
-        raise EvaluationCancelled(f"evaluation cancelled after {len(results)} of {len(jobs)} episodes")
-
-
-def _in_processes(worker_args: tuple, jobs, workers: int, progress, cancel: threading.Event | None) -> list[dict]:
+def _in_processes(policy: Path, config, phrasing, sample_steps, env, jobs, workers: int, progress) -> list[dict]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     # spawn, not fork: the parent may hold torch's thread pool and Kafka threads
     with ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_pool_worker,
-        initargs=(*worker_args, threads),
+        initargs=(policy, config, phrasing, sample_steps, env, threads),
     ) as pool:
         results = []
         for result in pool.map(_pool_episode, jobs):
-            if cancel is not None and cancel.is_set():
-                pool.shutdown(wait=True, cancel_futures=True)
-            _stop_if_cancelled(cancel, results, jobs)
             results.append(result)
             if progress:
                 progress()
@@ -202,9 +182,7 @@ def _in_processes(worker_args: tuple, jobs, workers: int, progress, cancel: thre
 _pool_worker: dict = {}  # in a pool process: its `_load_worker`
 
 
-def _start_pool_worker(policy: Path, config, phrasing, sample_steps, env, niceness: int, threads: int) -> None:
-    if niceness > 0:
-        os.nice(niceness)  # first: loading the policy is part of the work that must wait its turn
+def _start_pool_worker(policy: Path, config, phrasing, sample_steps, env, threads: int) -> None:
     torch.set_num_threads(threads)
     _pool_worker.update(_load_worker(policy, config, phrasing, sample_steps, env))
 
