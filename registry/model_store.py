@@ -191,7 +191,13 @@ class ModelStore:
                     dst_path=tmp,
                     tracking_uri=self.settings.mlflow_tracking_uri,
                 )
-                Path(got).rename(target)
+                try:
+                    Path(got).rename(target)
+                except OSError:
+                    # another fetch of this version (a robot, a second agent process) got there
+                    # first; its copy is verified below like ours would have been
+                    if not target.is_dir():
+                        raise
         self.verify(version, target)
         return target
 

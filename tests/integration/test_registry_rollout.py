@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import threading
 
 import pytest
@@ -43,6 +44,22 @@ def test_a_registered_version_carries_lineage_and_loads_verified(tracked, tiny_p
     Rollout(tracked, store).crown(v.version)
     assert resolve_policy(tracked, f"models:/{store.name}@champion") == local
     assert isinstance(store.load(v), WorldModelPolicy)
+
+
+def test_a_fetch_that_another_process_finished_first_uses_its_verified_copy(tracked, tiny_policy_dir, monkeypatch):
+    store = ModelStore(tracked)
+    v = store.register(tiny_policy_dir, lineage={"parent_version": "none", "dataset_manifest": "m"})
+    real_call = store._call
+
+    def download_while_another_fetch_lands(what, fn, **kwargs):
+        got = real_call(what, fn, **kwargs)  # the real download from MLflow and S3
+        shutil.copytree(got, tracked.model_cache_dir / store.name / v.version)  # the other fetch renames first
+        return got
+
+    monkeypatch.setattr(store, "_call", download_while_another_fetch_lands)
+    local = store.fetch(v)
+
+    assert file_digests(local) == v.digests
 
 
 def _forge_in_storage(settings, v, file: str = "idm.safetensors") -> bytes:
