@@ -79,6 +79,9 @@ class IngestBench(BenchResult):
     media_codec: str
     encode_ms_per_episode: float  # the robot's work, on this machine's cores
     encoded_ahead: bool  # whether that work was done before the clock started
+    # S3 objects the publisher wrote: fewer than episodes when it packed each robot's backlog
+    # (agent.pack_max_bytes; 0 = one object per episode)
+    s3_objects_put: int
     # CPU seconds each part used while the clock ran (the services' only when this stack
     # started them): where the two cores went
     cpu_s: dict[str, float | None]
@@ -203,6 +206,7 @@ def bench_ingest(
         media_codec=settings.agent.media_codec,
         encode_ms_per_episode=round(encode_s / episodes * 1000, 2),
         encoded_ahead=encode_ahead,
+        s3_objects_put=publisher.objects_put,
         cpu_s={name: None if v is None else round(v, 2) for name, v in cpu_s.items()},
         stalls=stalls,
         machine_reference_ms=(reference_before, reference_after),

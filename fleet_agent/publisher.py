@@ -3,7 +3,9 @@
 ``publish`` only encodes the arrays and appends the episode to the on-disk spool, so a robot
 never waits on the network. A background shipper drains the spool in order: it uploads each
 batch's media (in parallel), produces the messages (acks=all, keyed by robot_id),
-and removes an entry only after Kafka has acknowledged it. When S3 or Kafka is unreachable
+and removes an entry only after Kafka has acknowledged it. A batch that holds several episodes of
+one robot (a backlog) puts their media in one object, a pack, and each message names its episode's
+bytes in it (`MediaRef.offset`): S3 servers spend their time per request, not per byte. When S3 or Kafka is unreachable
 entries simply wait, and are replayed in order when the service is back. A replay after a
 partial failure can send a message twice; the learner drops duplicates by episode_id.
 
@@ -15,7 +17,9 @@ any other failure is logged and retried with backoff.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import threading
 import time
@@ -39,10 +43,48 @@ from infra.settings import Settings
 log = logging.getLogger(__name__)
 
 
+PACK_SUFFIX = ".pack"
+
+
 @dataclass(frozen=True)
 class EncodedMedia:
     blob: bytes
     arrays: dict[str, ArraySpec]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an entry's media went: an object, and where in it."""
+
+    key: str
+    offset: int = 0
+
+
+def plan_packs(entries: list[SpoolEntry], max_bytes: int) -> list[list[SpoolEntry]]:
+    """Each robot's entries, in spool order, cut into packs of at most `max_bytes` of media (an
+    entry larger than that alone; 0 = every entry alone). Greedy from the oldest, so a batch that
+    is shipped again after a crash packs its first entries as before."""
+    packs: list[list[SpoolEntry]] = []
+    open_packs: dict[str, tuple[list[SpoolEntry], int]] = {}
+    for entry in entries:
+        robot, size = entry.robot_id(), entry.path(MEDIA_SUFFIX).stat().st_size
+        pack, used = open_packs.get(robot, (None, 0))
+        if pack is None or used + size > max_bytes:
+            pack, used = [], 0
+            packs.append(pack)
+        pack.append(entry)
+        open_packs[robot] = (pack, used + size)
+    return packs
+
+
+def pack_key(pack: list[SpoolEntry]) -> str:
+    """One entry keeps its own key. A pack is named by its members' digests, beside its first
+    episode's media: a key is never written twice with different bytes, so a message that names
+    it stays true whatever a restart packs next."""
+    if len(pack) == 1:
+        return pack[0].media_key()
+    members = hashlib.sha256("".join(e.media_sha256() for e in pack).encode()).hexdigest()[:32]
+    return f"{pack[0].media_key().rsplit('/', 1)[0]}/{members}{PACK_SUFFIX}"
 
 
 class EpisodePublisher:
@@ -66,7 +108,8 @@ class EpisodePublisher:
         self._stop = threading.Event()
         self._shipped = 0
         self.quarantined = 0
-        self._uploaded: set[int] = set()
+        self.objects_put = 0  # S3 objects written: fewer than episodes when backlogs were packed
+        self._placed: dict[int, Placement] = {}  # spool seq -> where its media went
         self.last_error: str | None = None
         self.retries = 0  # shipments that failed and were tried again
         self._thread = threading.Thread(target=self._ship_forever, name="episode-shipper", daemon=True)
@@ -158,7 +201,7 @@ class EpisodePublisher:
         try:
             for entry in entries:
                 try:
-                    future = producer.send(self.topic, key=entry.robot_id().encode(), value=entry.message())
+                    future = producer.send(self.topic, key=entry.robot_id().encode(), value=self._message(entry))
                 except MessageSizeTooLargeError as e:  # raised before any request: no retry can help
                     self._quarantine(entry, f"the broker cannot take the message: {e}")
                     continue
@@ -177,14 +220,16 @@ class EpisodePublisher:
                     f"kafka at {self.settings.kafka_bootstrap} refused an episode: {future.exception}"
                 )
             self.spool.remove(entry)
-            self._uploaded.discard(entry.seq)
+            self._placed.pop(entry.seq, None)
             self._shipped += 1
             if self._on_acknowledged:
                 self._on_acknowledged(entry.episode_id())
 
     def _readable(self, entry: SpoolEntry) -> bool:
         try:
-            entry.robot_id(), entry.media_key(), entry.path(MEDIA_SUFFIX).stat()
+            if not all(isinstance(f, str) for f in (entry.robot_id(), entry.media_key(), entry.media_sha256())):
+                raise TypeError("the message's robot_id, media key or sha256 is not text")
+            entry.path(MEDIA_SUFFIX).stat()
         except (OSError, ValueError, KeyError, TypeError) as e:
             self._quarantine(entry, f"unreadable spool entry: {type(e).__name__}: {e}")
             return False
@@ -192,7 +237,7 @@ class EpisodePublisher:
 
     def _quarantine(self, entry: SpoolEntry, reason: str) -> None:
         folder = self.spool.quarantine(entry, reason)
-        self._uploaded.discard(entry.seq)
+        self._placed.pop(entry.seq, None)
         self.quarantined += 1
         metrics.QUARANTINED.inc()
         log.error("episode %d quarantined in %s: %s", entry.seq, folder, reason)
@@ -205,24 +250,35 @@ class EpisodePublisher:
 
     def _upload(self, entries: list[SpoolEntry]) -> None:
         # Remembered in memory only: after a restart an entry's media are simply put again.
-        todo = [e for e in entries if e.seq not in self._uploaded]
+        todo = [e for e in entries if e.seq not in self._placed]
         if not todo:
             return
         if self._s3 is None:
             self._s3 = s3_client(self.settings)
 
-        def put(entry: SpoolEntry) -> None:
-            blob = entry.media()
-            self._s3.put_object(
-                self.bucket, entry.media_key(), io.BytesIO(blob), len(blob), content_type=arrays.MEDIA_TYPE
-            )
-            self._uploaded.add(entry.seq)
+        def put(pack: list[SpoolEntry]) -> None:
+            blobs, key = [e.media() for e in pack], pack_key(pack)
+            body = b"".join(blobs)
+            self._s3.put_object(self.bucket, key, io.BytesIO(body), len(body), content_type=arrays.MEDIA_TYPE)
+            offset = 0
+            for entry, blob in zip(pack, blobs, strict=True):
+                self._placed[entry.seq] = Placement(key, offset)
+                offset += len(blob)
 
         try:
-            for f in [self._uploads.submit(put, e) for e in todo]:
+            for f in [self._uploads.submit(put, p) for p in plan_packs(todo, self.settings.agent.pack_max_bytes)]:
                 f.result()
+                self.objects_put += 1
         except Exception as e:  # noqa: BLE001 - any upload failure leaves entries in the spool
             raise ServiceUnavailable(f"s3 at {self.settings.s3_endpoint} did not take the media: {e}") from e
+
+    def _message(self, entry: SpoolEntry) -> bytes:
+        """The spooled message, naming where its media went when that is a pack."""
+        placed = self._placed[entry.seq]
+        if placed == Placement(entry.media_key()):
+            return entry.message()
+        media = {**entry.parsed()["media"], "key": placed.key, "offset": placed.offset}
+        return json.dumps({**entry.parsed(), "media": media}, separators=(",", ":")).encode()
 
     def _ensure_producer(self) -> KafkaProducer:
         if self._producer is None:

@@ -74,6 +74,13 @@ class SpoolEntry:
     def media_key(self) -> str:
         return self._parsed["media"]["key"]
 
+    def media_sha256(self) -> str:
+        return self._parsed["media"]["sha256"]
+
+    def parsed(self) -> dict:
+        """The spooled message, parsed: read-only."""
+        return self._parsed
+
     def media(self) -> bytes:
         return self.path(MEDIA).read_bytes()
 

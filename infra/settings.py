@@ -201,6 +201,9 @@ class AgentSettings(_Section):
     spool_dir: Path | None = Field(None, description="on-disk spool; unset = in state_dir")
     upload_workers: int = 8
     batch_size: int = 64
+    # A backlog ships as one object per robot and shipment, up to this many bytes, instead of one
+    # object per episode: S3 servers spend their time per request, not per byte (README). 0 = never pack.
+    pack_max_bytes: int = Field(8 << 20, ge=0, description="media of one robot's episodes per S3 object; 0 = one each")
     # Back-pressure: past this many bytes waiting on the robot's disk, publish waits for the shipper
     # up to spool_full_wait_s, then refuses the episode (SpoolFull) instead of filling the disk.
     spool_max_bytes: int = Field(8 << 30, ge=1)

@@ -31,11 +31,11 @@ from pydantic import ValidationError
 
 from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
 from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
-from infra.contracts.episode import Episode, MediaRef
+from infra.contracts.episode import Episode
 from infra.offset_gaps import GaplessPoll, OffsetGaps
 from infra.settings import Settings
 from learner.episode_index import EpisodeWriter, Provenance
-from learner.media import Rejected, check_content, fetch_verified
+from learner.media import verify_object
 
 log = logging.getLogger(__name__)
 # Kafka's default message cap is 1 MiB; an original bigger than this, with its headers, is kept in
@@ -98,7 +98,7 @@ class EpisodeIngestor:
         if not records:
             return stats
         try:
-            verdicts = list(self._fetchers.map(self._judge, records))
+            verdicts = self._judge(records)
             accepted, rejected = [], []
             now = time.time()
             for record, verdict in zip(records, verdicts, strict=True):
@@ -120,8 +120,27 @@ class EpisodeIngestor:
         stats.dead_lettered = len(rejected)
         return stats
 
-    def _judge(self, record) -> Episode | DeadLetter:
-        """The episode if the message is good, else the dead letter that says why not."""
+    def _judge(self, records) -> list[Episode | DeadLetter]:
+        """For each record its episode if the message is good, else the dead letter that says why
+        not. Messages that name one object (a robot's pack) are judged with one read of it."""
+        verdicts = [self._parse(record) for record in records]
+        if not self.verify_media:
+            return verdicts
+        by_object: dict[tuple[str, str], list[int]] = {}
+        for i, verdict in enumerate(verdicts):
+            if isinstance(verdict, Episode):
+                by_object.setdefault((verdict.media.bucket, verdict.media.key), []).append(i)
+        groups = list(by_object.values())
+        letters = self._fetchers.map(
+            lambda group: verify_object(self._s3, self.settings, [verdicts[i].media for i in group]), groups
+        )
+        for group, group_letters in zip(groups, letters, strict=True):
+            for i, letter in zip(group, group_letters, strict=True):
+                if letter is not None:
+                    verdicts[i] = letter
+        return verdicts
+
+    def _parse(self, record) -> Episode | DeadLetter:
         if not record.value:
             return DeadLetter(DeadLetterReason.empty, "the record has no value")
         try:
@@ -131,16 +150,7 @@ class EpisodeIngestor:
             return DeadLetter(DeadLetterReason.bad_json if bad_json else DeadLetterReason.schema, _short(e))
         if episode.media.bucket != self.settings.s3.episodes_bucket:
             return DeadLetter(DeadLetterReason.media_location, f"bucket {episode.media.bucket!r} is not the fleet's")
-        if self.verify_media:
-            try:
-                self._verify(episode.media)
-            except Rejected as e:
-                return e.dead_letter
         return episode
-
-    def _verify(self, ref: MediaRef) -> None:
-        blob = fetch_verified(self._s3, self.settings, ref)
-        check_content(blob, ref, self.settings.learner.max_decoded_bytes)
 
     def _dead_letter(self, rejected) -> None:
         """Produce every dead letter and wait for each acknowledgement: a letter that did not arrive

@@ -4,8 +4,9 @@ The ingestor uses it to judge messages, curation to read frames. Failures are to
 object that is gone, corrupt, too large, not what the message declares, or that S3 refuses to
 name or to hand over can never be accepted as it is (`Rejected`, the dead-letter reason); an S3
 that does not answer, or answers with a server error, is an outage (`ServiceUnavailable`), worth
-retrying. Reads are bounded: never more than the message's `nbytes` (and the configured cap) are
-read, and decoding stops at the decoded cap.
+retrying. Reads are bounded: never more than the message's `nbytes` at its `offset` (and the
+configured cap) are read, and decoding stops at the decoded cap. Ingest judges the messages that
+name one packed object together, with one read (`verify_object`).
 """
 
 from __future__ import annotations
@@ -42,32 +43,71 @@ class Rejected(FleetError):
 
 
 def fetch_verified(s3: Minio, settings: Settings, ref: MediaRef) -> bytes:
-    where, endpoint, max_bytes = ref.uri, settings.s3_endpoint, settings.learner.max_media_bytes
-    if ref.nbytes > max_bytes:
-        raise Rejected(DeadLetterReason.too_large, f"{where} is {ref.nbytes} bytes, the cap is {max_bytes}")
+    """The episode's bytes, read alone: no more than `nbytes`, checked against its sha256."""
+    _within_cap(ref, settings.learner.max_media_bytes)
+    return _verified(_read(s3, settings, ref.bucket, ref.key, ref.offset, ref.nbytes, ref.uri), ref)
+
+
+def verify_object(s3: Minio, settings: Settings, refs: list[MediaRef]) -> list[DeadLetter | None]:
+    """Judge the media of several messages that name one object (a robot's pack), reading it once
+    when the span they cover is within the cap: each episode's letter, or None for good media.
+    Each is judged on its own bytes, so a message that names a pack with a range it does not
+    hold fails alone; and ranges far apart cannot make one read pass the cap: each is then read
+    alone."""
+    cap = settings.learner.max_media_bytes
+    start, end = min(r.offset for r in refs), max(r.end for r in refs)
+    if len(refs) == 1 or end - start > cap:
+        return [_letter(lambda r=r: fetch_verified(s3, settings, r), r, settings) for r in refs]
     try:
-        # a ranged read: one byte past what was declared tells a longer object, and no more is read
-        response = s3.get_object(ref.bucket, ref.key, offset=0, length=ref.nbytes + 1)
+        span = _read(
+            s3, settings, refs[0].bucket, refs[0].key, start, end - start, f"s3://{refs[0].bucket}/{refs[0].key}"
+        )
+    except Rejected as e:
+        return [e.dead_letter] * len(refs)
+    return [_letter(lambda r=r: _verified(span[r.offset - start : r.end - start], r), r, settings) for r in refs]
+
+
+def _letter(fetch, ref: MediaRef, settings: Settings) -> DeadLetter | None:
+    try:
+        check_content(fetch(), ref, settings.learner.max_decoded_bytes)
+    except Rejected as e:
+        return e.dead_letter
+    return None
+
+
+def _within_cap(ref: MediaRef, max_bytes: int) -> None:
+    if ref.nbytes > max_bytes:
+        raise Rejected(DeadLetterReason.too_large, f"{ref.uri} is {ref.nbytes} bytes, the cap is {max_bytes}")
+
+
+def _read(s3: Minio, settings: Settings, bucket: str, key: str, offset: int, length: int, where: str) -> bytes:
+    """A ranged read: never more than `length` bytes (at least one: minio reads a whole object when
+    asked for none)."""
+    try:
+        response = s3.get_object(bucket, key, offset=offset, length=max(length, 1))
         try:
-            blob = response.read()
+            return response.read()[:length]
         finally:
             response.close()
             response.release_conn()
     except S3Error as e:
         if e.code in PERMANENT_S3_CODES:
             raise Rejected(PERMANENT_S3_CODES[e.code], f"{where} ({e.code})") from e
-        raise ServiceUnavailable(f"s3 at {endpoint} failed: {e.code}") from e
+        raise ServiceUnavailable(f"s3 at {settings.s3_endpoint} failed: {e.code}") from e
     except ValueError as e:  # minio's own check of bucket and key names, before any request
         raise Rejected(DeadLetterReason.media_location, f"{where}: {e}") from e
     except Exception as e:  # noqa: BLE001 - connection-level failures from urllib3
-        raise ServiceUnavailable(f"s3 at {endpoint} did not answer: {e}") from e
+        raise ServiceUnavailable(f"s3 at {settings.s3_endpoint} did not answer: {e}") from e
+
+
+def _verified(blob: bytes, ref: MediaRef) -> bytes:
+    if len(blob) < ref.nbytes:
+        raise Rejected(
+            DeadLetterReason.checksum_mismatch, f"{ref.uri} holds {len(blob)} of the {ref.nbytes} bytes declared"
+        )
     digest = arrays.sha256(blob)
     if digest != ref.sha256:
-        raise Rejected(
-            DeadLetterReason.checksum_mismatch,
-            f"{where} has sha256 {digest}{'' if len(blob) <= ref.nbytes else ' (longer than declared)'}, "
-            f"message says {ref.sha256}",
-        )
+        raise Rejected(DeadLetterReason.checksum_mismatch, f"{ref.uri} has sha256 {digest}, message says {ref.sha256}")
     return blob
 
 

@@ -74,12 +74,15 @@ MEDIA_ARRAYS = {
 
 
 class MediaRef(BaseModel):
-    """The claim check for an episode's media: one compressed object in S3 and its arrays."""
+    """The claim check for an episode's media: `nbytes` bytes at `offset` of one S3 object, and the
+    arrays they hold. A robot that ships a backlog packs its episodes' media into one object (one
+    S3 request each way instead of one per episode), so an object can hold several episodes."""
 
     model_config = STRICT
     bucket: str = Field(pattern=BUCKET)
     key: str = Field(max_length=512, pattern=KEY)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    offset: int = Field(0, ge=0, le=1 << 40, description="where the episode's bytes start in the object")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the episode's nbytes bytes")
     nbytes: int = Field(ge=0, description="compressed size")
     arrays: dict[str, ArraySpec] = Field(description="; ".join(f"{k}: {v}" for k, v in MEDIA_ARRAYS.items()))
 
@@ -92,7 +95,11 @@ class MediaRef(BaseModel):
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
+        return f"s3://{self.bucket}/{self.key}" + (f"@{self.offset}" if self.offset else "")
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.nbytes
 
     @property
     def decoded_nbytes(self) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
@@ -16,7 +18,7 @@ from infra.contracts import arrays
 from infra.contracts.episode import Episode
 from learner.episode_index import EpisodeIndex, open_index
 from learner.ingest import EpisodeIngestor
-from learner.media import load_media
+from learner.media import load_media, verify_object
 from sim.synthetic import EpisodeShape, episode_stream
 
 pytestmark = pytest.mark.integration
@@ -236,3 +238,54 @@ def test_with_s3_stopped_episodes_spool_on_disk_and_arrive_when_it_is_back(plane
     ingestor.run(until_indexed=30, idle_timeout_s=60)
     ingestor.close()
     assert sorted(index.episode_ids()) == sorted(sent)
+
+
+def test_a_robots_backlog_ships_as_one_object_per_robot_and_each_episode_reads_back_as_its_own(plane):
+    access, secret = plane.s3_credentials()
+    unreachable = plane.s3.model_copy(
+        update={"endpoint": "http://127.0.0.1:9", "access_key": SecretStr(access), "secret_key": SecretStr(secret)}
+    )
+    stream = list(episode_stream(seed=11, episodes=12, robots=3, shape=SMALL))
+    offline = EpisodePublisher(plane.model_copy(update={"s3": unreachable}))
+    sent = publish(offline, stream)
+    assert not offline.close(drain_timeout=2), "S3 unreachable: the backlog stays in the spool"
+
+    publisher = EpisodePublisher(plane)
+    assert publisher.close(drain_timeout=60), publisher.last_error
+    assert publisher.objects_put == 3, "one object per robot, not one per episode"
+
+    # Two messages from outside that name a real pack with ranges it does not hold: a slice of the
+    # wrong bytes, and a range far past its end. Neither may cost the pack's own episodes.
+    packed = Episode.model_validate_json(publisher_message(plane, sent[0]))
+    assert packed.media.key.endswith(".pack")
+    hostile = [
+        packed.model_copy(update={"episode_id": uuid.uuid4(), "media": packed.media.model_copy(update=change)})
+        for change in ({"offset": packed.media.offset + 1}, {"offset": 1 << 39})
+    ]
+    producer = kafka_producer(plane)
+    for episode in hostile:
+        producer.send(
+            plane.kafka.episodes_topic, key=episode.robot_id.encode(), value=episode.model_dump_json().encode()
+        )
+    producer.flush(10)
+    producer.close()
+
+    index = EpisodeIndex(plane.index_path)
+    ingestor = EpisodeIngestor(plane, index)
+    stats = ingestor.run(idle_timeout_s=5)
+    ingestor.close()
+    assert sorted(index.episode_ids()) == sorted(sent)
+    assert stats.reasons == {"checksum_mismatch": 2}
+
+    s3 = s3_client(plane)
+    episodes = {str(ep.episode_id): ep for ep in index.by_ids(sent)}
+    assert len({ep.media.key for ep in episodes.values()}) == 3
+    # judged together, as when one poll brings them all: one letter each, the pack's own all good,
+    # whether the span is read once (the slice) or each alone (the far range)
+    neighbours = [ep.media for ep in episodes.values() if ep.media.key == packed.media.key]
+    for episode in hostile:
+        letters = verify_object(s3, plane, [*neighbours, episode.media])
+        assert [letter and letter.reason.value for letter in letters] == [None] * 4 + ["checksum_mismatch"]
+    for episode_id, (_, frames, imagined) in zip(sent, stream, strict=True):
+        media = load_media(s3, plane, episodes[episode_id].media)
+        assert np.array_equal(media["executed_frames"], frames) and np.array_equal(media["imagined_videos"], imagined)

@@ -178,7 +178,7 @@ def test_the_shipper_sets_aside_what_it_can_never_ship_and_keeps_going(plane):
     (spool_dir / "000000000001.json").write_bytes(
         json.dumps({"robot_id": "r", "media": {"key": "episodes/r/x"}}).encode()
     )
-    huge = {"robot_id": "r", "media": {"key": "episodes/r/huge"}, "padding": "x" * (2 << 20)}
+    huge = {"robot_id": "r", "media": {"key": "episodes/r/huge", "sha256": "0" * 64}, "padding": "x" * (2 << 20)}
     (spool_dir / "000000000002.json").write_bytes(json.dumps(huge).encode())
     (spool_dir / "000000000002.media").write_bytes(b"m")
 

@@ -56,6 +56,8 @@ def test_episode_round_trips_through_json():
         {"media": media_ref(key="episodes/robot-1//e.npz.zst")},
         {"media": media_ref(key="episodes/robot-1/é.npz.zst")},
         {"media": media_ref(bucket="Not_A_Bucket")},
+        {"media": media_ref(offset=-1)},
+        {"media": media_ref(offset=(1 << 40) + 1)},
         {"media": media_ref(arrays={"executed_frames": {"shape": [1], "dtype": "object"}})},
         {"media": media_ref(arrays={"executed_frames": {"shape": [1] * 9, "dtype": "uint8"}})},
     ],
