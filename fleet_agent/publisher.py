@@ -4,10 +4,11 @@
 never waits on the network. A background shipper drains the spool in order: it uploads each
 batch's media (in parallel), produces the messages (acks=all, keyed by robot_id),
 and removes an entry only after Kafka has acknowledged it. A batch that holds several episodes of
-one robot (a backlog) puts their media in one object, a pack, and each message names its episode's
-bytes in it (`MediaRef.offset`): S3 servers spend their time per request, not per byte. When S3 or Kafka is unreachable
-entries simply wait, and are replayed in order when the service is back. A replay after a
-partial failure can send a message twice; the learner drops duplicates by episode_id.
+one robot (a backlog) puts their media in one object, a pack, and each message names its
+episode's bytes in it (`MediaRef.offset`): S3 servers spend their time per request, not per
+byte. When S3 or Kafka is unreachable entries simply wait, and are replayed in order when the
+service is back. A replay after a partial failure can send a message twice; the learner drops
+duplicates by episode_id.
 
 The shipper never dies: an entry no retry can ship (an unreadable spool file, a message the
 broker refuses for its size) is quarantined with its reason (`Spool.quarantine`, counted in
@@ -117,7 +118,8 @@ class EpisodePublisher:
 
     # -- robot-facing --------------------------------------------------------------------------
     def publish(self, core: EpisodeCore, executed_frames: np.ndarray, imagined_videos: np.ndarray) -> Episode:
-        """Spool one finished episode; returns the message that will be sent."""
+        """Spool one finished episode; returns the message that will be sent (if its media ship in a
+        pack, the message names the pack's key and the offset in it instead)."""
         return self.publish_encoded(core, self.encode(executed_frames, imagined_videos))
 
     def encode(self, executed_frames: np.ndarray, imagined_videos: np.ndarray) -> EncodedMedia:
