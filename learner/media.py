@@ -101,13 +101,12 @@ def _read(s3: Minio, settings: Settings, bucket: str, key: str, offset: int, len
 
 
 def _verified(blob: bytes, ref: MediaRef) -> bytes:
-    if len(blob) < ref.nbytes:
-        raise Rejected(
-            DeadLetterReason.checksum_mismatch, f"{ref.uri} holds {len(blob)} of the {ref.nbytes} bytes declared"
-        )
     digest = arrays.sha256(blob)
-    if digest != ref.sha256:
-        raise Rejected(DeadLetterReason.checksum_mismatch, f"{ref.uri} has sha256 {digest}, message says {ref.sha256}")
+    if digest != ref.sha256 or len(blob) < ref.nbytes:
+        short = f" ({len(blob)} of the {ref.nbytes} bytes declared)" if len(blob) < ref.nbytes else ""
+        raise Rejected(
+            DeadLetterReason.checksum_mismatch, f"{ref.uri} has sha256 {digest}{short}, message says {ref.sha256}"
+        )
     return blob
 
 
