@@ -114,14 +114,14 @@ def check_content(blob: bytes, ref: MediaRef, max_decoded_bytes: int) -> None:
     """The arrays decode within the cap and are those the message declares, shape and dtype: read
     from their headers alone, as ingest needs no more."""
     with _decoding(ref, max_decoded_bytes):
-        _match(ref, _once_more_on_interpreter_error(arrays.inspect, blob, max_decoded_bytes))
+        _match(ref, arrays.inspect(blob, max_decoded_bytes))
 
 
 def load_media(s3: Minio, settings: Settings, ref: MediaRef) -> dict[str, np.ndarray]:
     """The media, checked as ingest checks them, decompressed once."""
     blob, cap = fetch_verified(s3, settings, ref), settings.learner.max_decoded_bytes
     with _decoding(ref, cap):
-        media = _once_more_on_interpreter_error(arrays.decode, blob, cap)
+        media = arrays.decode(blob, cap)
     _match(ref, {name: (list(a.shape), a.dtype.name) for name, a in media.items()})
     return media
 
@@ -136,16 +136,6 @@ def _decoding(ref: MediaRef, max_decoded_bytes: int):
         raise Rejected(DeadLetterReason.too_large, f"{ref.uri}: {e}") from e
     except Exception as e:  # noqa: BLE001 - zstd, zip and npy each raise their own
         raise Rejected(DeadLetterReason.media_content, f"{ref.uri} does not decode: {e}") from e
-
-
-def _once_more_on_interpreter_error(decode, blob: bytes, cap: int):
-    """A `SystemError` says the interpreter failed, not that the media are bad: CPython 3.11 raises
-    one when two threads parse at once (python/cpython#106905, NumPy's array headers), and ingest
-    decodes in a thread pool. Decoded again, such media pass; media that fail twice are judged."""
-    try:
-        return decode(blob, cap)
-    except SystemError:
-        return decode(blob, cap)
 
 
 def _match(ref: MediaRef, found: dict[str, tuple[list[int], str]]) -> None:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import threading
+import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import IO
 
 import numpy as np
 import zstandard
@@ -45,7 +46,7 @@ def encode(arrays: dict[str, np.ndarray], level: int = 1, video_crf: int | None 
             members[name + VIDEO] = np.frombuffer(stream, np.uint8)
             members[name + SHAPE] = np.array(array.shape, np.int64)
         else:
-            members[name] = np.ascontiguousarray(array)
+            members[name] = np.require(array, requirements="C")  # as np.ascontiguousarray, but a 0-d array stays 0-d
     buf = io.BytesIO()
     np.savez(buf, **members)
     return zstandard.ZstdCompressor(level=level).compress(buf.getvalue())
@@ -53,19 +54,22 @@ def encode(arrays: dict[str, np.ndarray], level: int = 1, video_crf: int | None 
 
 MAX_DECODED_BYTES = 1 << 30
 
-# NumPy parses each array's header with `ast.literal_eval`, and CPython 3.11 keeps the AST
-# constructor's recursion depth per interpreter, not per thread: parses in two threads at once can
-# fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). Ingest
-# decodes in a thread pool, and in CI that error dead-lettered a valid episode. Reading the
-# members takes turns; decompression and video decoding do not.
-_MEMBERS = threading.Lock()
+# The one header `np.save` writes (numpy/lib/format.py, `_wrap_header`), read by this pattern
+# instead of NumPy's `ast.literal_eval`: a header is then parsed in microseconds, and in any number
+# of threads at once (CPython 3.11's AST constructor is not thread-safe, python/cpython#106905;
+# ingest reads media in a thread pool). A header written any other way is refused.
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER = re.compile(
+    r"\{'descr': '(?P<descr>[^']{1,16})', 'fortran_order': (?P<fortran>False|True), "
+    r"'shape': \((?P<shape>(?:\d+, )*(?:\d+,?)?)\), \} *\n"
+)
 
 
 class TooLarge(ValueError):
     pass
 
 
-def _unpack(blob: bytes, max_bytes: int) -> io.BytesIO:
+def _unpack(blob: bytes, max_bytes: int) -> zipfile.ZipFile:
     declared = zstandard.frame_content_size(blob)  # -1: the frame does not say
     if declared > max_bytes:
         raise TooLarge(f"media declare {declared} decoded bytes, more than {max_bytes}")
@@ -78,19 +82,63 @@ def _unpack(blob: bytes, max_bytes: int) -> io.BytesIO:
                 raw += chunk
                 if len(raw) > max_bytes:
                     raise TooLarge(f"media decode to more than {max_bytes} bytes")
-    archive = io.BytesIO(raw)
-    with zipfile.ZipFile(archive) as members:
-        deflated = [i.filename for i in members.infolist() if i.compress_type != zipfile.ZIP_STORED]
-    if deflated:
+    archive = zipfile.ZipFile(io.BytesIO(raw))
+    if deflated := [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]:
         raise ValueError(f"media members {deflated} are compressed inside the archive; only stored members are read")
     return archive
 
 
+def _members(
+    archive: zipfile.ZipFile, read: Callable[[str], bool]
+) -> dict[str, tuple[tuple[int, ...], np.dtype, np.ndarray | None]]:
+    """Each member's shape and dtype from its header, and its array when `read(name)` says so. A
+    member must hold the bytes its header declares, so that nothing is allocated beyond what the
+    archive (within the cap) holds, and ingest, which reads only headers, refuses what is short."""
+    out = {}
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        with archive.open(info) as member:
+            shape, dtype, header_bytes = _npy_header(member, name)
+            declared, held = math.prod(shape) * dtype.itemsize, info.file_size - header_bytes
+            if held < declared:
+                raise ValueError(f"{name} holds {held} of the {declared} bytes its header declares")
+            out[name] = (shape, dtype, _npy_payload(member, name, shape, dtype) if read(name) else None)
+    return out
+
+
+def _npy_header(member: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and the header's length in bytes."""
+    magic = member.read(8)
+    if magic[:6] != _NPY_MAGIC or magic[6] not in (1, 2, 3):
+        raise ValueError(f"{name} is not a .npy array")
+    size_field = 2 if magic[6] == 1 else 4
+    length = int.from_bytes(member.read(size_field), "little")
+    header = member.read(min(length, 4096)).decode("latin1")
+    if not (m := _NPY_HEADER.fullmatch(header)):
+        raise ValueError(f"{name}'s header {header[:120]!r} is not one np.save writes")
+    dtype = np.dtype(m["descr"])
+    if dtype.hasobject:
+        raise ValueError(f"{name} holds Python objects, which only pickle could read; media never need it")
+    if m["fortran"] == "True":
+        raise ValueError(f"{name} is stored in Fortran order; encode writes C order only")
+    return tuple(int(n) for n in m["shape"].replace(",", " ").split()), dtype, 8 + size_field + length
+
+
+def _npy_payload(member: IO[bytes], name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    out = np.empty(shape, dtype)
+    view, got = memoryview(out.reshape(-1).view(np.uint8)), 0
+    while got < out.nbytes and (n := member.readinto(view[got:])):
+        got += n
+    if got < out.nbytes:  # the archive's directory said more than its data holds
+        raise ValueError(f"{name} ends after {got} of its {out.nbytes} bytes")
+    return out
+
+
 def decode(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, np.ndarray]:
-    archive = _unpack(blob, max_bytes)
-    with _MEMBERS, np.load(archive, allow_pickle=False) as npz:
-        out = {name: npz[name] for name in npz.files if not name.endswith((VIDEO, SHAPE))}
-        stored = {name: npz[name] for name in npz.files if name.endswith((VIDEO, SHAPE))}
+    with _unpack(blob, max_bytes) as archive:
+        members = _members(archive, read=lambda name: True)
+    out = {name: a for name, (_, _, a) in members.items() if not name.endswith((VIDEO, SHAPE))}
+    stored = {name: a for name, (_, _, a) in members.items() if name.endswith((VIDEO, SHAPE))}
     budget = max_bytes - sum(a.nbytes for a in out.values())
     for name, shape in _videos(stored, out).items():
         if math.prod(shape) > budget:  # checked before decoding: the frames are allocated at once
@@ -104,21 +152,12 @@ def inspect(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, tuple[
     """Each array's shape and dtype: what ingest checks against the message. Arrays stored as they
     are are read from their headers alone; a video is checked against its shape by decoding
     (`video.check`), since only decoding shows that a stream holds the frames it claims."""
-    out, stored = {}, {}
-    archive = _unpack(blob, max_bytes)
-    with _MEMBERS, zipfile.ZipFile(archive) as members:
-        for member_name in members.namelist():
-            name = member_name.removesuffix(".npy")
-            with members.open(member_name) as member:
-                if name.endswith((VIDEO, SHAPE)):  # a compressed stream and its shape: read whole
-                    stored[name] = np.lib.format.read_array(member, allow_pickle=False)
-                    continue
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
-                    np.lib.format.read_magic(member), np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = read_header(member)
-            out[name] = (list(shape), dtype.name)
-    for name, shape in _videos(stored, out).items():
+    with _unpack(blob, max_bytes) as archive:
+        members = _members(archive, read=lambda name: name.endswith((VIDEO, SHAPE)))
+    out = {name: (list(shape), dtype.name) for name, (shape, dtype, _) in members.items()}
+    stored = {name: a for name, (_, _, a) in members.items() if a is not None}
+    for name, shape in _videos(stored, [n for n in out if n not in stored]).items():
+        del out[name + VIDEO], out[name + SHAPE]
         video.check(stored[name + VIDEO].tobytes(), shape)
         out[name] = (list(shape), "uint8")
     return out
