@@ -6,10 +6,11 @@ an object needs no setting to know which it holds.
 
 One object per episode (not per array) halves the S3 requests on both sides of the data plane,
 which is what bounds it when frames compress well, and halves the request bill on real S3.
-``.npz`` read with ``allow_pickle=False`` carries only names, dtypes, shapes and raw bytes, so
-decoding an object from a bucket that others can write never executes code; and decoding stops at
-`max_bytes` of output, with the archive's members stored, not deflated, so that a small object
-cannot expand into gigabytes (a decompression bomb) in the learner or the dashboard. The sha256 of the
+An ``.npz`` read by its headers' fixed pattern (`_NPY_HEADER`) carries only names, dtypes,
+shapes and raw bytes, so decoding an object from a bucket that others can write never executes
+code; and decoding stops at `max_bytes` of output, with the archive's members stored, not
+deflated, so that a small object cannot expand into gigabytes (a decompression bomb) in the
+learner or the dashboard. The sha256 of the
 compressed bytes is the claim check in the Kafka message, verified before anything is indexed.
 """
 
