@@ -137,7 +137,9 @@ class EpisodePublisher:
             nbytes=len(media.blob),
             arrays=media.arrays,
         )
-        episode = Episode(**core.model_dump(), media=ref, published_at=datetime.now(UTC))
+        # dict(core), not core.model_dump(): its nested models are already valid and are taken as
+        # they are, while Episode's own checks still run (a fifth of the CPU of a full rebuild)
+        episode = Episode(**dict(core), media=ref, published_at=datetime.now(UTC))
         self.spool.append(episode.model_dump_json().encode(), media.blob)
         with self._wake:
             self._wake.notify()
@@ -284,7 +286,10 @@ class EpisodePublisher:
 
     def _ensure_producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = kafka_producer(self.settings)
+            # Every shipment ends in a flush, which sends what is gathered at once: no timer needs
+            # to close a batch early, and a shipment's messages for one partition travel as one
+            # batch (the embedded broker writes each batch as an S3 object).
+            self._producer = kafka_producer(self.settings, linger_ms=1_000)
         return self._producer
 
     def _reset_producer(self) -> None:

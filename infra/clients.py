@@ -82,6 +82,7 @@ def kafka_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         # Without idempotence only one request in flight keeps a retried batch in key order.
         "max_in_flight_requests_per_connection": 5 if idempotent else 1,
         "linger_ms": 5,
+        "batch_size": settings.kafka.producer_batch_bytes,
         "request_timeout_ms": 10_000,
         "delivery_timeout_ms": 30_000,
         "reconnect_backoff_max_ms": 1_000,

@@ -71,6 +71,13 @@ class KafkaSettings(_Section):
     # Tansu and small clusters rebalance slowly with kafka-python's 45 s default (STACK.md).
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
+    producer_batch_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="bytes a producer gathers per partition into one request's batch (kafka-python's batch_size; "
+        "its 16 KiB default holds six episode messages, and the embedded broker writes each batch as one S3 object)",
+    )
     idempotent_producer: bool | None = Field(
         None,
         description="unset = on for an external broker, off for the embedded Tansu broker",

@@ -30,6 +30,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from infra.clients import ServiceUnavailable, kafka_consumer, kafka_producer, s3_client
+from infra.contracts import video
 from infra.contracts.dead_letter import DeadLetter, DeadLetterReason
 from infra.contracts.episode import Episode
 from infra.offset_gaps import GaplessPoll, OffsetGaps
@@ -83,6 +84,8 @@ class EpisodeIngestor:
         self._resync = False  # set when positions may be past records that were not kept
         self._s3 = s3_client(settings)
         self._fetchers = ThreadPoolExecutor(settings.learner.fetch_workers, thread_name_prefix="s3-fetch")
+        if verify_media:
+            video.load_codec()
 
     # -- one batch -----------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 500) -> IngestStats:

@@ -38,6 +38,12 @@ def codable(frames: np.ndarray) -> bool:
     )
 
 
+def load_codec() -> None:
+    """Load FFmpeg now (about 0.15 s, once per process): a service that checks video at every
+    message pays it at start rather than inside its first batch."""
+    import av  # noqa: F401
+
+
 def encode(frames: np.ndarray, crf: int = DEFAULT_CRF) -> bytes:
     """uint8 (..., H, W, 3) -> one H.264 stream of all its frames, in C order."""
     if not codable(frames):
