@@ -178,7 +178,7 @@ class EpisodePublisher:
         backoff = 0.2
         while not self._stop.is_set():
             try:
-                entries = self.spool.peek(self.settings.agent.batch_size)
+                entries = self._next_shipment()
                 if not entries:
                     with self._wake:
                         self._wake.wait(timeout=0.5)
@@ -194,6 +194,19 @@ class EpisodePublisher:
                 self.retries += 1
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 3.0)
+
+    def _next_shipment(self) -> list[SpoolEntry]:
+        """Up to batch_size entries; a part-full shipment first waits for more until its oldest
+        entry has been spooled ship_linger_ms ago (an entry from before a restart ships at once)."""
+        agent = self.settings.agent
+        entries = self.spool.peek(agent.batch_size)
+        if entries and len(entries) < agent.batch_size:
+            due = self.spool.appended_at(entries[0]) + agent.ship_linger_ms / 1000
+            while len(entries) < agent.batch_size and (left := due - time.monotonic()) > 0 and not self._stop.is_set():
+                with self._wake:
+                    self._wake.wait(timeout=left)
+                entries = self.spool.peek(agent.batch_size)
+        return entries
 
     def ship(self, entries: list[SpoolEntry]) -> None:
         """Upload media, then produce messages, then drop acknowledged entries (in order); an entry

@@ -113,6 +113,7 @@ class Spool:
         # leaves the queue when it reaches the head, so no operation grows with the backlog.
         self._order: deque[int] = deque(seqs)
         self._live: set[int] = set(seqs)
+        self._appended: dict[int, float] = {}  # seq -> monotonic time, for entries of this process
         self._room = threading.Condition()
 
     def _seqs(self) -> list[int]:
@@ -121,6 +122,7 @@ class Spool:
     def _dropped(self, seq: int) -> None:
         with self._room:
             self._live.discard(seq)
+            self._appended.pop(seq, None)
             while self._order and self._order[0] not in self._live:
                 self._order.popleft()
 
@@ -158,12 +160,17 @@ class Spool:
             else:
                 self._order.append(entry.seq)
             self._live.add(entry.seq)
+            self._appended[entry.seq] = time.monotonic()
         return entry
 
     def peek(self, n: int) -> list[SpoolEntry]:
         with self._room:
             live = (seq for seq in self._order if seq in self._live)
             return [SpoolEntry(self.root, seq) for seq in itertools.islice(live, n)]
+
+    def appended_at(self, entry: SpoolEntry) -> float:
+        """When the entry was spooled (time.monotonic); 0 for one found on disk at start."""
+        return self._appended.get(entry.seq, 0.0)
 
     def remove(self, entry: SpoolEntry) -> None:
         size = entry.nbytes()

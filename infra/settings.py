@@ -208,6 +208,12 @@ class AgentSettings(_Section):
     spool_dir: Path | None = Field(None, description="on-disk spool; unset = in state_dir")
     upload_workers: int = 8
     batch_size: int = 64
+    # A shipment of fewer than batch_size entries waits until its oldest has been spooled this long,
+    # for more to join it (Kafka's linger.ms): a shipper that keeps catching up with the robot
+    # otherwise ships one episode per object and spends its time per request (README).
+    ship_linger_ms: int = Field(
+        100, ge=0, description="how long a part-full shipment waits for more; 0 = ships at once"
+    )
     # A backlog ships as one object per robot and shipment, up to this many bytes, instead of one
     # object per episode: S3 servers spend their time per request, not per byte (README). 0 = never pack.
     pack_max_bytes: int = Field(8 << 20, ge=0, description="media of one robot's episodes per S3 object; 0 = one each")

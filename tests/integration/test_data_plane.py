@@ -240,6 +240,22 @@ def test_with_s3_stopped_episodes_spool_on_disk_and_arrive_when_it_is_back(plane
     assert sorted(index.episode_ids()) == sorted(sent)
 
 
+def test_episodes_spooled_moments_apart_wait_for_each_other_and_a_lone_one_is_not_held(plane):
+    lingering = plane.model_copy(update={"agent": plane.agent.model_copy(update={"ship_linger_ms": 600})})
+    publisher = EpisodePublisher(lingering)
+    for episode in episode_stream(seed=12, episodes=3, robots=1, shape=SMALL):
+        publisher.publish(*episode)
+        time.sleep(0.05)  # the shipper would catch up with each at once without its linger
+    assert publisher.wait_drained(30), publisher.last_error
+    assert publisher.objects_put == 1, "one shipment, one pack, not one object per episode"
+
+    start = time.monotonic()
+    publisher.publish(*next(episode_stream(seed=13, episodes=1, robots=1, shape=SMALL)))
+    assert publisher.wait_drained(30), publisher.last_error
+    assert 0.6 <= time.monotonic() - start < 5, "shipped once its linger ran out, not before and not never"
+    assert publisher.close(drain_timeout=5)
+
+
 def test_a_robots_backlog_ships_as_one_object_per_robot_and_each_episode_reads_back_as_its_own(plane):
     access, secret = plane.s3_credentials()
     unreachable = plane.s3.model_copy(
