@@ -86,6 +86,13 @@ def _unpack(blob: bytes, max_bytes: int) -> zipfile.ZipFile:
     archive = zipfile.ZipFile(io.BytesIO(raw))
     if deflated := [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]:
         raise ValueError(f"media members {deflated} are compressed inside the archive; only stored members are read")
+    # The directory's sizes are the writer's word: a member may not claim more than the archive holds.
+    if overstated := [
+        i.filename
+        for i in archive.infolist()
+        if i.file_size != i.compress_size or i.header_offset + i.compress_size > len(raw)
+    ]:
+        raise ValueError(f"media members {overstated} claim more bytes than the archive holds")
     return archive
 
 
@@ -93,8 +100,9 @@ def _members(
     archive: zipfile.ZipFile, read: Callable[[str], bool]
 ) -> dict[str, tuple[tuple[int, ...], np.dtype, np.ndarray | None]]:
     """Each member's shape and dtype from its header, and its array when `read(name)` says so. A
-    member must hold the bytes its header declares, so that nothing is allocated beyond what the
-    archive (within the cap) holds, and ingest, which reads only headers, refuses what is short."""
+    member must hold the bytes its header declares (and `_unpack` bounds what it can claim by the
+    archive, within the cap), so nothing is allocated beyond that, and ingest, which reads only
+    headers, refuses what is short."""
     out = {}
     for info in archive.infolist():
         name = info.filename.removesuffix(".npy")

@@ -90,6 +90,20 @@ def test_media_with_a_header_np_save_does_not_write_are_refused_with_why(header,
     assert e.value.dead_letter.reason == DeadLetterReason.media_content
 
 
+def test_a_member_whose_directory_entry_overstates_its_size_is_refused_before_anything_is_allocated():
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000,), }"  # 400 MB declared
+    padded = header + " " * (63 - len(header) % 64) + "\n"
+    member = b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded.encode() + b"\x00" * 8
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("a.npy", member)
+    raw = bytearray(buf.getvalue())
+    entry = raw.index(b"PK\x01\x02")  # the central directory's entry: sizes at +20 and +24
+    raw[entry + 20 : entry + 28] = (500_000_000).to_bytes(4, "little") * 2
+    with pytest.raises(ValueError, match="claim more bytes than the archive holds"):
+        arrays.decode(zstandard.ZstdCompressor().compress(bytes(raw)))
+
+
 def test_a_member_that_is_not_an_array_is_refused():
     with pytest.raises(ValueError, match="not a .npy array"):
         arrays.decode(_archive({"a": b"PK\x03\x04 not numpy"}))
