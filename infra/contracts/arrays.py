@@ -163,10 +163,9 @@ def inspect(blob: bytes, max_bytes: int = MAX_DECODED_BYTES) -> dict[str, tuple[
     (`video.check`), since only decoding shows that a stream holds the frames it claims."""
     with _unpack(blob, max_bytes) as archive:
         members = _members(archive, read=lambda name: name.endswith((VIDEO, SHAPE)))
-    out = {name: (list(shape), dtype.name) for name, (shape, dtype, _) in members.items()}
+    out = {name: (list(shape), dtype.name) for name, (shape, dtype, a) in members.items() if a is None}
     stored = {name: a for name, (_, _, a) in members.items() if a is not None}
-    for name, shape in _videos(stored, [n for n in out if n not in stored]).items():
-        del out[name + VIDEO], out[name + SHAPE]
+    for name, shape in _videos(stored, out).items():
         video.check(stored[name + VIDEO].tobytes(), shape)
         out[name] = (list(shape), "uint8")
     return out

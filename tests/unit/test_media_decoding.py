@@ -32,6 +32,12 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _npy_written_by_hand(header: str) -> bytes:
+    """A .npy member with `header` as written, padded as np.save pads, and 8 bytes of data."""
+    padded = header + " " * (63 - len(header) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded.encode() + b"\x00" * 8
+
+
 def _ref(blob: bytes, media: dict[str, np.ndarray]) -> MediaRef:
     return MediaRef(
         bucket="episodes",
@@ -78,8 +84,7 @@ def test_headers_read_in_many_threads_at_once_all_succeed():
     ],
 )
 def test_media_with_a_header_np_save_does_not_write_are_refused_with_why(header, why):
-    padded = header + " " * (63 - len(header) % 64) + "\n"
-    member = b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded.encode() + b"\x00" * 8
+    member = _npy_written_by_hand(header)
     imagined = np.zeros((1, 1, 1, 8, 8, 3), np.uint8)
     blob = _archive({"executed_frames": member, "imagined_videos": _npy(imagined)})
     with pytest.raises(ValueError, match=why):
@@ -92,8 +97,7 @@ def test_media_with_a_header_np_save_does_not_write_are_refused_with_why(header,
 
 def test_a_member_whose_directory_entry_overstates_its_size_is_refused_before_anything_is_allocated():
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000,), }"  # 400 MB declared
-    padded = header + " " * (63 - len(header) % 64) + "\n"
-    member = b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded.encode() + b"\x00" * 8
+    member = _npy_written_by_hand(header)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         z.writestr("a.npy", member)
