@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks import BenchResult
 from benchmarks.dashboard import bench_dashboard
+from benchmarks.scratch import remove_run
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.clients import kafka_producer
@@ -138,6 +139,7 @@ def bench_fleet(
     learners: int = 2,
     dashboard_episodes: int = 1_000_000,
     dashboard_repeats: int = 3,
+    keep: bool = False,
     progress=None,
 ) -> FleetBench:
     run = uuid.uuid4().hex[:8]
@@ -181,6 +183,8 @@ def bench_fleet(
     canary_read, canary_s = _canary_catchup(settings, start + duration_s * 3 / 4)
 
     dash = bench_dashboard(dashboard_episodes, work / "dashboard", dashboard_repeats)
+    if not keep:
+        remove_run(settings, work)
     return FleetBench(
         robots=robots,
         learners=learners,

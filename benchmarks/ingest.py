@@ -16,6 +16,7 @@ import numpy as np
 
 from benchmarks import BenchResult
 from benchmarks.machine_speed import reference_ms
+from benchmarks.scratch import remove_run
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.settings import Settings
@@ -93,7 +94,7 @@ class IngestBench(BenchResult):
     # faster; benchmarks/machine_speed.py): runs are comparable when these are.
     machine_reference_ms: tuple[float, float]
     shape: dict
-    work_dir: str
+    work_dir: str | None  # the run's spool and index, when kept
 
 
 def bench_ingest(
@@ -104,6 +105,7 @@ def bench_ingest(
     rate: float | None = None,
     codec: str | None = "h264",
     encode_ahead: bool = True,
+    keep: bool = False,
     progress=None,
 ) -> IngestBench:
     """Send `episodes` as fast as possible (or at `rate` per second) and measure what arrives.
@@ -111,7 +113,8 @@ def bench_ingest(
     a camera's sensor noise makes exact frames 20 times larger than H.264 (README, "Frames as
     video"), so such a fleet ships video. Encoding an episode's media is the robot's work, on the
     robot's CPU: `encode_ahead` does it for every episode before the clock starts, so that the
-    figures are the data plane's alone on these cores; the encoding time is reported either way."""
+    figures are the data plane's alone on these cores; the encoding time is reported either way.
+    What the run made (topics, media, spool and index) is removed at the end unless `keep`."""
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"ingest-{run}"
     settings = settings.isolated(f"bench-{run}", work)
@@ -189,7 +192,7 @@ def bench_ingest(
         latencies_ms = np.array(index.latencies_s()) * 1000
         # lost and duplicated from a reader independent of the ingest path (learner/reconcile.py)
         counts = reconcile(settings, set(acknowledged) | sent_ids, index)
-    return IngestBench(
+    result = IngestBench(
         episodes_sent=len(sent_ids),
         episodes_indexed=counts.indexed,
         lost=counts.lost,
@@ -211,5 +214,8 @@ def bench_ingest(
         stalls=stalls,
         machine_reference_ms=(reference_before, reference_after),
         shape=shape.__dict__,
-        work_dir=str(Path(work)),
+        work_dir=str(Path(work)) if keep else None,
     )
+    if not keep:
+        remove_run(settings, work)
+    return result

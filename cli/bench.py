@@ -30,6 +30,9 @@ def ingest(
         help="encode every episode's media before the clock starts, as robots do on their own CPUs,"
         " or here, on the learner's cores, inside the clock",
     ),
+    keep: bool = typer.Option(
+        False, "--keep", help="keep what the run made (its topics, media, spool and index); by default it is removed"
+    ),
     out: Path = typer.Option(Path("out/bench_ingest.json"), help="where to write the JSON result"),
 ) -> None:
     """Publisher -> S3 + Kafka -> validating ingestor -> index, with realistic episodes.
@@ -50,7 +53,9 @@ def ingest(
     result = with_bar(
         "publishing",
         episodes,
-        lambda done: bench_ingest(settings(), episodes, robots, camera_noise, rate or None, codec, encode_ahead, done),
+        lambda done: bench_ingest(
+            settings(), episodes, robots, camera_noise, rate or None, codec, encode_ahead, keep, done
+        ),
     )
     keys = (
         "episodes_sent",
@@ -76,6 +81,9 @@ def fleet(
     episode_s: float = typer.Option(60.0, help="seconds between a robot's episodes"),
     learners: int = typer.Option(2, help="learner processes in one consumer group"),
     dashboard_episodes: int = typer.Option(1_000_000, help="indexed episodes for the dashboard's view times"),
+    keep: bool = typer.Option(
+        False, "--keep", help="keep what the run made (its topics, media, spool and index); by default it is removed"
+    ),
     out: Path = typer.Option(Path("out/bench_fleet.json"), help="where to write the JSON result"),
 ) -> None:
     """A fleet of light simulated robots through the real stack: learner lag, the canary's catch-up on
@@ -91,7 +99,9 @@ def fleet(
     result = with_bar(
         f"{robots} robots publishing",
         total,
-        lambda done: bench_fleet(settings(), robots, duration, episode_s, learners, dashboard_episodes, progress=done),
+        lambda done: bench_fleet(
+            settings(), robots, duration, episode_s, learners, dashboard_episodes, keep=keep, progress=done
+        ),
     )
     keys = (
         "robots",

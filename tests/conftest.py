@@ -130,6 +130,22 @@ def tiny_policy_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def bench_leftovers(services):
+    """A reading of what bench runs have left on the session's broker and bucket: their topics
+    and the media objects there."""
+    from infra.clients import kafka_admin, s3_client
+
+    def read() -> tuple[set[str], set[str]]:
+        admin = kafka_admin(services)
+        topics = {t for t in admin.list_topics() if t.startswith("bench-")}
+        admin.close()
+        bucket = services.s3.episodes_bucket
+        return topics, {o.object_name for o in s3_client(services).list_objects(bucket, recursive=True)}
+
+    return read
+
+
+@pytest.fixture
 def plane(services, tmp_path) -> Settings:
     """Settings with this test's own topics, consumer group, spool and index."""
     settings = services.isolated(f"test-{uuid.uuid4().hex[:8]}", tmp_path)

@@ -16,12 +16,13 @@ from infra.stack.lifecycle import (
     supervise_once,
     up,
 )
-from infra.stack.provision import ensure_buckets, ensure_topics
+from infra.stack.provision import delete_topics, ensure_buckets, ensure_topics
 from infra.stack.services import StackError
 
 __all__ = [
     "StackError",
     "cpu_seconds",
+    "delete_topics",
     "down",
     "ensure_buckets",
     "ensure_topics",

@@ -10,10 +10,12 @@ from dashboard.app import TABS
 pytestmark = pytest.mark.integration
 
 
-def test_the_fleet_bench_indexes_what_its_robots_sent_and_times_every_part(services):
+def test_the_fleet_bench_indexes_what_its_robots_sent_and_times_every_part(services, bench_leftovers):
+    before = bench_leftovers()
     result = bench_fleet(
         services, robots=30, duration_s=8, episode_s=3, learners=2, dashboard_episodes=500, dashboard_repeats=1
     )
+    assert bench_leftovers() == before, "its topics and media are removed when it ends"
     assert result.episodes_published == 80  # 30 robots, one episode each per 3 s, for 8 s
     assert (result.episodes_indexed, result.lost, result.duplicated) == (80, 0, 0)
     assert result.telemetry_records >= 80 + 30  # an announcement per episode, a heartbeat per robot

@@ -58,7 +58,7 @@ def test_every_command_keeps_its_name_and_options():
     # --fleet-share --video-fleet-share --idm-fleet-share`, `diagnose --arm-turn`, `eval --arm-turn`,
     # `bench learning --base --rounds`, `attribute --arm-turn`, (issue 17) `bench ingest
     # --encode-here` with h264 and encoding ahead as its defaults, (issue 16) `loop round|serve
-    # --futility`: a change here is a change for users.
+    # --futility`, (issue 17) `bench ingest|fleet --keep`: a change here is a change for users.
     assert command_surface() == json.loads(SURFACE.read_text())
 
 
