@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks import BenchResult
 from benchmarks.dashboard import bench_dashboard
-from benchmarks.scratch import remove_run
+from benchmarks.scratch import BENCH_PREFIX, remove_run
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.clients import kafka_producer
@@ -144,7 +144,7 @@ def bench_fleet(
 ) -> FleetBench:
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"fleet-{run}"
-    settings = settings.isolated(f"bench-fleet-{run}", work)
+    settings = settings.isolated(f"{BENCH_PREFIX}fleet-{run}", work)
     stack.up(settings, services=("s3", "kafka", "postgres") if settings.uses("postgres") else ("s3", "kafka"))
     with open_index(settings):
         pass  # the tables exist before several learners race to make them

@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks import BenchResult
 from benchmarks.machine_speed import reference_ms
-from benchmarks.scratch import remove_run
+from benchmarks.scratch import BENCH_PREFIX, remove_run
 from fleet_agent.publisher import EpisodePublisher
 from infra import stack
 from infra.settings import Settings
@@ -117,7 +117,7 @@ def bench_ingest(
     What the run made (topics, media, spool and index) is removed at the end unless `keep`."""
     run = uuid.uuid4().hex[:8]
     work = settings.state_dir / "bench" / f"ingest-{run}"
-    settings = settings.isolated(f"bench-{run}", work)
+    settings = settings.isolated(f"{BENCH_PREFIX}{run}", work)
     if codec:
         settings = settings.model_copy(update={"agent": settings.agent.model_copy(update={"media_codec": codec})})
     stack.up(settings, services=("s3", "kafka"))

@@ -16,13 +16,12 @@ from infra.stack.lifecycle import (
     supervise_once,
     up,
 )
-from infra.stack.provision import delete_topics, ensure_buckets, ensure_topics
+from infra.stack.provision import ensure_buckets, ensure_topics, topics
 from infra.stack.services import StackError
 
 __all__ = [
     "StackError",
     "cpu_seconds",
-    "delete_topics",
     "down",
     "ensure_buckets",
     "ensure_topics",
@@ -33,5 +32,6 @@ __all__ = [
     "stop_service",
     "supervise",
     "supervise_once",
+    "topics",
     "up",
 ]

@@ -18,7 +18,8 @@ def ensure_buckets(s: Settings) -> None:
             raise unavailable(s, "s3", f"could not create bucket {bucket}: {e}") from e
 
 
-def _topics(s: Settings) -> list[str]:
+def topics(s: Settings) -> list[str]:
+    """The platform's four topics under `s`."""
     return [s.kafka.episodes_topic, s.kafka.dead_letter_topic, s.kafka.rollouts_topic, s.kafka.telemetry_topic]
 
 
@@ -29,7 +30,7 @@ def ensure_topics(s: Settings, extra: tuple[str, ...] = ()) -> None:
     admin = kafka_admin(s)
     try:
         existing = set(admin.list_topics())
-        wanted = [*_topics(s), *extra]
+        wanted = [*topics(s), *extra]
         new = [
             NewTopic(t, num_partitions=s.kafka.partitions, replication_factor=s.kafka.replication_factor)
             for t in wanted
@@ -38,15 +39,5 @@ def ensure_topics(s: Settings, extra: tuple[str, ...] = ()) -> None:
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
-    finally:
-        admin.close()
-
-
-def delete_topics(s: Settings) -> None:
-    """The four topics of `s`, deleted (those that exist): for runs isolated on shared services."""
-    admin = kafka_admin(s)
-    try:
-        if doomed := sorted(set(_topics(s)) & set(admin.list_topics())):
-            admin.delete_topics(doomed)
     finally:
         admin.close()
