@@ -13,6 +13,9 @@ from infra.errors import UsageError
 from infra.settings import AgentSettings
 
 bench_app = group("bench", "Benchmarks: each measures the real path and writes JSON.")
+KEEP = typer.Option(
+    False, "--keep", help="keep what the run made (its topics, media, spool and index); by default it is removed"
+)
 
 
 @bench_app.command("ingest")
@@ -30,9 +33,7 @@ def ingest(
         help="encode every episode's media before the clock starts, as robots do on their own CPUs,"
         " or here, on the learner's cores, inside the clock",
     ),
-    keep: bool = typer.Option(
-        False, "--keep", help="keep what the run made (its topics, media, spool and index); by default it is removed"
-    ),
+    keep: bool = KEEP,
     out: Path = typer.Option(Path("out/bench_ingest.json"), help="where to write the JSON result"),
 ) -> None:
     """Publisher -> S3 + Kafka -> validating ingestor -> index, with realistic episodes.
@@ -81,9 +82,7 @@ def fleet(
     episode_s: float = typer.Option(60.0, help="seconds between a robot's episodes"),
     learners: int = typer.Option(2, help="learner processes in one consumer group"),
     dashboard_episodes: int = typer.Option(1_000_000, help="indexed episodes for the dashboard's view times"),
-    keep: bool = typer.Option(
-        False, "--keep", help="keep what the run made (its topics, media, spool and index); by default it is removed"
-    ),
+    keep: bool = KEEP,
     out: Path = typer.Option(Path("out/bench_fleet.json"), help="where to write the JSON result"),
 ) -> None:
     """A fleet of light simulated robots through the real stack: learner lag, the canary's catch-up on
